@@ -1,0 +1,217 @@
+"""The ``tinylm`` command line: argument parsing, dispatch, and error reporting.
+
+``main(argv)`` is the whole program and returns an exit code, so tests call
+it directly. This package is the only place in tinylm that prints or exits:
+each subcommand's module turns parsed arguments into library calls and
+prints what they return. A ``TinylmError`` from anywhere becomes one line on
+stderr and exit code 2; a Ctrl-C becomes exit code 130.
+
+Subcommands:
+  train      train a model on a text file (n-gram or neural), write the run to -o DIR
+  sample     print new items from a trained run
+  eval       print the loss of a trained run on each split
+  diagnose   print and plot training diagnostics of a trained neural run
+  micrograd  the scalar-autograd demo: a tiny MLP on a 2D toy dataset
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from tinylm import __version__
+from tinylm.errors import CheckpointError, TinylmError
+
+NGRAM_MODELS = ("ngram",)
+NEURAL_MODELS = ("bigram", "mlp", "bnmlp", "wavenet")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive whole number, got {value}")
+    return value
+
+
+def _nonneg_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be zero or more, got {value}")
+    return value
+
+
+def _seed(text: str) -> int:
+    value = _positive_int(text)
+    if value >= 2**64:
+        raise argparse.ArgumentTypeError(f"must be below 2**64, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive finite number, got {text}")
+    return value
+
+
+def _nonneg_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be zero or a positive finite number, got {text}")
+    return value
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse prints usage plus a message; we want the one clear line only."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise _UsageError(f"{self.prog}: {message}")
+
+
+class _UsageError(Exception):
+    pass
+
+
+def _add_run_dir(p: argparse.ArgumentParser, required: bool) -> None:
+    p.add_argument("-o", "--out-dir", default=None if required else "out",
+                   required=required, metavar="DIR",
+                   help="run directory" + ("" if required else " (default: out/)"))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from tinylm.cli import micrograd as micrograd_cmd
+    from tinylm.cli import neural as neural_cmd
+    from tinylm.cli import ngram as ngram_cmd
+
+    parser = _Parser(
+        prog="tinylm",
+        description="A from-scratch character-level language-modeling toolkit. "
+        "Give it a text file with one item per line; it learns to generate more items like them.",
+        epilog="Run 'tinylm COMMAND --help' for the options of each command.",
+    )
+    parser.add_argument("--version", action="version", version=f"tinylm {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    train = sub.add_parser(
+        "train", help="train a model and write the run to -o DIR",
+        description="Train a model on a text file (one item per line; default: the bundled "
+        "32,032 names), write metrics.jsonl, config.json and the model into -o DIR, "
+        "and print samples marked new or copied from the training set.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    train.add_argument("-i", "--input", default=None, metavar="FILE",
+                       help="UTF-8 text file, one item per line (default: the bundled names)")
+    _add_run_dir(train, required=False)
+    train.add_argument("--model", default="ngram", choices=NGRAM_MODELS + NEURAL_MODELS,
+                       help="which model to train")
+    train.add_argument("--loader", default=None, choices=("words", "stream"),
+                       help="words: each line an independent item (default); "
+                       "stream: one continuous text, for the classic reference figures")
+    train.add_argument("--seed", type=_seed, default=None,
+                       help="seed of the run's RNG (initialisation, batches, sampling)")
+    train.add_argument("-n", "--num-samples", type=_nonneg_int, default=10,
+                       help="samples to print at the end")
+    ngram_cmd.add_train_arguments(train.add_argument_group("n-gram options"))
+    neural_cmd.add_train_arguments(train.add_argument_group("neural-network options"))
+    train.set_defaults(handler=_train)
+
+    sample = sub.add_parser("sample", help="print new items from a trained run",
+                            description="Load the model saved in -o DIR and print new items, "
+                            "each marked new or copied from the training set.")
+    _add_run_dir(sample, required=True)
+    sample.add_argument("-n", "--num-samples", type=_nonneg_int, default=20, help="how many items")
+    sample.add_argument("--seed", type=_seed, default=42, help="seed of the sampling RNG")
+    sample.add_argument("--temperature", type=_positive_float, default=1.0,
+                        help="divide the logits by this (below 1: safer, above 1: wilder)")
+    sample.add_argument("--top-k", type=_positive_int, default=None,
+                        help="sample only among the k most likely tokens")
+    sample.add_argument("--prompt", default="", help="start every item with this text")
+    sample.set_defaults(handler=_sample)
+
+    evaluate = sub.add_parser("eval", help="print the loss of a trained run on each split",
+                              description="Reload the run in -o DIR and print its loss and "
+                              "perplexity on the train, val and test splits.")
+    _add_run_dir(evaluate, required=True)
+    evaluate.set_defaults(handler=_eval)
+
+    neural_cmd.register_diagnose(sub, _add_run_dir)
+    micrograd_cmd.register(sub, _add_run_dir)
+    return parser
+
+
+def _train(args: argparse.Namespace) -> int:
+    from tinylm.cli import neural, ngram
+
+    if args.model in NGRAM_MODELS:
+        return ngram.train(args)
+    return neural.train(args)
+
+
+def _run_kind(out_dir: str) -> str:
+    """The model family a run directory holds, from its config.json."""
+    path = Path(out_dir) / "config.json"
+    if not Path(out_dir).is_dir():
+        raise CheckpointError(f"run directory {out_dir!r} does not exist")
+    if not path.is_file():
+        raise CheckpointError(f"{str(path)!r} not found: is {out_dir!r} a tinylm run directory?")
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+        model = config["model"]
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+        raise CheckpointError(f"{str(path)!r} is not a valid tinylm config") from None
+    if model in NGRAM_MODELS:
+        return "ngram"
+    if model in NEURAL_MODELS:
+        return "neural"
+    raise CheckpointError(f"{str(path)!r} names an unknown model {model!r}")
+
+
+def _sample(args: argparse.Namespace) -> int:
+    from tinylm.cli import neural, ngram
+
+    return (ngram if _run_kind(args.out_dir) == "ngram" else neural).sample(args)
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from tinylm.cli import neural, ngram
+
+    return (ngram if _run_kind(args.out_dir) == "ngram" else neural).evaluate(args)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run tinylm with ``argv`` (default: ``sys.argv[1:]``); return the exit code."""
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        return int(args.handler(args) or 0)
+    except _UsageError as e:
+        print(f"{e}", file=sys.stderr)
+        return 2
+    except TinylmError as e:
+        print(f"tinylm: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("tinylm: interrupted", file=sys.stderr)
+        return 130
+    except SystemExit as e:  # --help and --version
+        return e.code if isinstance(e.code, int) else 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

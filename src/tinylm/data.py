@@ -1,0 +1,232 @@
+"""From a text file to (context, target) examples.
+
+The data flow of every run starts here::
+
+    read_lines(path)          -> lines        (validated, UTF-8 only)
+    split_lines(lines)        -> train, val, test
+    Tokenizer.from_lines(...) -> stoi / itos  (characters, newline = end of text)
+    word_examples / stream_examples -> X (N, context) int64, Y (N,) int64
+
+Two ways to turn lines into examples:
+
+* ``words``: each line is an independent item. The context starts as
+  ``context`` end-of-text tokens; every character of the line and then the
+  end-of-text token is a target. This is the default for every model.
+* ``stream``: every line plus "\\n" is joined into one continuous text and a
+  window of ``context + 1`` tokens slides over it, so contexts run across
+  item boundaries. It exists to reproduce the classic reference figures.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import unicodedata
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from tinylm.errors import DataError
+
+EOT = "\n"
+LOADERS = ("words", "stream")
+
+
+def default_dataset() -> Path:
+    """Path of the bundled dataset: 32,032 names, one per line."""
+    return Path(str(resources.files("tinylm").joinpath("resources/names.txt")))
+
+
+def read_lines(path: str | os.PathLike) -> list[str]:
+    """Read a UTF-8 text file as a list of non-blank, stripped lines.
+
+    CRLF and CR line ends are normalised; a UTF-8 byte-order mark is ignored.
+    Raises ``DataError`` naming the file and the problem for anything that is
+    not a usable list of items.
+    """
+    p = Path(path)
+    name = str(path)
+    if not p.exists():
+        raise DataError(f"input file {name!r} does not exist")
+    if p.is_dir():
+        raise DataError(f"input {name!r} is a directory, not a text file")
+    try:
+        raw = p.read_bytes()
+    except OSError as e:
+        raise DataError(f"cannot read input file {name!r}: {e.strerror or e}") from None
+    if not raw:
+        raise DataError(f"input file {name!r} is empty")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        column = e.start - (raw.rfind(b"\n", 0, e.start) + 1) + 1
+        raise DataError(
+            f"input file {name!r} is not UTF-8: byte 0x{raw[e.start]:02x} at line {line}, "
+            f"column {column} (byte offset {e.start}); save it as UTF-8"
+        ) from None
+    text = text.removeprefix("\ufeff").replace("\r\n", "\n").replace("\r", "\n")
+    lines = []
+    for number, line in enumerate(text.split("\n"), start=1):
+        line = line.strip()
+        if not line:
+            continue
+        bad = _first_control_character(line)
+        if bad is not None:
+            what = "a NUL byte" if bad == "\x00" else f"the control character U+{ord(bad):04X}"
+            raise DataError(f"input file {name!r}, line {number} contains {what}")
+        lines.append(line)
+    if not lines:
+        raise DataError(f"input file {name!r} has no non-blank lines")
+    return lines
+
+
+def _first_control_character(line: str) -> str | None:
+    for ch in line:
+        if unicodedata.category(ch) == "Cc":
+            return ch
+    return None
+
+
+def split_sizes(n: int) -> tuple[int, int, int]:
+    """(train, val, test) sizes for ``n`` lines: test and val get min(1000, n // 10) each."""
+    held_out = min(1000, n // 10)
+    return n - 2 * held_out, held_out, held_out
+
+
+MIN_LINES = 10
+
+
+def split_lines(
+    lines: Sequence[str], seed: int = 42, source: str | None = None
+) -> tuple[list[str], list[str], list[str]]:
+    """Shuffle line indices with ``random.Random(seed)`` and cut test, val, train.
+
+    The first ``min(1000, len // 10)`` shuffled indices are test, the next as
+    many are val, the rest train; each split keeps the shuffled order. On the
+    bundled names this is the well-known 30,032 / 1,000 / 1,000 split.
+    """
+    if len(lines) < MIN_LINES:
+        where = f"input file {source!r}" if source else "the input"
+        raise DataError(
+            f"{where} has {len(lines)} non-blank lines; at least {MIN_LINES} are needed "
+            "to hold out a validation and a test line"
+        )
+    order = list(range(len(lines)))
+    random.Random(seed).shuffle(order)
+    _, n_val, n_test = split_sizes(len(lines))
+    test = [lines[i] for i in order[:n_test]]
+    val = [lines[i] for i in order[n_test : n_test + n_val]]
+    train = [lines[i] for i in order[n_test + n_val :]]
+    return train, val, test
+
+
+@dataclass(frozen=True)
+class Tokenizer:
+    """Characters to token ids and back; the newline is the end-of-text token.
+
+    Built from all lines of the input (every split), so that val and test never
+    hold an unknown character. The vocabulary is the sorted set of characters
+    plus "\\n"; since control characters are refused on input, "\\n" sorts
+    first and is always token 0.
+    """
+
+    itos: tuple[str, ...]
+    stoi: dict[str, int] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if len(set(self.itos)) != len(self.itos) or EOT not in self.itos:
+            raise DataError("a vocabulary must hold distinct characters including '\\n'")
+        if any(len(ch) != 1 for ch in self.itos):
+            raise DataError("a vocabulary holds single characters")
+        object.__setattr__(self, "stoi", {ch: i for i, ch in enumerate(self.itos)})
+
+    @classmethod
+    def from_lines(cls, lines: Sequence[str]) -> "Tokenizer":
+        chars = set(EOT)
+        for line in lines:
+            chars.update(line)
+        return cls(tuple(sorted(chars)))
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.itos)
+
+    @property
+    def eot(self) -> int:
+        return self.stoi[EOT]
+
+    def encode(self, text: str) -> list[int]:
+        try:
+            return [self.stoi[ch] for ch in text]
+        except KeyError as e:
+            raise DataError(f"character {e.args[0]!r} is not in the vocabulary") from None
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return "".join(self.itos[int(i)] for i in ids)
+
+    def to_list(self) -> list[str]:
+        """The vocabulary as a JSON-friendly list (index = token id)."""
+        return list(self.itos)
+
+    @classmethod
+    def from_list(cls, itos: Sequence[str]) -> "Tokenizer":
+        return cls(tuple(itos))
+
+
+def stream_tokens(lines: Sequence[str], tokenizer: Tokenizer) -> np.ndarray:
+    """All lines joined as one text, each followed by the end-of-text token."""
+    return np.array(tokenizer.encode("".join(line + EOT for line in lines)), dtype=np.int64)
+
+
+def stream_examples(
+    lines: Sequence[str], tokenizer: Tokenizer, context: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Windows of ``context + 1`` tokens over the joined stream, one per start position."""
+    _check_context(context)
+    tokens = stream_tokens(lines, tokenizer)
+    n = len(tokens) - context
+    if n <= 0:
+        raise DataError(f"the text is too short for a context of {context}")
+    windows = np.lib.stride_tricks.sliding_window_view(tokens, context + 1)[:n]
+    return np.ascontiguousarray(windows[:, :context]), np.ascontiguousarray(windows[:, context])
+
+
+def word_examples(
+    lines: Sequence[str], tokenizer: Tokenizer, context: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each line an independent item: contexts padded with end-of-text tokens."""
+    _check_context(context)
+    eot = tokenizer.eot
+    # Pad each item on the left with `context` end-of-text tokens; every window
+    # of the padded item ending at one of its tokens is one example.
+    xs, ys = [], []
+    pad = np.full(context, eot, dtype=np.int64)
+    for line in lines:
+        ids = np.array(tokenizer.encode(line + EOT), dtype=np.int64)
+        padded = np.concatenate([pad, ids])
+        windows = np.lib.stride_tricks.sliding_window_view(padded, context + 1)
+        xs.append(windows[:, :context])
+        ys.append(windows[:, context])
+    if not xs:
+        return np.zeros((0, context), dtype=np.int64), np.zeros(0, dtype=np.int64)
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+def make_examples(
+    lines: Sequence[str], tokenizer: Tokenizer, context: int, loader: str = "words"
+) -> tuple[np.ndarray, np.ndarray]:
+    """(X, Y) for ``lines`` with the named loader ('words' or 'stream')."""
+    if loader == "words":
+        return word_examples(lines, tokenizer, context)
+    if loader == "stream":
+        return stream_examples(lines, tokenizer, context)
+    raise DataError(f"unknown loader {loader!r}; choose one of {', '.join(LOADERS)}")
+
+
+def _check_context(context: int) -> None:
+    if not isinstance(context, (int, np.integer)) or context < 0:
+        raise DataError(f"context must be a whole number >= 0, got {context!r}")

@@ -1,0 +1,81 @@
+"""Writing run outputs safely: atomic files, JSON lines, and the out-dir.
+
+A run validates everything it can before it touches the out-dir, and every
+file is written to a temporary name and renamed into place, so a crash or a
+Ctrl-C never leaves a half-written config, checkpoint or plot behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable
+
+from tinylm.errors import ConfigError
+
+
+def check_out_dir(path: str | os.PathLike) -> Path:
+    """Refuse an out-dir that cannot be one, without creating anything."""
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise ConfigError(f"out-dir {str(p)!r} exists and is not a directory")
+    for parent in p.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ConfigError(f"out-dir {str(p)!r}: {str(parent)!r} is not a directory")
+            break
+    return p
+
+
+def make_out_dir(path: str | os.PathLike) -> Path:
+    """Create the out-dir (after validation has passed)."""
+    p = check_out_dir(path)
+    p.mkdir(parents=True, exist_ok=True)
+    return p
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def write_jsonl(path: str | os.PathLike, records: Iterable[dict]) -> None:
+    """Write a whole metrics file at once (used on checkpoint, so it matches the weights)."""
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in records))
+
+
+def append_jsonl(path: str | os.PathLike, record: dict) -> None:
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
