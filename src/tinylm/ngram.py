@@ -1,0 +1,258 @@
+"""Count-based n-gram language models: additive and interpolated Kneser-Ney smoothing.
+
+An order-n model predicts the next token from the previous n - 1 by counting
+how often each continuation followed that context in the training data
+(Jurafsky & Martin, "Speech and Language Processing", ch. 3). The bigram is
+n = 2; the unigram (n = 1) ignores the context altogether.
+
+Counts are stored sparsely: one row of ``vocab_size`` counts per context that
+was seen in training, found by an integer key per context. An unseen context
+gets the uniform distribution under additive smoothing, and the lower-order
+estimate under Kneser-Ney.
+
+Like every tinylm model, ``NgramModel.forward(idx, targets=None)`` returns
+``(logits, loss)``; here the logits are log-probabilities, so the softmax the
+shared sampler applies gives back the model's distribution.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from tinylm.errors import ConfigError
+
+METHODS = ("additive", "kneser-ney")
+SMOOTHINGS = (0.01, 0.03, 0.1, 0.3, 1.0)
+ORDERS = (1, 2, 3, 4, 5, 6)
+
+
+@dataclass(frozen=True)
+class NgramConfig:
+    order: int
+    vocab_size: int
+    method: str = "additive"
+    smoothing: float = 0.1  # the fake count added to every continuation (additive only)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.order, int) or self.order < 1:
+            raise ConfigError(f"--order must be a whole number >= 1, got {self.order!r}")
+        if self.method not in METHODS:
+            raise ConfigError(f"unknown smoothing method {self.method!r}; choose one of {', '.join(METHODS)}")
+        if self.method == "additive" and not (self.smoothing > 0 and math.isfinite(self.smoothing)):
+            raise ConfigError(
+                f"--smoothing must be a positive number for additive smoothing, got {self.smoothing!r} "
+                "(0 gives unseen continuations probability 0 and an infinite loss)"
+            )
+        if self.vocab_size < 1:
+            raise ConfigError(f"vocab_size must be >= 1, got {self.vocab_size}")
+        if float(self.vocab_size) ** (self.order - 1) >= 2.0**62:
+            raise ConfigError(
+                f"order {self.order} with a vocabulary of {self.vocab_size} characters has too many "
+                "possible contexts; choose a smaller --order"
+            )
+
+    @property
+    def context(self) -> int:
+        return self.order - 1
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def context_keys(idx: np.ndarray, vocab_size: int) -> np.ndarray:
+    """One int64 key per row of ``idx`` (B, T): the context read as a base-V number."""
+    keys = np.zeros(len(idx), dtype=np.int64)
+    for t in range(idx.shape[1]):
+        keys = keys * vocab_size + idx[:, t]
+    return keys
+
+
+@dataclass
+class CountTable:
+    """Counts of next tokens for each distinct context, rows sorted by context key."""
+
+    keys: np.ndarray  # (K,) int64, sorted
+    counts: np.ndarray  # (K, V) float64
+
+    @classmethod
+    def build(cls, idx: np.ndarray, targets: np.ndarray, vocab_size: int) -> "CountTable":
+        keys, rows = np.unique(context_keys(idx, vocab_size), return_inverse=True)
+        counts = np.zeros((len(keys), vocab_size))
+        np.add.at(counts, (rows.reshape(-1), targets), 1.0)
+        return cls(keys, counts)
+
+    def lookup(self, idx: np.ndarray, vocab_size: int) -> tuple[np.ndarray, np.ndarray]:
+        """Row of each context of ``idx`` in the table, and whether it was seen at all."""
+        keys = context_keys(idx, vocab_size)
+        rows = np.searchsorted(self.keys, keys)
+        rows = np.minimum(rows, max(len(self.keys) - 1, 0))
+        found = (self.keys[rows] == keys) if len(self.keys) else np.zeros(len(keys), bool)
+        return rows, found
+
+
+class NgramModel:
+    """An order-n character model with additive or interpolated Kneser-Ney smoothing.
+
+    Additive (Lidstone) smoothing: P(w | h) = (c(h, w) + a) / (c(h) + a V).
+
+    Interpolated Kneser-Ney (Kneser & Ney 1995; Chen & Goodman 1998): the
+    highest order discounts every count by D and gives the mass it frees to
+    the next lower order, in proportion to the number of distinct
+    continuations of h; the lower orders count *continuations*, how many
+    distinct tokens preceded an n-gram, rather than raw occurrences, so a
+    token that is frequent only after one context does not look likely
+    everywhere. D = n1 / (n1 + 2 n2) per order, from the count-of-counts, and
+    the recursion ends in the uniform distribution, so nothing gets zero.
+    """
+
+    def __init__(self, config: NgramConfig) -> None:
+        self.config = config
+        self.context = config.context
+        self.tables: list[CountTable] = []  # tables[k] conditions on k tokens (order k + 1)
+        self.discounts: list[float] = []
+
+    def fit(self, idx: np.ndarray, targets: np.ndarray) -> "NgramModel":
+        """Count the (context, target) examples; ``idx`` is (N, order - 1)."""
+        self._check_idx(idx)
+        V, n = self.config.vocab_size, self.config.order
+        if self.config.method == "additive":
+            self.tables = [CountTable.build(idx, targets, V)]
+            self.discounts = []
+            return self
+        grams = np.concatenate([idx, targets[:, None]], axis=1)  # (N, n)
+        tables, discounts = [], []
+        for k in range(n):
+            suffix = grams[:, n - 1 - k :]  # the last k context tokens and the target
+            if k < n - 1:
+                # continuation counts: each distinct longer n-gram counts once toward its suffix
+                longer = np.unique(grams[:, n - 2 - k :], axis=0)
+                suffix = longer[:, 1:]
+            table = CountTable.build(suffix[:, :-1], suffix[:, -1], V)
+            tables.append(table)
+            n1 = float(np.sum(table.counts == 1))
+            n2 = float(np.sum(table.counts == 2))
+            discounts.append(n1 / (n1 + 2 * n2) if n1 > 0 else 0.5)
+        self.tables, self.discounts = tables, discounts
+        return self
+
+    def probs(self, idx: np.ndarray) -> np.ndarray:
+        """P(next token | context) for each row of ``idx`` (B, order - 1): (B, V)."""
+        self._check_idx(idx)
+        if not self.tables:
+            raise ConfigError("the n-gram model has not been fitted")
+        V = self.config.vocab_size
+        B = len(idx)
+        if self.config.method == "additive":
+            a = self.config.smoothing
+            table = self.tables[0]
+            rows, found = table.lookup(idx, V)
+            counts = np.where(found[:, None], table.counts[rows], 0.0)  # (B, V)
+            return (counts + a) / (counts.sum(axis=1, keepdims=True) + a * V)
+        p = np.full((B, V), 1.0 / V)
+        for k, (table, D) in enumerate(zip(self.tables, self.discounts)):
+            rows, found = table.lookup(idx[:, idx.shape[1] - k :] if k else idx[:, :0], V)
+            counts = table.counts[rows]  # (B, V)
+            total = counts.sum(axis=1, keepdims=True)
+            types = (counts > 0).sum(axis=1, keepdims=True)
+            safe_total = np.where(total > 0, total, 1.0)
+            mixed = (np.maximum(counts - D, 0.0) + D * types * p) / safe_total
+            # an unseen context has nothing to say: keep the lower-order estimate
+            p = np.where(found[:, None] & (total > 0), mixed, p)
+        return p
+
+    def forward(self, idx: np.ndarray, targets: np.ndarray | None = None):
+        """(log-probabilities (B, V), mean negative log-likelihood or None)."""
+        logits = np.log(self.probs(np.asarray(idx)))
+        if targets is None:
+            return logits, None
+        return logits, nll(self, idx, targets)
+
+    def eval(self) -> "NgramModel":
+        return self
+
+    def _check_idx(self, idx: np.ndarray) -> None:
+        if idx.ndim != 2 or idx.shape[1] != self.context:
+            raise ConfigError(f"an order-{self.config.order} model needs contexts of {self.context} tokens")
+
+    # --- saving: plain arrays, never pickle -----------------------------------------
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        arrays = {"discounts": np.array(self.discounts, dtype=np.float64)}
+        for k, table in enumerate(self.tables):
+            arrays[f"keys_{k}"] = table.keys
+            arrays[f"counts_{k}"] = table.counts
+        return arrays
+
+    @classmethod
+    def from_arrays(cls, config: NgramConfig, arrays: dict[str, np.ndarray]) -> "NgramModel":
+        model = cls(config)
+        n_tables = 1 if config.method == "additive" else config.order
+        try:
+            model.tables = [
+                CountTable(np.asarray(arrays[f"keys_{k}"], np.int64), np.asarray(arrays[f"counts_{k}"], np.float64))
+                for k in range(n_tables)
+            ]
+            model.discounts = [float(d) for d in arrays["discounts"]]
+        except KeyError as e:
+            raise ConfigError(f"the saved n-gram model lacks the array {e.args[0]!r}") from None
+        for table in model.tables:
+            if table.counts.ndim != 2 or table.counts.shape != (len(table.keys), config.vocab_size):
+                raise ConfigError("the saved n-gram counts do not match the vocabulary")
+        return model
+
+
+def nll(model: NgramModel, idx: np.ndarray, targets: np.ndarray, chunk: int = 65536) -> float:
+    """Mean negative log-likelihood (nats per token) of ``targets`` given ``idx``."""
+    if len(targets) == 0:
+        raise ConfigError("cannot evaluate on an empty split")
+    total = 0.0
+    for start in range(0, len(targets), chunk):
+        p = model.probs(idx[start : start + chunk])
+        total += -np.log(p[np.arange(len(p)), targets[start : start + chunk]]).sum()
+    return float(total / len(targets))
+
+
+@dataclass(frozen=True)
+class GridPoint:
+    order: int
+    method: str
+    smoothing: float | None
+    train_loss: float
+    val_loss: float
+
+
+def grid_search(
+    examples: dict[int, dict[str, tuple[np.ndarray, np.ndarray]]],
+    vocab_size: int,
+    orders: tuple[int, ...] = ORDERS,
+    smoothings: tuple[float, ...] = SMOOTHINGS,
+    method: str = "additive",
+) -> list[GridPoint]:
+    """Train and evaluate every (order, smoothing) pair; ``examples[order][split] = (idx, targets)``.
+
+    Kneser-Ney has no smoothing knob (its discounts come from the counts), so
+    for it the grid runs over orders only.
+    """
+    points = []
+    for order in orders:
+        (Xtr, Ytr), (Xva, Yva) = examples[order]["train"], examples[order]["val"]
+        for a in smoothings if method == "additive" else (None,):
+            config = NgramConfig(order, vocab_size, method, a if a is not None else 0.0)
+            model = NgramModel(config).fit(Xtr, Ytr)
+            points.append(GridPoint(order, method, a, nll(model, Xtr, Ytr), nll(model, Xva, Yva)))
+    return points
+
+
+def best(points: list[GridPoint]) -> GridPoint:
+    """The grid point with the lowest validation loss (the first of any tie)."""
+    return min(points, key=lambda p: p.val_loss)
+
+
+def bigram_counts(idx: np.ndarray, targets: np.ndarray, vocab_size: int) -> np.ndarray:
+    """The (V, V) matrix of how often token j followed token i: the classic picture."""
+    counts = np.zeros((vocab_size, vocab_size), dtype=np.int64)
+    np.add.at(counts, (idx[:, -1], targets), 1)
+    return counts
