@@ -1,0 +1,149 @@
+"""Diagnostics: each statistic against an independent computation, each plot written."""
+
+from __future__ import annotations
+
+import math
+import statistics
+
+import numpy as np
+import pytest
+
+from tinylm import diagnostics as dg
+from tinylm.errors import ConfigError
+
+
+def _tanh_batch(seed: int = 0, shape=(64, 16)) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(shape) * 2.5
+    return np.tanh(x)
+
+
+def test_saturation_counts_entries_beyond_threshold():
+    t = _tanh_batch()
+    flat = [float(v) for v in t.ravel()]
+    expected = 100.0 * sum(abs(v) > 0.97 for v in flat) / len(flat)
+    assert dg.saturation(t) == pytest.approx(expected)
+    assert dg.saturation(np.zeros(5)) == 0.0
+    assert dg.saturation(np.full(5, 0.99)) == 100.0
+
+
+def test_dead_units_tanh_and_relu():
+    t = _tanh_batch()
+    t[:, 3] = 0.99   # saturated on every example: dead
+    t[:, 7] = -1.0   # the same in the other direction
+    t[5, 7] = 0.0    # ...except one example: alive
+    mask = dg.dead_units(t)
+    expected = [all(abs(t[i, j]) > 0.97 for i in range(t.shape[0])) for j in range(t.shape[1])]
+    assert mask.tolist() == expected
+    assert mask[3] and not mask[7]
+    r = np.maximum(np.random.default_rng(1).standard_normal((8, 4)), 0)
+    r[:, 2] = 0.0
+    assert dg.dead_units(r, "relu").tolist() == [bool(np.all(r[:, j] <= 0)) for j in range(4)]
+    with pytest.raises(ConfigError):
+        dg.dead_units(t, "sigmoid")
+
+
+def test_dead_units_use_batch_and_time_as_examples():
+    t = _tanh_batch(shape=(4, 3, 5))
+    t[:, :, 1] = 0.999
+    t[2, 1, 4] = 0.999
+    mask = dg.dead_units(t)
+    assert mask.shape == (5,)
+    assert mask.tolist() == [False, True, False, False, bool(np.all(np.abs(t[..., 4]) > 0.97))]
+
+
+def test_activation_stats_against_statistics_module():
+    t = _tanh_batch(2)
+    s = dg.activation_stats("tanh0", t)
+    flat = [float(v) for v in t.ravel()]
+    assert s.mean == pytest.approx(statistics.fmean(flat), abs=1e-12)
+    assert s.std == pytest.approx(statistics.pstdev(flat), rel=1e-10)
+    assert s.saturation == pytest.approx(dg.saturation(t))
+    assert (s.dead, s.units) == (int(dg.dead_units(t).sum()), 16)
+
+
+def test_grad_and_weight_stats():
+    rng = np.random.default_rng(3)
+    data = rng.standard_normal((10, 20)).astype(np.float32)
+    grad = (rng.standard_normal((10, 20)) * 1e-3 + 2e-4).astype(np.float32)
+    g = dg.grad_stats("x", grad)
+    flat = [float(v) for v in grad.ravel()]
+    assert g.mean == pytest.approx(statistics.fmean(flat), rel=1e-9)
+    assert g.std == pytest.approx(statistics.pstdev(flat), rel=1e-9)
+    w = dg.weight_stats("layers.0.weight", data, grad)
+    assert w.shape == (10, 20)
+    assert w.grad_data_ratio == pytest.approx(
+        statistics.pstdev(flat) / statistics.pstdev([float(v) for v in data.ravel()]), rel=1e-9)
+    with pytest.raises(ConfigError):
+        dg.weight_stats("bad", data, grad[:, :3])
+
+
+def test_update_ratio_is_log10_of_std_ratio():
+    rng = np.random.default_rng(4)
+    data = rng.standard_normal((30, 30))
+    grad = rng.standard_normal((30, 30)) * 0.05
+    lr = 0.1
+    expected = math.log10(statistics.pstdev([lr * float(v) for v in grad.ravel()])
+                          / statistics.pstdev([float(v) for v in data.ravel()]))
+    assert dg.update_ratio(data, grad, lr) == pytest.approx(expected, rel=1e-10)
+    assert dg.update_ratio(data, np.zeros_like(grad), lr) == -math.inf
+
+
+def test_smooth_is_trailing_mean():
+    v = [1.0, 3.0, 5.0, 7.0, 9.0]
+    assert dg.smooth(v, 2).tolist() == [1.0, 2.0, 4.0, 6.0, 8.0]
+    assert dg.smooth(v, 1).tolist() == v
+    assert dg.smooth(v, 100).tolist() == pytest.approx([1, 2, 3, 4, 5])
+    with pytest.raises(ConfigError):
+        dg.smooth(v, 0)
+
+
+def test_loss_series_reads_batch_eval_and_skips_final():
+    records = [{"step": 0, "loss": 3.3}, {"step": 1, "loss": 3.1},
+               {"step": 1, "train_loss": 3.0, "val_loss": 3.05},
+               {"test_loss": 2.9, "test_perplexity": 18.2}]
+    s = dg.loss_series(records)
+    assert s["batch"] == ([0, 1], [3.3, 3.1])
+    assert s["train"] == ([1], [3.0]) and s["val"] == ([1], [3.05])
+
+
+def _snapshot() -> dg.Snapshot:
+    rng = np.random.default_rng(5)
+    acts = {"layers.2": _tanh_batch(6), "layers.5": _tanh_batch(7, (4, 2, 16))}
+    grads = {"layers.2": rng.standard_normal((64, 16)) * 1e-3, "layers.5": None}
+    weights = {"layers.0.weight": (rng.standard_normal((16, 30)), rng.standard_normal((16, 30)) * 1e-3)}
+    return dg.snapshot_from_arrays(acts, grads, weights)
+
+
+def test_snapshot_and_table():
+    snap = _snapshot()
+    assert [s.name for s in snap.activation_stats] == ["layers.2", "layers.5"]
+    assert [g.name for g in snap.gradient_stats] == ["layers.2"]   # None means unavailable
+    rec = snap.to_record()
+    assert rec["weights"][0]["shape"] == [16, 30]
+    table = dg.format_table(snap, {"layers.0.weight": -3.01})
+    assert "layers.5" in table and "16x30" in table and "-3.01" in table
+
+
+@pytest.mark.parametrize("plot", ["activation", "gradient", "weight"])
+def test_histogram_plots_write_png(tmp_path, plot):
+    snap = _snapshot()
+    fn = {"activation": dg.plot_activation_histograms, "gradient": dg.plot_gradient_histograms,
+          "weight": dg.plot_weight_gradient_histograms}[plot]
+    path = fn(snap, tmp_path / f"{plot}.png")
+    assert path.stat().st_size > 1000
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_update_ratio_and_loss_plots_write_png(tmp_path):
+    steps = list(range(0, 100, 10))
+    ratios = {"layers.0.weight": [-2.5 - 0.05 * i for i in range(10)]}
+    p = dg.plot_update_ratios(steps, ratios, tmp_path / "update.png")
+    assert p.stat().st_size > 1000
+    records = [{"step": i, "loss": 3.3 - i * 0.01} for i in range(100)]
+    records += [{"step": 99, "train_loss": 2.4, "val_loss": 2.5}]
+    p = dg.plot_loss_curve(records, tmp_path / "loss.png")
+    assert p.read_bytes()[:4] == b"\x89PNG"
+    assert not list(tmp_path.glob(".*.tmp"))   # written atomically
+    with pytest.raises(ConfigError):
+        dg.plot_loss_curve([{"test_loss": 1.0}], tmp_path / "none.png")
