@@ -1,0 +1,26 @@
+"""Shared fixtures: small input files and the bundled split."""
+
+from __future__ import annotations
+
+import pytest
+
+from tinylm import data
+
+
+@pytest.fixture(scope="session")
+def names_lines() -> list[str]:
+    return data.read_lines(data.default_dataset())
+
+
+@pytest.fixture(scope="session")
+def names_splits(names_lines):
+    return data.split_lines(names_lines)
+
+
+@pytest.fixture
+def small_input(tmp_path):
+    """A 40-line input file of short words."""
+    words = ["ab", "abc", "bca", "cab", "ba", "aab", "cc", "acb", "bab", "ca"] * 4
+    path = tmp_path / "words.txt"
+    path.write_text("\n".join(words) + "\n", encoding="utf-8")
+    return path

@@ -1,0 +1,154 @@
+"""tinylm.data: input validation, the classic split, the tokenizer and both loaders."""
+
+import random
+import re
+
+import numpy as np
+import pytest
+
+from tinylm import data
+from tinylm.errors import DataError
+
+
+def write(tmp_path, content: bytes, name="in.txt"):
+    path = tmp_path / name
+    path.write_bytes(content)
+    return path
+
+
+# --- read_lines --------------------------------------------------------------------
+
+def test_bundled_dataset(names_lines):
+    assert data.default_dataset().is_file()
+    assert len(names_lines) == 32_033
+    assert names_lines[:3] == ["emma", "olivia", "ava"]
+
+
+def test_line_endings_whitespace_bom_and_blank_lines(tmp_path):
+    path = write(tmp_path, "\ufeffanna \r\n\r\n  bob\rcarl\n\n\t\n dave".encode("utf-8"))
+    assert data.read_lines(path) == ["anna", "bob", "carl", "dave"]
+
+
+def test_unicode_lines(tmp_path):
+    path = write(tmp_path, "zoë\nJosé\n北京\n".encode("utf-8"))
+    assert data.read_lines(path) == ["zoë", "José", "北京"]
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"", "is empty"),
+    (b"\n  \n\r\n\t\n", "no non-blank lines"),
+    (b"anna\nbo\x00b\n", "line 2 contains a NUL byte"),
+    (b"anna\nb\x07ob\n", "line 2 contains the control character U+0007"),
+    (b"anna\nb\tob\n", "line 2 contains the control character U+0009"),
+    (b"anna\nzo\xe9\n", "not UTF-8: byte 0xe9 at line 2, column 3"),
+])
+def test_bad_files(tmp_path, content, message):
+    path = write(tmp_path, content)
+    with pytest.raises(DataError, match=re.escape(message)) as err:
+        data.read_lines(path)
+    assert str(path) in str(err.value)
+
+
+def test_missing_file_and_directory(tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        data.read_lines(tmp_path / "nope.txt")
+    with pytest.raises(DataError, match="is a directory"):
+        data.read_lines(tmp_path)
+
+
+# --- split_lines -------------------------------------------------------------------
+
+def test_classic_split(names_lines, names_splits):
+    train, val, test = names_splits
+    assert (len(train), len(val), len(test)) == (30_033, 1_000, 1_000)
+    # the definition: shuffle indices with random.Random(seed), test first, then val
+    order = list(range(len(names_lines)))
+    random.Random(42).shuffle(order)
+    assert test == [names_lines[i] for i in order[:1000]]
+    assert val == [names_lines[i] for i in order[1000:2000]]
+    assert train[0] == names_lines[order[2000]]
+
+
+def test_split_is_deterministic_and_seeded(names_lines):
+    assert data.split_lines(names_lines) == data.split_lines(names_lines, seed=42)
+    assert data.split_lines(names_lines, seed=1)[2] != data.split_lines(names_lines)[2]
+
+
+@pytest.mark.parametrize("n, sizes", [(10, (8, 1, 1)), (25, (21, 2, 2)), (50_000, (48_000, 1000, 1000))])
+def test_split_sizes(n, sizes):
+    lines = [f"w{i}" for i in range(n)]
+    train, val, test = data.split_lines(lines)
+    assert (len(train), len(val), len(test)) == sizes
+    assert sorted(train + val + test) == sorted(lines)
+
+
+def test_too_few_lines_to_split():
+    with pytest.raises(DataError, match="'x.txt' has 9 non-blank lines; at least 10"):
+        data.split_lines(["a"] * 9, source="x.txt")
+
+
+# --- Tokenizer ---------------------------------------------------------------------
+
+def test_names_vocabulary(names_lines):
+    tok = data.Tokenizer.from_lines(names_lines)
+    assert tok.vocab_size == 27 and tok.eot == 0
+    assert tok.itos[1] == "a" and tok.itos[26] == "z"
+    assert tok.stoi == {ch: i for i, ch in enumerate(tok.itos)}
+
+
+def test_round_trip_any_unicode():
+    lines = ["zoë", "北京", "a b"]
+    tok = data.Tokenizer.from_lines(lines)
+    assert tok.eot == 0
+    for line in lines:
+        assert tok.decode(tok.encode(line + "\n")) == line + "\n"
+    assert data.Tokenizer.from_list(tok.to_list()) == tok
+
+
+def test_unknown_character_is_a_clear_error():
+    tok = data.Tokenizer.from_lines(["abc"])
+    with pytest.raises(DataError, match="'z' is not in the vocabulary"):
+        tok.encode("az")
+
+
+# --- loaders -----------------------------------------------------------------------
+
+def test_words_loader_pads_each_item():
+    tok = data.Tokenizer.from_lines(["ab", "c"])  # \n=0 a=1 b=2 c=3
+    X, Y = data.word_examples(["ab", "c"], tok, 2)
+    assert X.tolist() == [[0, 0], [0, 1], [1, 2], [0, 0], [0, 3]]
+    assert Y.tolist() == [1, 2, 0, 3, 0]
+    assert X.dtype == np.int64
+
+
+def test_stream_loader_slides_over_joined_text():
+    tok = data.Tokenizer.from_lines(["ab", "c"])
+    X, Y = data.stream_examples(["ab", "c"], tok, 2)  # stream: a b \n c \n
+    assert X.tolist() == [[1, 2], [2, 0], [0, 3]]
+    assert Y.tolist() == [0, 3, 0]
+    assert data.stream_tokens(["ab", "c"], tok).tolist() == [1, 2, 0, 3, 0]
+
+
+def test_loaders_on_names(names_splits):
+    train = names_splits[0]
+    tok = data.Tokenizer.from_lines(train)
+    Xw, Yw = data.make_examples(train, tok, 3, "words")
+    assert len(Yw) == sum(len(w) + 1 for w in train)
+    Xs, Ys = data.make_examples(train, tok, 3, "stream")
+    assert len(Ys) == sum(len(w) + 1 for w in train) - 3
+    # every example's context and target are consecutive tokens of the stream
+    stream = data.stream_tokens(train, tok)
+    assert np.array_equal(Xs[100], stream[100:103]) and Ys[100] == stream[103]
+
+
+def test_context_zero_and_bad_loader():
+    tok = data.Tokenizer.from_lines(["ab"])
+    X, Y = data.word_examples(["ab"], tok, 0)
+    assert X.shape == (3, 0) and Y.tolist() == [1, 2, 0]
+    with pytest.raises(DataError, match="unknown loader"):
+        data.make_examples(["ab"], tok, 1, "bogus")
+
+
+def test_splits_round_trip(tmp_path, names_splits):
+    data.save_splits(tmp_path, names_splits)
+    assert data.load_splits(tmp_path) == tuple(names_splits)

@@ -1,0 +1,46 @@
+"""tinylm.io: atomic writes leave no partial files; out-dir checks create nothing."""
+
+import pytest
+
+from tinylm import io
+from tinylm.errors import ConfigError
+
+
+def test_atomic_write_replaces_whole_file(tmp_path):
+    path = tmp_path / "x.json"
+    io.write_json(path, {"a": 1})
+    io.write_json(path, {"b": 2})
+    assert io.read_json(path) == {"b": 2}
+    assert [p.name for p in tmp_path.iterdir()] == ["x.json"]
+
+
+def test_failed_write_leaves_nothing(tmp_path):
+    class Boom(Exception):
+        pass
+
+    class Bad:
+        def __iter__(self):
+            raise Boom
+
+    with pytest.raises(Boom):
+        io.write_jsonl(tmp_path / "m.jsonl", Bad())
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_jsonl_round_trip(tmp_path):
+    path = tmp_path / "m.jsonl"
+    io.write_jsonl(path, [{"step": 0}])
+    io.append_jsonl(path, {"step": 1, "val_loss": 2.5})
+    assert io.read_jsonl(path) == [{"step": 0}, {"step": 1, "val_loss": 2.5}]
+
+
+def test_check_out_dir_refuses_files_and_creates_nothing(tmp_path):
+    f = tmp_path / "file"
+    f.write_text("x")
+    with pytest.raises(ConfigError, match="not a directory"):
+        io.check_out_dir(f)
+    with pytest.raises(ConfigError, match="not a directory"):
+        io.check_out_dir(f / "sub")
+    io.check_out_dir(tmp_path / "new" / "dir")
+    assert not (tmp_path / "new").exists()
+    assert io.make_out_dir(tmp_path / "new" / "dir").is_dir()
