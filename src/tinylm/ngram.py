@@ -170,6 +170,16 @@ class NgramModel:
             return logits, None
         return logits, nll(self, idx, targets)
 
+    # a count model has no parameters to train and no modes; these keep it
+    # usable wherever a neural model is (the sampler switches modes)
+    training = False
+
+    def parameters(self) -> list:
+        return []
+
+    def train(self, mode: bool = True) -> "NgramModel":
+        return self
+
     def eval(self) -> "NgramModel":
         return self
 

@@ -87,6 +87,17 @@ class _UsageError(Exception):
     pass
 
 
+def print_samples(marked: Sequence[tuple[str, bool]]) -> None:
+    """Print sampled items, each marked as a copy of a training item or new."""
+    if not marked:
+        return
+    width = max(len(item) for item, _ in marked)
+    new = sum(not known for _, known in marked)
+    print(f"samples ({new} of {len(marked)} new, not in the training set):")
+    for item, known in marked:
+        print(f"  {item:<{width}}  {'(copy of a training item)' if known else '(new)'}")
+
+
 def _add_run_dir(p: argparse.ArgumentParser, required: bool) -> None:
     p.add_argument("-o", "--out-dir", default=None if required else "out",
                    required=required, metavar="DIR",
@@ -111,22 +122,21 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser(
         "train", help="train a model and write the run to -o DIR",
         description="Train a model on a text file (one item per line; default: the bundled "
-        "32,032 names), write metrics.jsonl, config.json and the model into -o DIR, "
+        "32,033 names), write metrics.jsonl, config.json and the model into -o DIR, "
         "and print samples marked new or copied from the training set.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     train.add_argument("-i", "--input", default=None, metavar="FILE",
                        help="UTF-8 text file, one item per line (default: the bundled names)")
     _add_run_dir(train, required=False)
     train.add_argument("--model", default="ngram", choices=NGRAM_MODELS + NEURAL_MODELS,
-                       help="which model to train")
+                       help="which model to train (default: ngram)")
     train.add_argument("--loader", default=None, choices=("words", "stream"),
                        help="words: each line an independent item (default); "
                        "stream: one continuous text, for the classic reference figures")
     train.add_argument("--seed", type=_seed, default=None,
                        help="seed of the run's RNG (initialisation, batches, sampling)")
     train.add_argument("-n", "--num-samples", type=_nonneg_int, default=10,
-                       help="samples to print at the end")
+                       help="samples to print at the end (default: 10)")
     ngram_cmd.add_train_arguments(train.add_argument_group("n-gram options"))
     neural_cmd.add_train_arguments(train.add_argument_group("neural-network options"))
     train.set_defaults(handler=_train)
