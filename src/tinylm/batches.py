@@ -1,0 +1,117 @@
+"""Training batches and evaluation passes over a split, for both loaders.
+
+``words`` split: the examples of ``data.word_examples``. A training batch is
+``batch_size`` examples drawn uniformly with replacement with the run's RNG
+(index = floor(random() * N), vectorised with ``RNG.random_array``, which
+yields the very same numbers). Evaluation is the exact mean over every
+example of the split.
+
+``stream`` split: every window of ``context + 1`` tokens over the joined text.
+Batches are *consecutive* windows: window starts 0, 1, 2, ..., wrapping to 0
+when start + context reaches the length of the stream, and a batch takes the
+next ``batch_size`` starts. Evaluation is a fresh pass of such batches from
+start 0: ``len(tokens) // batch_size`` batches (fewer if limited), the mean of
+the batch means. This is the protocol of the classic reference figures.
+
+A batch size of 0 means the full split in every batch (full-batch gradient
+descent, as the neural bigram uses).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from tinylm.data import Tokenizer, stream_examples, stream_tokens, word_examples
+from tinylm.errors import ConfigError, DataError
+from tinylm.rng import RNG
+
+# Forward passes of the exact evaluation use chunks of this many examples:
+# large enough to amortise the per-call cost, small enough to bound memory.
+EVAL_CHUNK = 4096
+
+
+@dataclass(frozen=True)
+class Split:
+    """One split of the data as examples: ``X`` (N, context), ``Y`` (N,)."""
+
+    name: str
+    loader: str
+    X: np.ndarray
+    Y: np.ndarray
+    n_tokens: int  # length of the token stream (stream loader) or number of tokens incl. EOTs
+
+    def __len__(self) -> int:
+        return len(self.Y)
+
+
+def make_split(
+    name: str, lines: Sequence[str], tokenizer: Tokenizer, context: int, loader: str
+) -> Split:
+    """The examples of ``lines`` for ``loader``; ``DataError`` if there are none."""
+    if loader == "stream":
+        n_tokens = len(stream_tokens(lines, tokenizer))
+        try:
+            X, Y = stream_examples(lines, tokenizer, context)
+        except DataError:
+            raise DataError(
+                f"the {name} split has {n_tokens} tokens, too few for a context of {context}"
+            ) from None
+    elif loader == "words":
+        X, Y = word_examples(lines, tokenizer, context)
+        n_tokens = len(Y)
+    else:
+        raise ConfigError(f"unknown loader {loader!r}; choose words or stream")
+    if len(Y) == 0:
+        raise DataError(f"the {name} split has no examples")
+    return Split(name, loader, X, Y, n_tokens)
+
+
+class Batches:
+    """The training batches of one split; ``position`` is all the state besides the RNG."""
+
+    def __init__(self, split: Split, batch_size: int, rng: RNG, position: int = 0) -> None:
+        self.split = split
+        self.batch_size = batch_size
+        self.rng = rng
+        self.position = position
+
+    def next(self) -> tuple[np.ndarray, np.ndarray]:
+        split, B = self.split, self.batch_size
+        if B == 0:
+            return split.X, split.Y
+        if split.loader == "stream":
+            starts = (self.position + np.arange(B)) % len(split)
+            self.position = int((self.position + B) % len(split))
+        else:
+            # the same numbers as int(rng.random() * N) one example at a time
+            starts = (self.rng.random_array(B) * len(split)).astype(np.int64)
+        return split.X[starts], split.Y[starts]
+
+
+def eval_batches(
+    split: Split, batch_size: int, max_batches: int | None = None
+) -> Iterator[tuple[np.ndarray, np.ndarray, int]]:
+    """(X, Y, weight) chunks of an evaluation pass; the loss is sum(w * mean) / sum(w).
+
+    stream: a fresh pass of consecutive batches, each weighted 1 (mean of
+    batch means). words: the split in order, each chunk weighted by its size
+    (the exact mean over examples); ``max_batches`` limits it to the first
+    ``max_batches * batch_size`` examples.
+    """
+    if split.loader == "stream" and batch_size > 0:
+        n_batches = max(1, split.n_tokens // batch_size)
+        if max_batches is not None:
+            n_batches = min(n_batches, max_batches)
+        for b in range(n_batches):
+            starts = (b * batch_size + np.arange(batch_size)) % len(split)
+            yield split.X[starts], split.Y[starts], 1
+        return
+    n = len(split)
+    if max_batches is not None and batch_size > 0:
+        n = min(n, max_batches * batch_size)
+    for lo in range(0, n, EVAL_CHUNK):
+        hi = min(n, lo + EVAL_CHUNK)
+        yield split.X[lo:hi], split.Y[lo:hi], hi - lo

@@ -1,0 +1,152 @@
+"""Sampling from a trained model with coin flips from the portable RNG.
+
+The next token is chosen the way a C port would choose it: turn the logits
+into probabilities (softmax in float64, after dividing by the temperature and
+keeping only the top k), draw one coin ``rng.random()`` in [0, 1), and take
+the first index whose running sum of probabilities exceeds the coin (the
+last index if rounding leaves none). One coin per token, nothing else drawn,
+so every backend of a model samples the same text from the same seed.
+
+Generation works on a tape of token ids. ``sample_tokens`` continues a tape
+for a fixed number of tokens (the classic ``sample.txt``); ``sample_items``
+produces whole items, each ending at the end-of-text token. For a model
+trained on independent words the tape restarts from end-of-text padding for
+every item; a model trained on the continuous stream keeps one tape, so each
+item sees the end of the previous one as it did in training.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from tinylm.data import EOT, Tokenizer
+from tinylm.errors import ConfigError
+from tinylm.rng import RNG
+
+# An item that never reaches end-of-text is cut here rather than run forever.
+MAX_ITEM_TOKENS = 256
+
+
+def probabilities(logits: np.ndarray, temperature: float = 1.0, top_k: int | None = None) -> np.ndarray:
+    """Softmax of one row of logits in float64, after temperature and top-k."""
+    if not temperature > 0:
+        raise ConfigError(f"temperature must be positive, got {temperature}")
+    z = np.asarray(logits, dtype=np.float64).reshape(-1) / temperature  # (vocab_size,)
+    if top_k is not None and top_k < len(z):
+        if top_k <= 0:
+            raise ConfigError(f"top-k must be positive, got {top_k}")
+        kth = np.sort(z)[-top_k]
+        z = np.where(z >= kth, z, -np.inf)
+    z = z - z.max()
+    e = np.exp(z)
+    return e / e.sum()
+
+
+def pick(probs: np.ndarray, coin: float) -> int:
+    """The first index whose running sum of ``probs`` exceeds ``coin``."""
+    cdf = np.cumsum(probs)
+    i = int(np.searchsorted(cdf, coin, side="right"))
+    if i < len(probs):
+        return i
+    # rounding left the total at or below the coin: the last token that can occur
+    return int(np.flatnonzero(probs)[-1])
+
+
+@contextlib.contextmanager
+def eval_mode(model) -> Iterator[None]:
+    """Run with the model in eval mode (and without autograd for torch), then restore."""
+    was_training = bool(getattr(model, "training", False))
+    model.eval()
+    try:
+        with _no_grad(model):
+            yield
+    finally:
+        if was_training:
+            model.train()
+
+
+def _no_grad(model):
+    params = model.parameters()
+    if params and type(params[0]).__module__.startswith("torch"):
+        import torch
+
+        return torch.no_grad()
+    return contextlib.nullcontext()
+
+
+def _logits_row(model, tape: list[int]) -> np.ndarray:
+    idx = np.array([tape[len(tape) - model.context :]], dtype=np.int64)  # (1, context)
+    logits, _ = model.forward(idx)
+    if hasattr(logits, "detach"):
+        logits = logits.detach().cpu().numpy()
+    elif not isinstance(logits, np.ndarray):
+        logits = np.array([[getattr(v, "data", v) for v in row] for row in logits])
+    return np.asarray(logits)[0]
+
+
+def next_token(model, tape: list[int], rng: RNG, temperature: float = 1.0,
+               top_k: int | None = None) -> int:
+    """Sample the token that follows ``tape`` (the model reads its last ``context`` ids)."""
+    probs = probabilities(_logits_row(model, tape), temperature, top_k)
+    return pick(probs, rng.random())
+
+
+def sample_tokens(model, tokenizer: Tokenizer, prompt: str, n: int, rng: RNG,
+                  temperature: float = 1.0, top_k: int | None = None) -> str:
+    """The prompt followed by ``n`` sampled characters (the tape is never reset).
+
+    The prompt is padded on the left with end-of-text tokens if it is shorter
+    than the model's context.
+    """
+    tape = _start_tape(model, tokenizer) + tokenizer.encode(prompt)
+    out = []
+    with eval_mode(model):
+        for _ in range(n):
+            token = next_token(model, tape, rng, temperature, top_k)
+            tape.append(token)
+            out.append(token)
+    return prompt + tokenizer.decode(out)
+
+
+def sample_items(model, tokenizer: Tokenizer, n: int, rng: RNG, *, prompt: str = "",
+                 temperature: float = 1.0, top_k: int | None = None,
+                 continuous: bool = False) -> list[str]:
+    """``n`` items, each the prompt plus characters sampled up to end-of-text.
+
+    ``continuous`` keeps one tape across items (for models trained on the
+    stream loader); otherwise every item starts from end-of-text padding.
+    """
+    if EOT in prompt:
+        raise ConfigError("the prompt of an item cannot contain a newline")
+    prompt_ids = tokenizer.encode(prompt)
+    items = []
+    tape = _start_tape(model, tokenizer)
+    with eval_mode(model):
+        for _ in range(n):
+            if not continuous:
+                tape = _start_tape(model, tokenizer)
+            tape.extend(prompt_ids)
+            chars = []
+            for _ in range(MAX_ITEM_TOKENS):
+                token = next_token(model, tape, rng, temperature, top_k)
+                tape.append(token)
+                if token == tokenizer.eot:
+                    break
+                chars.append(token)
+            else:
+                tape.append(tokenizer.eot)
+            items.append(prompt + tokenizer.decode(chars))
+    return items
+
+
+def _start_tape(model, tokenizer: Tokenizer) -> list[int]:
+    return [tokenizer.eot] * max(1, model.context)
+
+
+def mark_known(items: Sequence[str], known: Sequence[str]) -> list[tuple[str, bool]]:
+    """Each item with True if it occurs in ``known`` (the training lines)."""
+    seen = set(known)
+    return [(item, item in seen) for item in items]
