@@ -1,0 +1,13 @@
+"""A scalar-valued autograd engine and a tiny neural-network library on top of it.
+
+The first rung of tinylm's ladder: the code to read to understand
+backpropagation. ``engine`` holds ``Value`` and the backward pass, ``nn``
+the MLP, cross-entropy and AdamW, ``datasets`` the 2D toy problems,
+``graph`` the pictures of a computation graph and ``demo`` the reference
+recipe behind ``tinylm micrograd``. Pure Python: no numpy in the engine.
+"""
+
+from tinylm.micrograd.engine import Value, weighted_sum
+from tinylm.micrograd.nn import MLP, AdamW, Layer, Module, Neuron, cross_entropy
+
+__all__ = ["Value", "weighted_sum", "Module", "Neuron", "Layer", "MLP", "cross_entropy", "AdamW"]
