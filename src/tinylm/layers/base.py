@@ -1,0 +1,111 @@
+"""What a language model is, whatever computes it: the part every backend shares.
+
+A model is a stack of layers (``layers``) that reads the last ``reads``
+tokens of each context and returns next-token logits, plus a loss. This
+base class holds what does not depend on the array library: the config,
+train/eval mode, mean-square weight penalties, and the state dict, whose
+names ("layers.0.weight", ...) and layouts (PyTorch's: Linear weight is
+(out, in)) are the same for every backend, so a checkpoint written by one
+loads into any other. Each backend subclass supplies the arithmetic.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import numpy as np
+
+from tinylm.errors import CheckpointError
+
+
+class LanguageModel:
+    """Backend-independent half of a model; see the module docstring.
+
+    Subclasses implement ``forward(idx, targets=None) -> (logits, loss)``,
+    ``backward()``, ``parameters()``, and the three hooks below that let
+    this class read and write their tensors by state-dict name.
+    """
+
+    backend = ""
+
+    def __init__(self, config: Any, reads: int, penalties: Mapping[str, float]) -> None:
+        self.config = config
+        self.context: int = config.context
+        self.reads = reads  # the network sees idx[:, -reads:]
+        # state-dict name -> c: the loss gains c * mean(weight**2) (the bigram's smoothing)
+        self.penalties = dict(penalties)
+        self.training = True
+
+    # --- hooks for the backends -------------------------------------------------------
+
+    def _named_parameters(self) -> dict[str, Any]:
+        """Trainable tensors by state-dict name, as the backend holds them."""
+        raise NotImplementedError
+
+    def _named_buffers(self) -> dict[str, Any]:
+        """Non-trainable state (e.g. BatchNorm running statistics) by state-dict name."""
+        return {}
+
+    def _to_numpy(self, tensor: Any) -> np.ndarray:
+        raise NotImplementedError
+
+    def _assign(self, tensor: Any, value: np.ndarray) -> None:
+        """Overwrite ``tensor`` in place with ``value`` (same shape)."""
+        raise NotImplementedError
+
+    def _set_training(self, mode: bool) -> None:
+        raise NotImplementedError
+
+    # --- shared ---------------------------------------------------------------------------
+
+    def train(self, mode: bool = True) -> "LanguageModel":
+        self.training = mode
+        self._set_training(mode)
+        return self
+
+    def eval(self) -> "LanguageModel":
+        return self.train(False)
+
+    def _named_state(self) -> dict[str, Any]:
+        return {**self._named_parameters(), **self._named_buffers()}
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Copies of every parameter and buffer as numpy arrays, in PyTorch layout."""
+        return {name: self._to_numpy(t) for name, t in self._named_state().items()}
+
+    def load_state_dict(self, state: Mapping[str, np.ndarray], strict: bool = True) -> None:
+        """Copy ``state`` into the model; raises CheckpointError on any mismatch.
+
+        ``strict=False`` allows names to be missing from ``state`` (those keep
+        their values), which is how builders set only what they draw at random.
+        """
+        own = self._named_state()
+        unexpected = sorted(set(state) - set(own))
+        missing = [name for name in own if name not in state]
+        if unexpected or (strict and missing):
+            parts = []
+            if missing and strict:
+                parts.append(f"missing {', '.join(missing)}")
+            if unexpected:
+                parts.append(f"unexpected {', '.join(unexpected)}")
+            raise CheckpointError(
+                f"the saved weights do not fit this {self.config.model!r} model: {'; '.join(parts)}")
+        for name, value in state.items():
+            value = np.asarray(value)
+            shape = self._to_numpy(own[name]).shape
+            if value.shape != shape:
+                raise CheckpointError(
+                    f"the saved weight {name!r} has shape {value.shape}, the model expects {shape}")
+            self._assign(own[name], value)
+
+    def num_params(self) -> int:
+        """How many trainable numbers the model has."""
+        return sum(self._to_numpy(t).size for t in self._named_parameters().values())
+
+    def _inputs(self, idx: Any) -> Any:
+        """Check that idx is (B, >= reads) and keep its last ``reads`` columns."""
+        if len(idx.shape) != 2 or idx.shape[1] < self.reads:
+            raise ValueError(
+                f"idx must have shape (B, {self.context}) (at least {self.reads} columns), "
+                f"got {tuple(idx.shape)}")
+        return idx[:, idx.shape[1] - self.reads:]

@@ -1,0 +1,312 @@
+"""The layer vocabulary in numpy, with every backward pass written by hand.
+
+Each layer has ``forward(x)``, which stores what its backward pass needs and
+keeps its result in ``.out``, and ``backward(dout)``, which takes the
+gradient of the loss with respect to that result and returns the gradient
+with respect to the layer's input, setting ``.grad`` of its parameters on
+the way. A backward pass reads as the forward pass upside down: one line per
+forward line, in reverse order, each with the shape it produces.
+
+Gradients are *set*, not accumulated: after ``backward`` every ``.grad`` is
+the gradient of the last forward pass alone, so there is no zero_grad step
+to forget. Layers compute in the dtype of their parameters and inputs:
+float32 to train, float64 for finite-difference checks.
+
+Shapes: B batch, T positions in the context, C channels; ``Linear`` acts on
+the last axis, so it takes (B, C) as well as (B, T, C).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from tinylm.layers.base import LanguageModel
+
+
+class Parameter:
+    """A trainable array, its gradient, and the name it has in a state dict."""
+
+    def __init__(self, data: np.ndarray, name: str = "") -> None:
+        self.data = data
+        self.grad = np.zeros_like(data)
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"Parameter({self.name!r}, shape={self.data.shape}, dtype={self.data.dtype})"
+
+
+class Layer:
+    """What every layer shares: parameters and buffers by name, train/eval, ``.out``.
+
+    Subclasses list their parameter attributes in ``param_names`` and their
+    non-trainable state (running statistics...) in ``buffer_names``, so that
+    models can build state dicts without knowing each layer.
+    """
+
+    param_names: tuple[str, ...] = ()
+    buffer_names: tuple[str, ...] = ()
+
+    def __init__(self) -> None:
+        self.training = True
+        self.out: np.ndarray | None = None
+        self.out_grad: np.ndarray | None = None  # d loss / d out, set by Sequential.backward
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return self.forward(x)
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def backward(self, dout: np.ndarray) -> np.ndarray | None:
+        raise NotImplementedError
+
+    def named_parameters(self) -> list[tuple[str, Parameter]]:
+        return [(name, getattr(self, name)) for name in self.param_names
+                if getattr(self, name) is not None]
+
+    def parameters(self) -> list[Parameter]:
+        return [p for _, p in self.named_parameters()]
+
+    def named_buffers(self) -> list[tuple[str, np.ndarray]]:
+        return [(name, getattr(self, name)) for name in self.buffer_names]
+
+    def train(self, mode: bool = True) -> "Layer":
+        self.training = mode
+        return self
+
+    def eval(self) -> "Layer":
+        return self.train(False)
+
+
+class Embedding(Layer):
+    """A lookup table: token id -> a learned vector of ``embedding_dim`` numbers."""
+
+    param_names = ("weight",)
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, dtype=np.float32) -> None:
+        super().__init__()
+        self.weight = Parameter(np.zeros((num_embeddings, embedding_dim), dtype=dtype), "weight")
+
+    def forward(self, idx: np.ndarray) -> np.ndarray:
+        self.idx = idx                                   # (B, T) integer ids, or (B,)
+        self.out = self.weight.data[idx]                 # (B, T, C)
+        return self.out
+
+    def backward(self, dout: np.ndarray) -> None:
+        W = self.weight.data
+        # A row used k times in the batch receives the sum of its k gradients;
+        # np.add.at adds repeated indices instead of keeping only the last one.
+        dW = np.zeros_like(W)                                                  # (V, C)
+        np.add.at(dW, self.idx.reshape(-1), dout.reshape(-1, W.shape[1]))     # (B*T, C) into (V, C)
+        self.weight.grad = dW
+        return None  # token ids are not differentiable
+
+
+class Flatten(Layer):
+    """Concatenate the context's embeddings: (B, T, C) -> (B, T*C)."""
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        self.in_shape = x.shape                          # (B, T, C)
+        self.out = x.reshape(x.shape[0], -1)             # (B, T*C)
+        return self.out
+
+    def backward(self, dout: np.ndarray) -> np.ndarray:
+        return dout.reshape(self.in_shape)               # (B, T, C)
+
+
+class Linear(Layer):
+    """``x @ weight.T + bias`` on the last axis; weight stored (out, in) as in PyTorch.
+
+    ``bias=False`` is for a Linear followed by BatchNorm, whose mean
+    subtraction would cancel any bias.
+    """
+
+    param_names = ("weight", "bias")
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True,
+                 dtype=np.float32) -> None:
+        super().__init__()
+        self.weight = Parameter(np.zeros((out_features, in_features), dtype=dtype), "weight")
+        self.bias = Parameter(np.zeros(out_features, dtype=dtype), "bias") if bias else None
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        self.x = x                                       # (..., in)
+        out = x @ self.weight.data.T                     # (..., out)
+        if self.bias is not None:
+            out = out + self.bias.data                   # (..., out)
+        self.out = out
+        return out
+
+    def backward(self, dout: np.ndarray) -> np.ndarray:
+        W = self.weight.data
+        # Every leading axis (batch, and time for (B, T, C)) is one more example.
+        x2 = self.x.reshape(-1, W.shape[1])              # (N, in)
+        dout2 = dout.reshape(-1, W.shape[0])             # (N, out)
+        if self.bias is not None:
+            self.bias.grad = dout2.sum(axis=0)           # (out,)
+        self.weight.grad = dout2.T @ x2                  # (out, in)
+        return dout @ W                                  # (..., in)
+
+
+class Tanh(Layer):
+    """Elementwise tanh; its derivative 1 - tanh**2 is computed from the output."""
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        self.out = np.tanh(x)                            # (..., H)
+        return self.out
+
+    def backward(self, dout: np.ndarray) -> np.ndarray:
+        return (1 - self.out**2) * dout                  # (..., H)
+
+
+class Sequential(Layer):
+    """Layers applied one after another; backward runs them in reverse."""
+
+    def __init__(self, layers: Iterable[Layer]) -> None:
+        super().__init__()
+        self.layers: list[Layer] = list(layers)
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        for layer in self.layers:
+            x = layer(x)
+        self.out = x
+        return x
+
+    def backward(self, dout: np.ndarray) -> np.ndarray | None:
+        for layer in reversed(self.layers):
+            layer.out_grad = dout  # kept for the diagnostics of gradient flow
+            dout = layer.backward(dout)
+        return dout
+
+    def named_parameters(self) -> list[tuple[str, Parameter]]:
+        return [(f"{i}.{name}", p) for i, layer in enumerate(self.layers)
+                for name, p in layer.named_parameters()]
+
+    def named_buffers(self) -> list[tuple[str, np.ndarray]]:
+        return [(f"{i}.{name}", b) for i, layer in enumerate(self.layers)
+                for name, b in layer.named_buffers()]
+
+    def train(self, mode: bool = True) -> "Sequential":
+        self.training = mode
+        for layer in self.layers:
+            layer.train(mode)
+        return self
+
+
+class CrossEntropy:
+    """Mean negative log-likelihood of the targets under softmax(logits).
+
+    Stable for any logits: the row maximum is subtracted before
+    exponentiating, which changes nothing mathematically (softmax is
+    shift-invariant) and keeps exp() from overflowing.
+    """
+
+    def forward(self, logits: np.ndarray, targets: np.ndarray) -> float:
+        B = logits.shape[0]
+        self.targets = targets                                            # (B,)
+        shifted = logits - logits.max(axis=1, keepdims=True)              # (B, V)
+        counts = np.exp(shifted)                                          # (B, V)
+        sums = counts.sum(axis=1, keepdims=True)                          # (B, 1)
+        logprobs = shifted - np.log(sums)                                 # (B, V)
+        self.probs = counts / sums                                        # (B, V)
+        return float(-logprobs[np.arange(B), targets].mean())
+
+    def backward(self) -> np.ndarray:
+        # d/dlogits of -log softmax(logits)[y] is softmax(logits) - onehot(y);
+        # the mean over the batch divides each row by B.
+        B = self.probs.shape[0]
+        dlogits = self.probs.copy()                                       # (B, V)
+        dlogits[np.arange(B), self.targets] -= 1                          # (B, V)
+        return dlogits / B                                                # (B, V)
+
+
+def cross_entropy(logits: np.ndarray, targets: np.ndarray) -> float:
+    """The loss of ``CrossEntropy`` without keeping anything for a backward pass."""
+    return CrossEntropy().forward(logits, targets)
+
+
+def to_dtype(layers: Sequence[Layer], dtype) -> None:
+    """Cast every parameter and buffer of ``layers`` in place (float64 for gradient checks)."""
+    for layer in layers:
+        if isinstance(layer, Sequential):
+            to_dtype(layer.layers, dtype)
+            continue
+        for _, p in layer.named_parameters():
+            p.data = p.data.astype(dtype)
+            p.grad = p.grad.astype(dtype)
+        for name, b in layer.named_buffers():
+            setattr(layer, name, b.astype(dtype))
+
+
+class NumpyLM(LanguageModel):
+    """A language model over numpy layers, trained with the hand-written backward passes."""
+
+    backend = "numpy"
+
+    def __init__(self, config: Any, layers: Sequence[Layer], reads: int,
+                 penalties: Mapping[str, float] = {}) -> None:
+        super().__init__(config, reads, penalties)
+        self.net = Sequential(layers)
+        self.layers = self.net.layers
+        self._params = {f"layers.{name}": p for name, p in self.net.named_parameters()}
+        for name, p in self._params.items():
+            p.name = name
+        self._criterion = CrossEntropy()
+        self._has_loss = False
+
+    def forward(self, idx: np.ndarray, targets: np.ndarray | None = None
+                ) -> tuple[np.ndarray, float | None]:
+        x = self._inputs(np.asarray(idx))                                 # (B, reads)
+        logits = self.net(x)                                              # (B, V)
+        self._has_loss = targets is not None
+        if targets is None:
+            return logits, None
+        loss = self._criterion.forward(logits, np.asarray(targets))
+        for name, c in self.penalties.items():
+            loss += c * float(np.mean(self._params[name].data ** 2))
+        return logits, loss
+
+    def backward(self) -> None:
+        if not self._has_loss:
+            raise RuntimeError("backward() needs a forward pass with targets first")
+        dlogits = self._criterion.backward()                              # (B, V)
+        self.net.backward(dlogits)
+        for name, c in self.penalties.items():
+            p = self._params[name]
+            p.grad = p.grad + (2 * c / p.data.size) * p.data              # d c*mean(W**2) / dW
+
+    def parameters(self) -> list[Parameter]:
+        return list(self._params.values())
+
+    def _named_parameters(self) -> dict[str, Parameter]:
+        return self._params
+
+    def _named_buffers(self) -> dict[str, tuple[Layer, str]]:
+        # a buffer is an attribute, replaced on assignment: keep (layer, attribute)
+        out = {}
+        for i, layer in enumerate(self.layers):
+            for name in layer.buffer_names:
+                out[f"layers.{i}.{name}"] = (layer, name)
+        return out
+
+    def _to_numpy(self, tensor: Parameter | tuple[Layer, str]) -> np.ndarray:
+        if isinstance(tensor, Parameter):
+            return tensor.data.copy()
+        layer, name = tensor
+        return np.array(getattr(layer, name))
+
+    def _assign(self, tensor: Parameter | tuple[Layer, str], value: np.ndarray) -> None:
+        if isinstance(tensor, Parameter):
+            tensor.data = value.astype(tensor.data.dtype, copy=True)
+            tensor.grad = np.zeros_like(tensor.data)
+        else:
+            layer, name = tensor
+            setattr(layer, name, value.astype(np.asarray(getattr(layer, name)).dtype, copy=True))
+
+    def _set_training(self, mode: bool) -> None:
+        self.net.train(mode)
+
+
+LM = NumpyLM  # the name models.build_model looks for in every backend module

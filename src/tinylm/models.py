@@ -1,0 +1,199 @@
+"""Which layers make each model, and how their weights start.
+
+A model is named by a ``ModelConfig`` and built by ``build_model(config,
+backend, rng)``. Each entry of ``MODELS`` is a builder that is written once
+for every backend: it receives the backend's layer vocabulary (a module
+with ``Embedding``, ``Flatten``, ``Linear``, ``Tanh``...) and returns a
+``Blueprint``: the layer list, and the initial weights drawn from the
+tinylm RNG in one canonical order as float32 arrays. Because the weights
+are drawn once, as arrays, and then copied into whichever backend was
+asked for, the numpy, PyTorch and scalar-engine versions of a model start
+from identical numbers.
+
+Backends:
+  numpy         hand-written forward and backward passes (float32)
+  torch         raw tensors with requires_grad, no nn.Module (float32)
+  torch-module  idiomatic nn.Embedding / nn.Linear / nn.Sequential (float32)
+  micrograd     tinylm's scalar autograd engine (Python floats): tiny models only
+
+To add a model, write a builder and decorate it with ``@register("name")``;
+new ``ModelConfig`` fields need a default so old config files still load.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import math
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from tinylm.errors import ConfigError
+from tinylm.rng import RNG
+
+BACKENDS = ("numpy", "torch", "torch-module", "micrograd")
+
+_BACKEND_MODULES = {
+    "numpy": "tinylm.layers.numpy_layers",
+    "torch": "tinylm.layers.torch_layers",
+    "torch-module": "tinylm.layers.torch_modules",
+    "micrograd": "tinylm.layers.micrograd_layers",
+}
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything needed to rebuild a model's architecture (saved as JSON in a run).
+
+    ``n_layers`` and ``init`` are read by the deeper models; ``reg`` is the
+    bigram's weight penalty, the neural counterpart of add-one smoothing.
+    """
+
+    model: str
+    vocab_size: int
+    context: int = 3
+    n_embd: int = 10
+    n_hidden: int = 200
+    n_layers: int = 1
+    init: str = "default"
+    reg: float = 0.01
+
+    def __post_init__(self) -> None:
+        if self.model not in MODELS:
+            raise ConfigError(f"unknown model {self.model!r}; choose one of {', '.join(MODELS)}")
+        for name in ("vocab_size", "context", "n_embd", "n_hidden", "n_layers"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"{name} must be a whole number >= 1, got {value!r}")
+        if not isinstance(self.reg, (int, float)) or isinstance(self.reg, bool) \
+                or not math.isfinite(self.reg) or self.reg < 0:
+            raise ConfigError(f"reg must be a finite number >= 0, got {self.reg!r}")
+        if not isinstance(self.init, str):
+            raise ConfigError(f"init must be a name, got {self.init!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], strict: bool = True) -> "ModelConfig":
+        """Rebuild from ``to_dict()`` output; ``strict=False`` ignores keys that are not fields."""
+        if not isinstance(d, Mapping):
+            raise ConfigError(f"a model config must be a JSON object, got {type(d).__name__}")
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if strict and unknown:
+            raise ConfigError(f"unknown model config field(s): {', '.join(unknown)}")
+        missing = [n for n in ("model", "vocab_size") if n not in d]
+        if missing:
+            raise ConfigError(f"the model config lacks {', '.join(missing)}")
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+@dataclass
+class Blueprint:
+    """A builder's answer: the layers, their initial weights, what the net reads.
+
+    ``init`` maps state-dict names to float32 arrays, in the order they were
+    drawn; names it leaves out keep the value the layer starts with (e.g.
+    BatchNorm's gain of 1). ``reads`` is how many of the last context tokens
+    the network sees; ``penalties`` adds c * mean(weight**2) to the loss.
+    """
+
+    layers: list
+    init: dict[str, np.ndarray]
+    reads: int
+    penalties: dict[str, float] = field(default_factory=dict)
+
+
+Builder = Callable[[ModelConfig, ModuleType, RNG], Blueprint]
+MODELS: dict[str, Builder] = {}
+
+
+def register(name: str) -> Callable[[Builder], Builder]:
+    """Decorator: make a builder available as ``ModelConfig(model=name)``."""
+    def add(builder: Builder) -> Builder:
+        MODELS[name] = builder
+        return builder
+    return add
+
+
+def layer_module(backend: str) -> ModuleType:
+    """The layer vocabulary of a backend (imports PyTorch only when it is asked for)."""
+    if backend not in _BACKEND_MODULES:
+        raise ConfigError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    try:
+        return importlib.import_module(_BACKEND_MODULES[backend])
+    except ModuleNotFoundError as e:
+        if e.name == "torch":
+            raise ConfigError(
+                f"the {backend!r} backend needs PyTorch: pip install 'tinylm[torch]'") from None
+        raise
+
+
+def build_model(config: ModelConfig, backend: str, rng: RNG):
+    """Build ``config``'s model on ``backend``, its weights drawn from ``rng``.
+
+    Returns the backend's model (see tinylm.layers.base.LanguageModel):
+    forward(idx, targets=None) -> (logits, loss), backward(), parameters(),
+    train()/eval(), state_dict()/load_state_dict(), layers, context, config.
+    """
+    L = layer_module(backend)
+    blueprint = MODELS[config.model](config, L, rng)
+    model = L.LM(config, blueprint.layers, blueprint.reads, blueprint.penalties)
+    model.load_state_dict(blueprint.init, strict=False)
+    return model
+
+
+def _check_init(config: ModelConfig, *choices: str) -> None:
+    if config.init not in choices:
+        raise ConfigError(f"model {config.model!r} has no init {config.init!r}; "
+                          f"choose one of {', '.join(choices)}")
+
+
+@register("bigram")
+def bigram(config: ModelConfig, L: ModuleType, rng: RNG) -> Blueprint:
+    """The neural bigram: a V x V table of logits, one row per previous token.
+
+    Looking up row ``idx`` equals ``onehot(idx) @ W``, the textbook view of
+    a one-layer network on one-hot inputs, without the multiplication. The
+    loss adds ``reg * mean(W**2)``, which pulls every row towards uniform
+    like adding counts does to a count table. Only the last context token is
+    read, whatever ``context`` is.
+    """
+    _check_init(config, "default")
+    V = config.vocab_size
+    layers = [L.Embedding(V, V), L.Flatten()]                             # (B, 1) -> (B, 1, V) -> (B, V)
+    init = {"layers.0.weight": rng.randn_array(V * V).reshape(V, V)}
+    return Blueprint(layers, init, reads=1, penalties={"layers.0.weight": float(config.reg)})
+
+
+@register("mlp")
+def mlp(config: ModelConfig, L: ModuleType, rng: RNG) -> Blueprint:
+    """The MLP language model of Bengio, Ducharme, Vincent and Jauvin, "A Neural
+    Probabilistic Language Model", JMLR 3 (2003):
+    ``Embedding -> Flatten -> Linear -> Tanh -> Linear`` over the last
+    ``context`` tokens (without the paper's optional direct connections).
+
+    Initialisation, in this order: embedding table N(0, 1); each Linear's
+    weight then bias uniform in +-1/sqrt(fan_in), PyTorch's own default.
+    """
+    _check_init(config, "default")
+    V, T, E, H = config.vocab_size, config.context, config.n_embd, config.n_hidden
+    layers = [
+        L.Embedding(V, E),        # (B, T) -> (B, T, E)
+        L.Flatten(),              # (B, T*E)
+        L.Linear(T * E, H),       # (B, H)
+        L.Tanh(),                 # (B, H)
+        L.Linear(H, V),           # (B, V)
+    ]
+    init = {"layers.0.weight": rng.randn_array(V * E, 0.0, 1.0).reshape(V, E)}
+    s = 1.0 / math.sqrt(T * E)
+    init["layers.2.weight"] = rng.rand_array(H * T * E, -s, s).reshape(H, T * E)
+    init["layers.2.bias"] = rng.rand_array(H, -s, s)
+    s = 1.0 / math.sqrt(H)
+    init["layers.4.weight"] = rng.rand_array(V * H, -s, s).reshape(V, H)
+    init["layers.4.bias"] = rng.rand_array(V, -s, s)
+    return Blueprint(layers, init, reads=T)
