@@ -1,4 +1,8 @@
-"""What a language model is, whatever computes it: the part every backend shares.
+"""What layers and language models are, whatever computes them: the shared part.
+
+``Layer`` and ``Sequential`` are the skeleton every backend's layers hang
+on: parameters and buffers found by attribute name, train/eval mode, and
+the last output kept in ``.out`` for diagnostics.
 
 A model is a stack of layers (``layers``) that reads the last ``reads``
 tokens of each context and returns next-token logits, plus a loss. This
@@ -11,11 +15,81 @@ loads into any other. Each backend subclass supplies the arithmetic.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 
 from tinylm.errors import CheckpointError
+
+
+class Layer:
+    """What every layer shares: parameters and buffers by name, train/eval, ``.out``.
+
+    Subclasses list their parameter attributes in ``param_names`` and their
+    non-trainable state (running statistics...) in ``buffer_names``, so that
+    models can build state dicts without knowing each layer. What a
+    parameter is (a numpy Parameter, a tensor, a list of Values) is up to
+    the backend.
+    """
+
+    param_names: tuple[str, ...] = ()
+    buffer_names: tuple[str, ...] = ()
+
+    def __init__(self) -> None:
+        self.training = True
+        self.out: Any = None
+        self.out_grad: Any = None  # d loss / d out, where a backend records it
+
+    def __call__(self, x: Any) -> Any:
+        return self.forward(x)
+
+    def forward(self, x: Any) -> Any:
+        raise NotImplementedError
+
+    def named_parameters(self) -> list[tuple[str, Any]]:
+        return [(name, getattr(self, name)) for name in self.param_names
+                if getattr(self, name) is not None]
+
+    def parameters(self) -> list[Any]:
+        return [p for _, p in self.named_parameters()]
+
+    def named_buffers(self) -> list[tuple[str, Any]]:
+        return [(name, getattr(self, name)) for name in self.buffer_names]
+
+    def train(self, mode: bool = True) -> "Layer":
+        self.training = mode
+        return self
+
+    def eval(self) -> "Layer":
+        return self.train(False)
+
+
+class Sequential(Layer):
+    """Layers applied one after another; names its parameters "<index>.<name>"."""
+
+    def __init__(self, layers: Iterable[Layer]) -> None:
+        super().__init__()
+        self.layers: list[Layer] = list(layers)
+
+    def forward(self, x: Any) -> Any:
+        for layer in self.layers:
+            x = layer(x)
+        self.out = x
+        return x
+
+    def named_parameters(self) -> list[tuple[str, Any]]:
+        return [(f"{i}.{name}", p) for i, layer in enumerate(self.layers)
+                for name, p in layer.named_parameters()]
+
+    def named_buffers(self) -> list[tuple[str, Any]]:
+        return [(f"{i}.{name}", b) for i, layer in enumerate(self.layers)
+                for name, b in layer.named_buffers()]
+
+    def train(self, mode: bool = True) -> "Sequential":
+        self.training = mode
+        for layer in self.layers:
+            layer.train(mode)
+        return self
 
 
 class LanguageModel:

@@ -18,11 +18,12 @@ the last axis, so it takes (B, C) as well as (B, T, C).
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from tinylm.layers.base import LanguageModel
+from tinylm.layers import base
+from tinylm.layers.base import LanguageModel, Layer
 
 
 class Parameter:
@@ -35,49 +36,6 @@ class Parameter:
 
     def __repr__(self) -> str:
         return f"Parameter({self.name!r}, shape={self.data.shape}, dtype={self.data.dtype})"
-
-
-class Layer:
-    """What every layer shares: parameters and buffers by name, train/eval, ``.out``.
-
-    Subclasses list their parameter attributes in ``param_names`` and their
-    non-trainable state (running statistics...) in ``buffer_names``, so that
-    models can build state dicts without knowing each layer.
-    """
-
-    param_names: tuple[str, ...] = ()
-    buffer_names: tuple[str, ...] = ()
-
-    def __init__(self) -> None:
-        self.training = True
-        self.out: np.ndarray | None = None
-        self.out_grad: np.ndarray | None = None  # d loss / d out, set by Sequential.backward
-
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        return self.forward(x)
-
-    def forward(self, x: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
-
-    def backward(self, dout: np.ndarray) -> np.ndarray | None:
-        raise NotImplementedError
-
-    def named_parameters(self) -> list[tuple[str, Parameter]]:
-        return [(name, getattr(self, name)) for name in self.param_names
-                if getattr(self, name) is not None]
-
-    def parameters(self) -> list[Parameter]:
-        return [p for _, p in self.named_parameters()]
-
-    def named_buffers(self) -> list[tuple[str, np.ndarray]]:
-        return [(name, getattr(self, name)) for name in self.buffer_names]
-
-    def train(self, mode: bool = True) -> "Layer":
-        self.training = mode
-        return self
-
-    def eval(self) -> "Layer":
-        return self.train(False)
 
 
 class Embedding(Layer):
@@ -161,38 +119,14 @@ class Tanh(Layer):
         return (1 - self.out**2) * dout                  # (..., H)
 
 
-class Sequential(Layer):
+class Sequential(base.Sequential):
     """Layers applied one after another; backward runs them in reverse."""
-
-    def __init__(self, layers: Iterable[Layer]) -> None:
-        super().__init__()
-        self.layers: list[Layer] = list(layers)
-
-    def forward(self, x: np.ndarray) -> np.ndarray:
-        for layer in self.layers:
-            x = layer(x)
-        self.out = x
-        return x
 
     def backward(self, dout: np.ndarray) -> np.ndarray | None:
         for layer in reversed(self.layers):
             layer.out_grad = dout  # kept for the diagnostics of gradient flow
             dout = layer.backward(dout)
         return dout
-
-    def named_parameters(self) -> list[tuple[str, Parameter]]:
-        return [(f"{i}.{name}", p) for i, layer in enumerate(self.layers)
-                for name, p in layer.named_parameters()]
-
-    def named_buffers(self) -> list[tuple[str, np.ndarray]]:
-        return [(f"{i}.{name}", b) for i, layer in enumerate(self.layers)
-                for name, b in layer.named_buffers()]
-
-    def train(self, mode: bool = True) -> "Sequential":
-        self.training = mode
-        for layer in self.layers:
-            layer.train(mode)
-        return self
 
 
 class CrossEntropy:
@@ -230,7 +164,7 @@ def cross_entropy(logits: np.ndarray, targets: np.ndarray) -> float:
 def to_dtype(layers: Sequence[Layer], dtype) -> None:
     """Cast every parameter and buffer of ``layers`` in place (float64 for gradient checks)."""
     for layer in layers:
-        if isinstance(layer, Sequential):
+        if isinstance(layer, base.Sequential):
             to_dtype(layer.layers, dtype)
             continue
         for _, p in layer.named_parameters():

@@ -1,0 +1,145 @@
+"""The layer vocabulary on raw PyTorch tensors: autograd does the backward pass.
+
+The same layers as ``numpy_layers``, written with plain tensors that have
+``requires_grad=True`` and no ``nn.Module``: the step between writing every
+gradient by hand and PyTorch's idiomatic modules (``torch_modules``). Each
+forward line is the numpy one with ``torch`` for ``np``; there is no
+backward to write.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from tinylm.layers.base import LanguageModel, Layer, Sequential
+
+__all__ = ["Embedding", "Flatten", "Linear", "Tanh", "Sequential", "cross_entropy", "LM"]
+
+
+class Embedding(Layer):
+    """A lookup table: token id -> a learned vector of ``embedding_dim`` numbers."""
+
+    param_names = ("weight",)
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, dtype=torch.float32) -> None:
+        super().__init__()
+        self.weight = torch.zeros((num_embeddings, embedding_dim), dtype=dtype, requires_grad=True)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        self.out = self.weight[idx]                      # (B, T, C)
+        return self.out
+
+
+class Flatten(Layer):
+    """Concatenate the context's embeddings: (B, T, C) -> (B, T*C)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.out = x.reshape(x.shape[0], -1)             # (B, T*C)
+        return self.out
+
+
+class Linear(Layer):
+    """``x @ weight.T + bias`` on the last axis; weight (out, in) as in nn.Linear."""
+
+    param_names = ("weight", "bias")
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True,
+                 dtype=torch.float32) -> None:
+        super().__init__()
+        self.weight = torch.zeros((out_features, in_features), dtype=dtype, requires_grad=True)
+        self.bias = torch.zeros(out_features, dtype=dtype, requires_grad=True) if bias else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = x @ self.weight.T                          # (..., out)
+        if self.bias is not None:
+            out = out + self.bias                        # (..., out)
+        self.out = out
+        return out
+
+
+class Tanh(Layer):
+    """Elementwise tanh."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.out = torch.tanh(x)                         # (..., H)
+        return self.out
+
+
+def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean negative log-likelihood of ``targets``; logsumexp keeps exp() from overflowing."""
+    logprobs = logits - torch.logsumexp(logits, dim=1, keepdim=True)  # (B, V)
+    return -logprobs[torch.arange(logits.shape[0]), targets].mean()
+
+
+def as_long(x: Any) -> torch.Tensor:
+    """Token ids as an int64 tensor, from a tensor or anything numpy takes."""
+    if isinstance(x, torch.Tensor):
+        return x.long()
+    return torch.from_numpy(np.asarray(x, dtype=np.int64))
+
+
+class TorchLM(LanguageModel):
+    """A language model over raw-tensor layers; ``backward()`` runs autograd.
+
+    ``forward`` returns (logits, loss) as tensors; ``state_dict()`` returns
+    numpy float32 arrays like every backend, so checkpoints do not depend on it.
+    """
+
+    backend = "torch"
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = staticmethod(cross_entropy)
+
+    def __init__(self, config: Any, layers: Sequence[Any], reads: int,
+                 penalties: Mapping[str, float] = {}) -> None:
+        super().__init__(config, reads, penalties)
+        self.net = self.make_net(layers)
+        self.layers = list(layers)
+        self._params = {f"layers.{n}": p for n, p in self.net.named_parameters()}
+        self._loss: torch.Tensor | None = None
+
+    @staticmethod
+    def make_net(layers: Sequence[Any]) -> Any:
+        return Sequential(layers)
+
+    def forward(self, idx: Any, targets: Any = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        x = self._inputs(as_long(idx))                                   # (B, reads)
+        logits = self.net(x)                                             # (B, V)
+        loss = None
+        if targets is not None:
+            loss = self.loss_fn(logits, as_long(targets))
+            for name, c in self.penalties.items():
+                loss = loss + c * (self._params[name] ** 2).mean()
+        self._loss = loss
+        return logits, loss
+
+    def backward(self) -> None:
+        """Fresh gradients of the last loss in every ``.grad`` (not accumulated)."""
+        if self._loss is None:
+            raise RuntimeError("backward() needs a forward pass with targets first")
+        for p in self._params.values():
+            p.grad = None
+        self._loss.backward()
+
+    def parameters(self) -> list[torch.Tensor]:
+        return list(self._params.values())
+
+    def _named_parameters(self) -> dict[str, torch.Tensor]:
+        return self._params
+
+    def _named_buffers(self) -> dict[str, torch.Tensor]:
+        return {f"layers.{n}": b for n, b in self.net.named_buffers()}
+
+    def _to_numpy(self, tensor: torch.Tensor) -> np.ndarray:
+        return tensor.detach().cpu().numpy().copy()
+
+    def _assign(self, tensor: torch.Tensor, value: np.ndarray) -> None:
+        with torch.no_grad():
+            tensor.copy_(torch.from_numpy(np.ascontiguousarray(value)).to(tensor.dtype))
+
+    def _set_training(self, mode: bool) -> None:
+        self.net.train(mode)
+
+
+LM = TorchLM  # the name models.build_model looks for in every backend module
