@@ -142,8 +142,8 @@ class Value:
 
     def relu(self) -> Value:
         x = self.data
-        # Written so that relu(nan) is nan, as in PyTorch; the slope at 0 is 0.
-        return Value(0.0 if x <= 0 else x, (self,), "relu", (1.0 if x > 0 else 0.0,))
+        # Written so that relu(nan) and its slope are nan and 1, as in PyTorch; at 0 the slope is 0.
+        return Value(0.0 if x <= 0 else x, (self,), "relu", (0.0 if x <= 0 else 1.0,))
 
     # --- backpropagation --------------------------------------------------------------
 
