@@ -1,0 +1,181 @@
+"""The layer vocabulary on the scalar engine: every number is a ``Value``.
+
+A tensor here is a nested Python list of ``tinylm.micrograd.Value``
+(a (B, T, C) activation is a list of B lists of T lists of C Values), and
+every multiply-add is one node of the graph, so backpropagation through the
+language model can be followed number by number. That is what this backend
+is for: showing and testing on tiny sizes (a few hundred parameters, a few
+examples), not training on a real dataset, which would build millions of
+nodes per step. Values compute in Python floats (float64) starting from the
+same float32 initial weights as every other backend.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+import numpy as np
+
+from tinylm.layers.base import LanguageModel, Layer, Sequential
+from tinylm.micrograd.engine import Value
+
+__all__ = ["Embedding", "Flatten", "Linear", "Tanh", "Sequential", "cross_entropy", "LM"]
+
+
+def leaves(nested: Any) -> Iterator[Any]:
+    """The elements of a nested list in row-major order (numpy's ``ravel`` order)."""
+    if isinstance(nested, list):
+        for item in nested:
+            yield from leaves(item)
+    else:
+        yield nested
+
+
+def _zeros(*shape: int) -> list:
+    """A nested list of fresh Values, each its own leaf of the graph."""
+    if len(shape) == 1:
+        return [Value(0.0) for _ in range(shape[0])]
+    return [_zeros(*shape[1:]) for _ in range(shape[0])]
+
+
+def _map_last(x: list, fn: Callable[[list], list]) -> list:
+    """Apply ``fn`` to every vector along the last axis of a nested list."""
+    if isinstance(x[0], list):
+        return [_map_last(row, fn) for row in x]
+    return fn(x)
+
+
+class Embedding(Layer):
+    """A lookup table: token id -> a learned vector of ``embedding_dim`` Values."""
+
+    param_names = ("weight",)
+
+    def __init__(self, num_embeddings: int, embedding_dim: int) -> None:
+        super().__init__()
+        self.weight = _zeros(num_embeddings, embedding_dim)
+
+    def _lookup(self, ids: Any) -> list:
+        # The same row Values appear wherever a token repeats; backward adds their grads.
+        return self.weight[ids] if isinstance(ids, int) else [self._lookup(i) for i in ids]
+
+    def forward(self, idx: Any) -> list:
+        self.out = self._lookup(np.asarray(idx).tolist())                # (B, T, C)
+        return self.out
+
+
+class Flatten(Layer):
+    """Concatenate the context's embeddings: (B, T, C) -> (B, T*C)."""
+
+    def forward(self, x: list) -> list:
+        self.out = [list(leaves(row)) for row in x]                      # (B, T*C)
+        return self.out
+
+
+class Linear(Layer):
+    """``x @ weight.T + bias`` on the last axis, one Value node per product and sum."""
+
+    param_names = ("weight", "bias")
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True) -> None:
+        super().__init__()
+        self.weight = _zeros(out_features, in_features)
+        self.bias = _zeros(out_features) if bias else None
+
+    def _neurons(self, x: list) -> list:
+        out = []
+        for j, row in enumerate(self.weight):
+            s = sum(w * xi for w, xi in zip(row, x))
+            out.append(s + self.bias[j] if self.bias is not None else s)
+        return out
+
+    def forward(self, x: list) -> list:
+        self.out = _map_last(x, self._neurons)                           # (..., out)
+        return self.out
+
+
+class Tanh(Layer):
+    """Elementwise tanh."""
+
+    def forward(self, x: list) -> list:
+        self.out = _map_last(x, lambda v: [xi.tanh() for xi in v])       # (..., H)
+        return self.out
+
+
+def cross_entropy(logits: list, targets: Sequence[int]) -> Value:
+    """Mean over the batch of -log softmax(logits)[target], stable for any logits.
+
+    The row maximum is subtracted as a plain number (a constant of the
+    graph): softmax is unchanged by the shift and exp() cannot overflow.
+    """
+    losses = []
+    for row, t in zip(logits, targets):
+        m = max(v.data for v in row)
+        shifted = [v - m for v in row]                                   # (V,)
+        losses.append(sum(s.exp() for s in shifted).log() - shifted[int(t)])
+    return sum(losses) / len(losses)
+
+
+class MicrogradLM(LanguageModel):
+    """A language model on the scalar engine.
+
+    ``forward`` returns the logits as a float64 numpy array and the loss as
+    a float, like the numpy backend; the graph's own Values stay in
+    ``self.logits`` and ``self.loss``. ``parameters()`` is the flat list of
+    Value leaves in state-dict order, each array row-major; ``state_dict()``
+    holds float64 arrays, so saving loses nothing.
+    """
+
+    backend = "micrograd"
+
+    def __init__(self, config: Any, layers: Sequence[Layer], reads: int,
+                 penalties: Mapping[str, float] = {}) -> None:
+        super().__init__(config, reads, penalties)
+        self.net = Sequential(layers)
+        self.layers = self.net.layers
+        self._params = {f"layers.{n}": p for n, p in self.net.named_parameters()}
+        self.logits: list | None = None
+        self.loss: Value | None = None
+
+    def forward(self, idx: Any, targets: Any = None) -> tuple[np.ndarray, float | None]:
+        x = self._inputs(np.asarray(idx))                                # (B, reads)
+        self.logits = self.net(x)                                        # (B, V)
+        self.loss = None
+        if targets is not None:
+            loss = cross_entropy(self.logits, np.asarray(targets).tolist())
+            for name, c in self.penalties.items():
+                weights = list(leaves(self._params[name]))
+                loss = loss + c * (sum(w**2 for w in weights) / len(weights))
+            self.loss = loss
+        logits = np.array([[v.data for v in row] for row in self.logits])
+        return logits, (None if self.loss is None else self.loss.data)
+
+    def backward(self) -> None:
+        """Fresh gradients of the last loss in every parameter's ``.grad``."""
+        if self.loss is None:
+            raise RuntimeError("backward() needs a forward pass with targets first")
+        for v in self.parameters():
+            v.grad = 0.0
+        self.loss.backward()
+
+    def parameters(self) -> list[Value]:
+        return [v for p in self._params.values() for v in leaves(p)]
+
+    def _named_parameters(self) -> dict[str, list]:
+        return self._params
+
+    def _to_numpy(self, tensor: list) -> np.ndarray:
+        return np.array(_data(tensor), dtype=np.float64)
+
+    def _assign(self, tensor: list, value: np.ndarray) -> None:
+        for v, x in zip(leaves(tensor), value.reshape(-1).tolist()):
+            v.data = float(x)
+
+    def _set_training(self, mode: bool) -> None:
+        self.net.train(mode)
+
+
+def _data(nested: Any) -> Any:
+    return [_data(x) for x in nested] if isinstance(nested, list) else nested.data
+
+
+LM = MicrogradLM  # the name models.build_model looks for in every backend module
