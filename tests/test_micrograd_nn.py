@@ -1,0 +1,185 @@
+"""MLP, cross-entropy and AdamW against PyTorch float64, and the initialisation order."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tinylm.micrograd.engine import Value
+from tinylm.micrograd.nn import MLP, AdamW, Layer, Module, Neuron, cross_entropy
+from tinylm.rng import RNG
+
+
+def test_weights_are_drawn_in_order_with_fan_in_scaling():
+    model = MLP(2, [3, 2], rng=RNG(7))
+    rng = RNG(7)
+    for layer, nin in zip(model.layers, (2, 3)):
+        for neuron in layer.neurons:
+            expected = [rng.uniform(-1, 1) * nin**-0.5 for _ in range(nin)]
+            assert [w.data for w in neuron.w] == expected
+            assert neuron.b.data == 0.0
+    assert len(model.parameters()) == 3 * 3 + 2 * 4
+
+
+def test_only_the_last_layer_is_linear():
+    model = MLP(2, [4, 4, 3], rng=RNG(1))
+    assert [n.nonlin for layer in model.layers for n in layer.neurons[:1]] == [True, True, False]
+
+
+def test_layer_always_returns_a_list():
+    out = Layer(2, 1, rng=RNG(1))([0.5, -0.5])
+    assert isinstance(out, list) and len(out) == 1 and isinstance(out[0], Value)
+
+
+def test_neuron_refuses_the_wrong_number_of_inputs():
+    neuron = Neuron(3, rng=RNG(1))
+    with pytest.raises(ValueError, match="3 inputs, got 2"):
+        neuron([1.0, 2.0])
+
+
+@pytest.mark.parametrize("bad", [0, -1, 2.0, True])
+def test_sizes_must_be_positive_ints(bad):
+    with pytest.raises(ValueError):
+        Neuron(bad, rng=RNG(1))
+    with pytest.raises(ValueError):
+        Layer(2, bad, rng=RNG(1))
+
+
+def test_mlp_needs_a_layer():
+    with pytest.raises(ValueError):
+        MLP(2, [], rng=RNG(1))
+
+
+def test_zero_grad_clears_every_parameter():
+    model = MLP(2, [3, 2], rng=RNG(3))
+    cross_entropy(model([0.3, -0.2]), 1).backward()
+    assert any(p.grad != 0 for p in model.parameters())
+    model.zero_grad()
+    assert all(p.grad == 0 for p in model.parameters())
+    assert Module().parameters() == []
+
+
+def _torch_mlp(model: MLP) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The same weights as float64 tensors, one (W, b) per layer."""
+    return [
+        (
+            torch.tensor([[w.data for w in n.w] for n in layer.neurons], dtype=torch.float64,
+                         requires_grad=True),
+            torch.tensor([n.b.data for n in layer.neurons], dtype=torch.float64, requires_grad=True),
+        )
+        for layer in model.layers
+    ]
+
+
+def test_mlp_forward_and_backward_match_torch():
+    model = MLP(3, [5, 4, 3], rng=RNG(11))
+    points = [([0.5, -1.0, 2.0], 0), ([-0.3, 0.8, 0.1], 2), ([1.5, 1.5, -1.5], 1)]
+    total = sum((cross_entropy(model(x), y) for x, y in points), Value(0.0)) * (1 / len(points))
+    total.backward()
+
+    params = _torch_mlp(model)
+    h = torch.tensor([x for x, _ in points], dtype=torch.float64)
+    for i, (W, b) in enumerate(params):
+        h = h @ W.T + b
+        if i < len(params) - 1:
+            h = torch.tanh(h)
+    loss = F.cross_entropy(h, torch.tensor([y for _, y in points]))
+    loss.backward()
+
+    assert total.data == pytest.approx(loss.item(), rel=1e-12)
+    for layer, (W, b) in zip(model.layers, params):
+        for j, neuron in enumerate(layer.neurons):
+            assert [w.grad for w in neuron.w] == pytest.approx(W.grad[j].tolist(), rel=1e-9, abs=1e-12)
+            assert neuron.b.grad == pytest.approx(b.grad[j].item(), rel=1e-9, abs=1e-12)
+
+
+@pytest.mark.parametrize(
+    "logits, target",
+    [
+        ([1.0, 2.0, 3.0], 0),
+        ([1.0, 2.0, 3.0], 2),
+        ([0.0, 0.0], 1),
+        ([1000.0, -1000.0, 0.0], 1),  # far beyond what exp can hold
+        ([-1000.0, -1001.0, -999.0], 0),
+        ([50.0, 50.0 + 1e-9, -3.0], 0),
+        ([7.5], 0),
+    ],
+)
+def test_cross_entropy_matches_torch_and_is_stable(logits, target):
+    vs = [Value(x) for x in logits]
+    loss = cross_entropy(vs, target)
+    loss.backward()
+    t = torch.tensor(logits, dtype=torch.float64, requires_grad=True)
+    ref = F.cross_entropy(t[None], torch.tensor([target]))
+    ref.backward()
+    assert math.isfinite(loss.data)
+    assert loss.data == pytest.approx(ref.item(), rel=1e-12, abs=1e-12)
+    assert [v.grad for v in vs] == pytest.approx(t.grad.tolist(), rel=1e-12, abs=1e-15)
+
+
+def test_cross_entropy_is_one_node_over_the_logits():
+    vs = [Value(1.0), Value(2.0)]
+    loss = cross_entropy(vs, 1)
+    assert loss.parents == tuple(vs) and loss.op == "cross_entropy"
+
+
+@pytest.mark.parametrize("target", [-1, 3])
+def test_cross_entropy_refuses_a_target_out_of_range(target):
+    with pytest.raises(ValueError, match="not a class"):
+        cross_entropy([Value(0.0)] * 3, target)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(lr=0.1, betas=(0.9, 0.95), eps=1e-8, weight_decay=1e-4),
+        dict(lr=1e-3),  # torch's defaults
+        dict(lr=0.05, betas=(0.5, 0.9), eps=1e-3, weight_decay=0.5),
+    ],
+)
+def test_adamw_matches_torch_over_many_steps(kwargs):
+    start = [0.5, -1.25, 2.0, 0.0, 1e-3]
+    params = [Value(x) for x in start]
+    ours = AdamW(params, **kwargs)
+    tparams = torch.tensor(start, dtype=torch.float64, requires_grad=True)
+    theirs = torch.optim.AdamW([tparams], **kwargs)
+    rng = RNG(5)
+    for _ in range(25):
+        grads = [rng.uniform(-2, 2) for _ in start]
+        grads[3] = 0.0  # a parameter with no gradient still decays
+        for p, g in zip(params, grads):
+            p.grad = g
+        tparams.grad = torch.tensor(grads, dtype=torch.float64)
+        ours.step()
+        theirs.step()
+        assert [p.data for p in params] == pytest.approx(tparams.tolist(), rel=1e-12, abs=1e-15)
+
+
+def test_adamw_leaves_grad_alone():
+    p = Value(1.0)
+    p.grad = 0.5
+    AdamW([p], lr=0.1).step()
+    assert p.grad == 0.5
+
+
+@pytest.mark.parametrize(
+    "kwargs", [dict(lr=-1.0), dict(lr=float("nan")), dict(betas=(1.0, 0.9)), dict(eps=-1.0)]
+)
+def test_adamw_refuses_bad_hyperparameters(kwargs):
+    with pytest.raises(ValueError):
+        AdamW([Value(1.0)], **kwargs)
+
+
+def test_a_few_steps_fit_a_tiny_problem():
+    model = MLP(2, [8, 2], rng=RNG(3))
+    data = [([-1.0, -1.0], 0), ([1.0, 1.0], 0), ([-1.0, 1.0], 1), ([1.0, -1.0], 1)]  # xor
+    opt = AdamW(model.parameters(), lr=0.1, weight_decay=0.0)
+    for _ in range(60):
+        loss = sum((cross_entropy(model(x), y) for x, y in data), Value(0.0)) * 0.25
+        model.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.data < 0.05
