@@ -1,0 +1,194 @@
+"""The hand-written backward passes against PyTorch autograd and finite differences.
+
+Each layer runs in float64 here so both references are sharp: PyTorch
+autograd in float64 (to ~1e-12) and central finite differences (to ~1e-6).
+The upstream gradient is a random array R, i.e. the loss is sum(out * R).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from tinylm.layers import numpy_layers as nl
+
+rs = np.random.RandomState(1234)
+
+
+def finite_difference(f, x: np.ndarray, n: int = 20, h: float = 1e-6) -> tuple[np.ndarray, np.ndarray]:
+    """Central differences of scalar f() w.r.t. ``n`` entries of ``x`` (changed in place)."""
+    flat = x.reshape(-1)
+    picks = np.random.RandomState(0).choice(flat.size, size=min(n, flat.size), replace=False)
+    grads = []
+    for i in picks:
+        old = flat[i]
+        flat[i] = old + h
+        plus = f()
+        flat[i] = old - h
+        minus = f()
+        flat[i] = old
+        grads.append((plus - minus) / (2 * h))
+    return picks, np.array(grads)
+
+
+def t64(a: np.ndarray, grad: bool = True) -> torch.Tensor:
+    return torch.tensor(a, dtype=torch.float64, requires_grad=grad)
+
+
+def linear64(n_in, n_out, bias=True):
+    layer = nl.Linear(n_in, n_out, bias=bias, dtype=np.float64)
+    layer.weight.data[...] = rs.randn(n_out, n_in)
+    if bias:
+        layer.bias.data[...] = rs.randn(n_out)
+    return layer
+
+
+@pytest.mark.parametrize("shape", [(5, 4), (5, 3, 4)])
+@pytest.mark.parametrize("bias", [True, False])
+def test_linear_backward_matches_autograd_and_finite_differences(shape, bias):
+    layer = linear64(4, 6, bias)
+    x = rs.randn(*shape)
+    R = rs.randn(*shape[:-1], 6)
+    out = layer(x)
+    dx = layer.backward(R)
+
+    W, xt = t64(layer.weight.data), t64(x)
+    ref = xt @ W.T
+    if bias:
+        b = t64(layer.bias.data)
+        ref = ref + b
+    (ref * torch.from_numpy(R)).sum().backward()
+    np.testing.assert_allclose(out, ref.detach().numpy(), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(dx, xt.grad.numpy(), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(layer.weight.grad, W.grad.numpy(), rtol=1e-10, atol=1e-12)
+    if bias:
+        np.testing.assert_allclose(layer.bias.grad, b.grad.numpy(), rtol=1e-10, atol=1e-12)
+    else:
+        assert layer.bias is None and [n for n, _ in layer.named_parameters()] == ["weight"]
+
+    loss = lambda: float((layer.forward(x) * R).sum())  # noqa: E731
+    for array, grad in [(x, dx), (layer.weight.data, layer.weight.grad)]:
+        picks, fd = finite_difference(loss, array)
+        np.testing.assert_allclose(grad.reshape(-1)[picks], fd, rtol=1e-6, atol=1e-7)
+
+
+def test_embedding_backward_adds_repeated_rows():
+    layer = nl.Embedding(7, 3, dtype=np.float64)
+    layer.weight.data[...] = rs.randn(7, 3)
+    idx = np.array([[0, 3, 3], [3, 6, 0], [1, 1, 1], [3, 3, 3]])  # repeats within and across rows
+    R = rs.randn(4, 3, 3)
+    out = layer(idx)
+    assert layer.backward(R) is None
+
+    W = t64(layer.weight.data)
+    ref = torch.nn.functional.embedding(torch.from_numpy(idx), W)
+    (ref * torch.from_numpy(R)).sum().backward()
+    np.testing.assert_array_equal(out, ref.detach().numpy())
+    np.testing.assert_allclose(layer.weight.grad, W.grad.numpy(), rtol=1e-12, atol=1e-12)
+    assert np.all(layer.weight.grad[[2, 4, 5]] == 0)  # unused rows get no gradient
+
+    picks, fd = finite_difference(lambda: float((layer.forward(idx) * R).sum()), layer.weight.data)
+    np.testing.assert_allclose(layer.weight.grad.reshape(-1)[picks], fd, rtol=1e-6, atol=1e-7)
+
+
+def test_embedding_of_a_single_column_and_flatten():
+    layer = nl.Embedding(5, 2)
+    layer.weight.data[...] = np.arange(10, dtype=np.float32).reshape(5, 2)
+    assert layer(np.array([4, 0])).tolist() == [[8, 9], [0, 1]]        # (B,) -> (B, C)
+    flat = nl.Flatten()
+    x = rs.randn(3, 4, 2)
+    out = flat(x)
+    assert out.shape == (3, 8)
+    np.testing.assert_array_equal(out[1], np.concatenate([x[1, 0], x[1, 1], x[1, 2], x[1, 3]]))
+    R = rs.randn(3, 8)
+    np.testing.assert_array_equal(flat.backward(R), R.reshape(3, 4, 2))
+
+
+def test_tanh_backward():
+    layer = nl.Tanh()
+    x = rs.randn(6, 5) * 2
+    R = rs.randn(6, 5)
+    layer(x)
+    dx = layer.backward(R)
+    xt = t64(x)
+    (torch.tanh(xt) * torch.from_numpy(R)).sum().backward()
+    np.testing.assert_allclose(dx, xt.grad.numpy(), rtol=1e-12, atol=1e-14)
+    picks, fd = finite_difference(lambda: float((np.tanh(x) * R).sum()), x)
+    np.testing.assert_allclose(dx.reshape(-1)[picks], fd, rtol=1e-6, atol=1e-8)
+
+
+def test_cross_entropy_backward_and_stability():
+    ce = nl.CrossEntropy()
+    logits = rs.randn(8, 11) * 3
+    targets = rs.randint(0, 11, size=8)
+    loss = ce.forward(logits, targets)
+    dlogits = ce.backward()
+    lt = t64(logits)
+    ref = torch.nn.functional.cross_entropy(lt, torch.from_numpy(targets))
+    ref.backward()
+    assert loss == pytest.approx(ref.item(), rel=1e-13)
+    np.testing.assert_allclose(dlogits, lt.grad.numpy(), rtol=1e-10, atol=1e-14)
+    picks, fd = finite_difference(lambda: nl.cross_entropy(logits, targets), logits)
+    np.testing.assert_allclose(dlogits.reshape(-1)[picks], fd, rtol=1e-6, atol=1e-8)
+
+    # huge logits would overflow exp() without the max shift
+    big = np.array([[1000.0, 0.0, -1000.0], [5000.0, 5000.0, 0.0]], dtype=np.float32)
+    y = np.array([0, 1])
+    with np.errstate(over="raise", invalid="raise", divide="raise"):
+        loss = ce.forward(big, y)
+        grad = ce.backward()
+    ref = torch.nn.functional.cross_entropy(torch.from_numpy(big), torch.from_numpy(y))
+    assert loss == pytest.approx(ref.item(), abs=1e-6)
+    assert np.all(np.isfinite(grad))
+
+
+def test_sequential_mlp_backward_end_to_end():
+    """Embedding -> Flatten -> Linear -> Tanh -> Linear -> cross-entropy, float64."""
+    V, T, E, H, B = 9, 3, 4, 8, 6
+    emb = nl.Embedding(V, E, dtype=np.float64)
+    emb.weight.data[...] = rs.randn(V, E)
+    net = nl.Sequential([emb, nl.Flatten(), linear64(T * E, H), nl.Tanh(), linear64(H, V)])
+    idx = rs.randint(0, V, size=(B, T))
+    y = rs.randint(0, V, size=B)
+    ce = nl.CrossEntropy()
+    loss = ce.forward(net(idx), y)
+    assert net.backward(ce.backward()) is None
+
+    params = net.parameters()
+    tparams = [t64(p.data) for p in params]
+    Wemb, W1, b1, W2, b2 = tparams
+    h = torch.tanh(Wemb[torch.from_numpy(idx)].reshape(B, -1) @ W1.T + b1)
+    ref = torch.nn.functional.cross_entropy(h @ W2.T + b2, torch.from_numpy(y))
+    ref.backward()
+    assert loss == pytest.approx(ref.item(), rel=1e-12)
+    for p, t in zip(params, tparams):
+        np.testing.assert_allclose(p.grad, t.grad.numpy(), rtol=1e-9, atol=1e-12)
+    assert [n for n, _ in net.named_parameters()] == ["0.weight", "2.weight", "2.bias",
+                                                       "4.weight", "4.bias"]
+    # every layer keeps its output and the gradient that reached it
+    assert net.layers[3].out.shape == (B, H) and net.layers[3].out_grad.shape == (B, H)
+    np.testing.assert_allclose(net.layers[3].out, h.detach().numpy(), rtol=1e-12)
+
+
+def test_layers_keep_float32_and_overwrite_grads():
+    layer = nl.Linear(3, 2)
+    layer.weight.data[...] = 1
+    x = np.ones((4, 3), dtype=np.float32)
+    assert layer(x).dtype == np.float32
+    assert layer.backward(np.ones((4, 2), dtype=np.float32)).dtype == np.float32
+    first = layer.weight.grad.copy()
+    layer(x)
+    layer.backward(np.ones((4, 2), dtype=np.float32))
+    np.testing.assert_array_equal(layer.weight.grad, first)  # set, not accumulated
+    assert layer.weight.grad.dtype == np.float32
+
+
+def test_to_dtype_and_train_eval():
+    net = nl.Sequential([nl.Embedding(4, 2), nl.Flatten(), nl.Linear(4, 3)])
+    nl.to_dtype(net.layers, np.float64)
+    assert all(p.data.dtype == np.float64 and p.grad.dtype == np.float64 for p in net.parameters())
+    net.eval()
+    assert not net.training and not any(layer.training for layer in net.layers)
+    net.train()
+    assert all(layer.training for layer in net.layers)
