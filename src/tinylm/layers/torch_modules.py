@@ -32,7 +32,8 @@ class TorchModuleLM(TorchLM):
 
     The modules' own random initialisation is overwritten by the builder's
     weights; forward hooks, ``net.to(...)`` and everything else of
-    ``nn.Module`` work on ``net`` as usual.
+    ``nn.Module`` work on ``net`` as usual. A forward hook keeps each
+    module's last output in ``.out``, as the other backends' layers do.
     """
 
     backend = "torch-module"
@@ -40,7 +41,15 @@ class TorchModuleLM(TorchLM):
 
     @staticmethod
     def make_net(layers: Sequence[Any]) -> nn.Sequential:
-        return nn.Sequential(*layers)
+        net = nn.Sequential(*layers)
+        for module in net:
+            module.out = None
+            module.register_forward_hook(_keep_output)
+        return net
+
+
+def _keep_output(module: nn.Module, inputs: Any, output: Any) -> None:
+    module.out = output
 
 
 LM = TorchModuleLM  # the name models.build_model looks for in every backend module
