@@ -50,7 +50,7 @@ def save_checkpoint(run_dir: str | Path, meta: dict, tree: dict) -> Path:
     arrays: dict[str, np.ndarray] = {}
     structure = _encode(tree, "", arrays)
     buf = io.BytesIO()
-    np.savez(buf, **arrays)
+    np.savez(buf, **arrays)  # object arrays were refused above: nothing here needs pickle
     data = buf.getvalue()
     atomic_write_bytes(run_dir / ARRAYS_FILE, data)
     write_json(run_dir / META_FILE, {
@@ -128,10 +128,12 @@ def _encode(obj: Any, path: str, arrays: dict[str, np.ndarray]) -> Any:
 
 
 def _store(arrays: dict[str, np.ndarray], path: str, value: np.ndarray) -> str:
+    if value.dtype.hasobject:
+        raise TypeError(f"cannot save an array of Python objects at {path!r} (it would need pickle)")
     name = path or "root"
     while name in arrays:
         name += "_"
-    arrays[name] = np.ascontiguousarray(value)
+    arrays[name] = value
     return name
 
 

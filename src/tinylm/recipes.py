@@ -33,7 +33,7 @@ DEFAULTS: dict[str, Any] = {
     "lr_schedule": "cosine",
     "weight_decay": 0.0,
     "eval_every": 500,
-    "eval_train_batches": 20,
+    "eval_train_batches": None,  # the whole train split
     # sample.txt: one continuous sample after training (0 tokens: not written)
     "sample_prompt": "\n",
     "sample_tokens": 0,

@@ -69,22 +69,26 @@ def eval_mode(model) -> Iterator[None]:
 
 
 def _no_grad(model):
-    params = model.parameters()
-    if params and type(params[0]).__module__.startswith("torch"):
+    if getattr(model, "backend", "") in ("torch", "torch-module"):
         import torch
 
         return torch.no_grad()
     return contextlib.nullcontext()
 
 
+def logits_array(logits) -> np.ndarray:
+    """A model's logits as a numpy array, whatever the backend returned."""
+    if hasattr(logits, "detach"):
+        return logits.detach().cpu().numpy()
+    if isinstance(logits, np.ndarray) and logits.dtype != object:
+        return logits
+    return np.array([[getattr(v, "data", v) for v in row] for row in logits], dtype=np.float64)
+
+
 def _logits_row(model, tape: list[int]) -> np.ndarray:
     idx = np.array([tape[len(tape) - model.context :]], dtype=np.int64)  # (1, context)
     logits, _ = model.forward(idx)
-    if hasattr(logits, "detach"):
-        logits = logits.detach().cpu().numpy()
-    elif not isinstance(logits, np.ndarray):
-        logits = np.array([[getattr(v, "data", v) for v in row] for row in logits])
-    return np.asarray(logits)[0]
+    return logits_array(logits)[0]
 
 
 def next_token(model, tape: list[int], rng: RNG, temperature: float = 1.0,

@@ -1,0 +1,379 @@
+"""The one trainer: every model, every backend, one loop.
+
+Step ``s`` of a run of ``steps`` steps is, in this order:
+
+1. set the learning rate from the schedule at index ``s``;
+2. if ``s`` is a multiple of ``eval_every`` or the last step, evaluate (before
+   the update): train loss over the first ``eval_train_batches`` batches of a
+   fresh pass (all of them if None), val loss over the whole val split;
+3. take the next batch, forward, backward, optimizer step.
+
+After the last step the test loss is measured. Every result is a record in
+``metrics``: ``{"step", "loss", "lr"}`` for each update, ``{"step",
+"train_loss", "val_loss"}`` for each evaluation, and a final ``{"step",
+"test_loss", "test_perplexity"}``. Records go to the ``progress`` callback as
+they are made (the CLI prints them) and, with an out-dir, to metrics.jsonl.
+
+Resuming is bit-identical because a checkpoint holds everything the loop
+reads: model arrays, optimizer state with its step count, the RNG state, the
+loader position and the metrics so far. Checkpoints are only ever taken
+between two updates: a Ctrl-C (SIGINT) only raises a flag that the loop
+checks before each step, then the trainer saves and raises
+``TrainingInterrupted`` (a ``KeyboardInterrupt``). A second Ctrl-C aborts at
+once, without a checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import signal
+import threading
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+from tinylm.batches import Batches, Split, eval_batches
+from tinylm.checkpoint import save_checkpoint
+from tinylm.errors import CheckpointError, ConfigError
+from tinylm.io import append_jsonl, write_jsonl
+from tinylm.rng import RNG
+from tinylm.sample import eval_mode, logits_array
+
+BACKENDS = ("numpy", "torch", "torch-module", "micrograd")
+TORCH_BACKENDS = ("torch", "torch-module")
+OPTIMIZERS = ("adamw", "sgd")
+SCHEDULES = ("constant", "cosine", "step")
+LOADERS = ("words", "stream")
+METRICS_FILE = "metrics.jsonl"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that decides what a run computes (saved in every checkpoint)."""
+
+    model: str = "mlp"
+    backend: str = "numpy"
+    loader: str = "words"
+    seed: int = 42
+    context: int = 3
+    n_embd: int = 10
+    n_hidden: int = 200
+    n_layers: int = 1
+    batch_size: int = 32  # 0: the whole train split in every step
+    steps: int = 3000
+    optimizer: str = "adamw"
+    lr: float = 1e-2
+    lr_schedule: str = "cosine"
+    weight_decay: float = 0.0
+    eval_every: int = 500
+    eval_train_batches: int | None = None  # None: the whole train split
+    sample_prompt: str = "\n"
+    sample_tokens: int = 0  # >0: write sample.txt, this many tokens after the prompt
+    sample_seed: int = 42
+    recipe: str | None = None
+
+    def __post_init__(self) -> None:
+        def need(ok: bool, message: str) -> None:
+            if not ok:
+                raise ConfigError(message)
+
+        need(self.backend in BACKENDS, f"unknown backend {self.backend!r}; choose one of {', '.join(BACKENDS)}")
+        need(self.loader in LOADERS, f"unknown loader {self.loader!r}; choose one of {', '.join(LOADERS)}")
+        need(self.optimizer in OPTIMIZERS, f"unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
+        need(self.lr_schedule in SCHEDULES, f"unknown schedule {self.lr_schedule!r}; choose one of {', '.join(SCHEDULES)}")
+        for name in ("context", "n_embd", "n_hidden", "n_layers", "steps", "eval_every"):
+            value = getattr(self, name)
+            need(_is_int(value) and value > 0, f"{name} must be a positive whole number, got {value!r}")
+        need(_is_int(self.batch_size) and self.batch_size >= 0,
+             f"batch_size must be a whole number >= 0, got {self.batch_size!r}")
+        need(self.eval_train_batches is None or (_is_int(self.eval_train_batches) and self.eval_train_batches > 0),
+             f"eval_train_batches must be a positive whole number, got {self.eval_train_batches!r}")
+        need(_is_int(self.seed) and 0 < self.seed < 2**64, f"seed must be in [1, 2**64), got {self.seed!r}")
+        need(_is_int(self.sample_seed) and 0 < self.sample_seed < 2**64,
+             f"sample_seed must be in [1, 2**64), got {self.sample_seed!r}")
+        need(_is_int(self.sample_tokens) and self.sample_tokens >= 0,
+             f"sample_tokens must be a whole number >= 0, got {self.sample_tokens!r}")
+        need(isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0,
+             f"lr must be a positive finite number, got {self.lr!r}")
+        need(isinstance(self.weight_decay, (int, float)) and math.isfinite(self.weight_decay)
+             and self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["seed"] = str(self.seed)  # may exceed 2**53: keep JSON readers other than Python exact
+        d["sample_seed"] = str(self.sample_seed)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"unknown training settings: {', '.join(unknown)}")
+        d = dict(d)
+        for key in ("seed", "sample_seed"):
+            if isinstance(d.get(key), str):
+                try:
+                    d[key] = int(d[key])
+                except ValueError:
+                    raise ConfigError(f"{key} must be a whole number, got {d[key]!r}") from None
+        return cls(**d)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during training; ``checkpoint`` is where the run was saved (None: not saved)."""
+
+    def __init__(self, step: int, checkpoint: Path | None) -> None:
+        super().__init__(step, checkpoint)
+        self.step = step
+        self.checkpoint = checkpoint
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    metrics: list[dict]
+    seconds: float
+    checkpoint: Path | None = None
+    resumed_from: int = 0
+
+    def last(self, key: str) -> float | None:
+        """The value of ``key`` in the last record that has it."""
+        for record in reversed(self.metrics):
+            if key in record:
+                return record[key]
+        return None
+
+
+# --- backend-neutral helpers ---------------------------------------------------------
+
+def is_torch_model(model) -> bool:
+    return getattr(model, "backend", "") in TORCH_BACKENDS
+
+
+def loss_value(loss) -> float:
+    """A model's loss as a Python float (numpy float, torch scalar, or micrograd Value)."""
+    if hasattr(loss, "item"):
+        return float(loss.item())
+    if hasattr(loss, "data") and not isinstance(loss, np.ndarray):
+        return float(loss.data)
+    return float(loss)
+
+
+def make_optimizer(config: TrainConfig, model):
+    """The optimizer the config names, for the model's backend (see tinylm.optim)."""
+    from tinylm.optim import make_optimizer as build
+
+    return build(model, config.optimizer, lr=config.lr, weight_decay=config.weight_decay)
+
+
+def learning_rate(config: TrainConfig, step: int) -> float:
+    from tinylm.optim import lr_at
+
+    return float(lr_at(step, config.steps, config.lr, config.lr_schedule))
+
+
+def evaluate(model, split: Split, batch_size: int, max_batches: int | None = None) -> float:
+    """The loss of ``model`` on ``split`` by the split's evaluation protocol (eval mode).
+
+    This is the data's negative log-likelihood per token: weight penalties
+    (the bigram's) belong to the training objective and are left out, so
+    every model is judged on the same number as the count models.
+    """
+    from tinylm.layers.numpy_layers import cross_entropy
+
+    total, weight = 0.0, 0
+    with eval_mode(model):
+        for X, Y, w in eval_batches(split, batch_size, max_batches):
+            logits, _ = model.forward(X)
+            total += w * cross_entropy(logits_array(logits), Y)
+            weight += w
+    return total / weight
+
+
+# --- the trainer ---------------------------------------------------------------------
+
+@dataclass
+class TrainState:
+    """What changes as a run goes: the next step to run, the loader position, the records."""
+
+    step: int = 0
+    position: int = 0
+    metrics: list[dict] = field(default_factory=list)
+
+
+_KEY_ORDER = ("step", "loss", "lr", "train_loss", "val_loss", "test_loss", "test_perplexity")
+
+
+def _ordered(record: dict) -> dict:
+    """One key order for a record, whether just made or read back from sorted JSON."""
+    keys = [k for k in _KEY_ORDER if k in record] + sorted(k for k in record if k not in _KEY_ORDER)
+    return {k: record[k] for k in keys}
+
+
+class Trainer:
+    """Runs ``config`` on ``model`` with ``optimizer`` over ``splits`` ("train", "val", "test").
+
+    ``rng`` draws the words-loader batches (it has usually just initialised
+    the model). ``run_meta`` is stored as is in every checkpoint (the model
+    config and vocabulary live there). With ``out_dir`` None nothing is
+    written, which is what benchmarks and most tests want.
+    """
+
+    def __init__(self, config: TrainConfig, model, optimizer, splits: dict[str, Split], rng: RNG, *,
+                 out_dir: str | Path | None = None, run_meta: dict | None = None,
+                 progress: Callable[[dict], None] | None = None) -> None:
+        for name in ("train", "val", "test"):
+            if name not in splits:
+                raise ConfigError(f"the trainer needs a {name} split")
+        self.config = config
+        self.model = model
+        self.optimizer = optimizer
+        self.splits = splits
+        self.rng = rng
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.run_meta = run_meta or {}
+        self.progress = progress
+        self.state = TrainState()
+        self._torch = is_torch_model(model)
+        self._interrupted = False
+
+    # --- checkpoints ---
+
+    def save(self) -> Path:
+        """Checkpoint the run as it is between two updates."""
+        if self.out_dir is None:
+            raise ConfigError("this trainer has no out-dir to save into")
+        state = self.state
+        meta = {
+            "run": self.run_meta,
+            "train_config": self.config.to_dict(),
+            "step": state.step,
+            "rng_state": str(self.rng.get_state()),
+            "loader_position": state.position,
+            "metrics": state.metrics,
+        }
+        tree = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
+        path = save_checkpoint(self.out_dir, meta, tree)
+        write_jsonl(self.out_dir / METRICS_FILE, state.metrics)
+        return path
+
+    def restore(self, meta: dict, tree: dict) -> None:
+        """Continue from a checkpoint loaded with ``checkpoint.load_checkpoint``."""
+        try:
+            step = int(meta["step"])
+            rng_state = int(meta["rng_state"])
+            position = int(meta["loader_position"])
+            metrics = [_ordered(r) for r in meta["metrics"]]
+            model_state, optim_state = tree["model"], tree["optimizer"]
+        except (KeyError, TypeError, ValueError):
+            raise CheckpointError("the checkpoint lacks the training state needed to resume") from None
+        if not isinstance(model_state, dict):
+            raise CheckpointError("the checkpoint holds no model arrays")
+        self.model.load_state_dict(model_state)  # CheckpointError on any name or shape mismatch
+        try:
+            self.optimizer.load_state_dict(optim_state)
+        except (KeyError, ValueError, TypeError, IndexError) as e:
+            raise CheckpointError(f"the checkpoint's optimizer state does not fit: {e}") from None
+        try:
+            self.rng.set_state(rng_state)
+        except ValueError:
+            raise CheckpointError(f"the checkpoint's RNG state {rng_state} is invalid") from None
+        if step < self.config.steps:
+            # a finished run being extended: its test record belongs to the old end
+            while metrics and "test_loss" in metrics[-1]:
+                metrics.pop()
+        self.state = TrainState(step=step, position=position, metrics=metrics)
+        if self.out_dir is not None:
+            write_jsonl(self.out_dir / METRICS_FILE, metrics)
+
+    # --- the loop ---
+
+    def _record(self, record: dict) -> None:
+        record = _ordered(record)
+        self.state.metrics.append(record)
+        if self.out_dir is not None:
+            append_jsonl(self.out_dir / METRICS_FILE, record)
+        if self.progress is not None:
+            self.progress(record)
+
+    def _update(self, batches: Batches) -> float:
+        X, Y = batches.next()
+        self.model.train()
+        _, loss = self.model.forward(X, Y)
+        self.optimizer.zero_grad()
+        if self._torch:
+            loss.backward()
+        else:
+            self.model.backward()
+        self.optimizer.step()
+        return loss_value(loss)
+
+    def run(self) -> TrainResult:
+        """Train from the current state to ``config.steps``; then test. Returns the result."""
+        cfg, state = self.config, self.state
+        start, t0 = state.step, time.perf_counter()
+        batches = Batches(self.splits["train"], cfg.batch_size, self.rng, state.position)
+        eval_bs = cfg.batch_size or len(self.splits["train"])
+        committed = len(state.metrics)  # records up to here describe completed updates
+        updating = False
+        with self._deferred_interrupts():
+            try:
+                for step in range(state.step, cfg.steps):
+                    self._check_interrupt()
+                    lr = learning_rate(cfg, step)
+                    self.optimizer.lr = lr
+                    if step % cfg.eval_every == 0 or step == cfg.steps - 1:
+                        train_loss = evaluate(self.model, self.splits["train"], eval_bs,
+                                              cfg.eval_train_batches)
+                        val_loss = evaluate(self.model, self.splits["val"], eval_bs)
+                        self._record({"step": step, "train_loss": train_loss, "val_loss": val_loss})
+                        self._check_interrupt()
+                    updating = True
+                    loss = self._update(batches)
+                    state.step, state.position = step + 1, batches.position
+                    updating = False
+                    committed = len(state.metrics) + 1
+                    self._record({"step": step, "loss": loss, "lr": lr})
+                if not state.metrics or "test_loss" not in state.metrics[-1]:
+                    test_loss = evaluate(self.model, self.splits["test"], eval_bs)
+                    self._record({"step": cfg.steps, "test_loss": test_loss,
+                                  "test_perplexity": math.exp(test_loss)})
+            except KeyboardInterrupt:
+                if updating or self.out_dir is None:
+                    # stopped inside an update: the arrays are half-stepped, nothing to save
+                    raise TrainingInterrupted(state.step, None) from None
+                del state.metrics[committed:]  # an evaluation of a step that did not happen
+                raise TrainingInterrupted(state.step, self.save()) from None
+        path = self.save() if self.out_dir is not None else None
+        return TrainResult(cfg.steps, state.metrics, time.perf_counter() - t0, path, start)
+
+    def _check_interrupt(self) -> None:
+        if self._interrupted:
+            raise KeyboardInterrupt
+
+    @contextlib.contextmanager
+    def _deferred_interrupts(self) -> Iterator[None]:
+        """Turn the first SIGINT into a flag the loop checks between updates."""
+        self._interrupted = False
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def handler(signum, frame):
+            self._interrupted = True
+            signal.signal(signal.SIGINT, previous)  # a second Ctrl-C aborts at once
+
+        previous = signal.signal(signal.SIGINT, handler)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)

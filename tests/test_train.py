@@ -1,0 +1,251 @@
+"""The trainer: batches and evaluation protocols, bit-identical resume, Ctrl-C, backends."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import signal
+
+import numpy as np
+import pytest
+
+from tinylm import data
+from tinylm.batches import Batches, eval_batches, make_split
+from tinylm.checkpoint import load_checkpoint
+from tinylm.models import build_model
+from tinylm.rng import RNG
+from tinylm.runs import load_run, model_config, run_meta
+from tinylm.train import TrainConfig, Trainer, TrainingInterrupted, evaluate, make_optimizer
+
+LINES = data.read_lines(data.default_dataset())
+SPLIT = data.split_lines(LINES, seed=42)
+TOKENIZER = data.Tokenizer.from_lines(LINES)
+
+SMALL = TrainConfig(model="mlp", loader="words", seed=7, context=3, n_embd=4, n_hidden=16,
+                    batch_size=32, steps=40, lr=1e-2, lr_schedule="cosine", weight_decay=1e-3,
+                    eval_every=10, eval_train_batches=5)
+
+
+def splits_for(config, lines3=None):
+    lines3 = lines3 or (SPLIT[0][:2000], SPLIT[1][:200], SPLIT[2][:200])
+    return {name: make_split(name, lines, TOKENIZER, config.context, config.loader)
+            for name, lines in zip(data.SPLIT_NAMES, lines3)}
+
+
+def make_trainer(config, out_dir=None, progress=None, lines3=None):
+    rng = RNG(config.seed)
+    mconfig = model_config(config, TOKENIZER.vocab_size)
+    model = build_model(mconfig, config.backend, rng)
+    return Trainer(config, model, make_optimizer(config, model), splits_for(config, lines3), rng,
+                   out_dir=out_dir, run_meta=run_meta(config, mconfig, TOKENIZER, None),
+                   progress=progress)
+
+
+# --- batches and evaluation ------------------------------------------------------------------
+
+def test_words_batches_draw_uniformly_with_the_run_rng():
+    split = make_split("train", SPLIT[0][:300], TOKENIZER, 3, "words")
+    batches = Batches(split, 64, RNG(5))
+    X, Y = batches.next()
+    rng = RNG(5)
+    idx = [int(rng.random() * len(split)) for _ in range(64)]
+    assert np.array_equal(X, split.X[idx]) and np.array_equal(Y, split.Y[idx])
+    assert batches.rng.get_state() == rng.get_state()
+
+
+def test_stream_batches_are_consecutive_windows_that_wrap():
+    lines = ["ab", "cde"]  # stream "ab\ncde\n": 7 tokens, context 3 -> 4 windows
+    split = make_split("train", lines, TOKENIZER, 3, "stream")
+    tokens = data.stream_tokens(lines, TOKENIZER).tolist()
+    batches = Batches(split, 3, RNG(1))
+    starts = []
+    for _ in range(3):
+        X, Y = batches.next()
+        for x, y in zip(X.tolist(), Y.tolist()):
+            starts.append(next(p for p in range(4) if tokens[p:p + 4] == x + [y]))
+    # window start 0, 1, 2, ..., back to 0 when start + context reaches the length
+    assert starts == [0, 1, 2, 3, 0, 1, 2, 3, 0]
+    assert batches.position == 1
+
+
+def test_stream_evaluation_is_len_tokens_over_batch_size_fresh_batches():
+    split = make_split("val", SPLIT[1], TOKENIZER, 3, "stream")
+    chunks = list(eval_batches(split, 128))
+    assert len(chunks) == split.n_tokens // 128
+    assert np.array_equal(chunks[0][0], split.X[:128]) and all(w == 1 for *_, w in chunks)
+    assert len(list(eval_batches(split, 128, max_batches=20))) == 20
+
+
+def test_words_evaluation_is_the_exact_mean_over_every_example():
+    config = dataclasses.replace(SMALL, steps=1)
+    trainer = make_trainer(config)
+    split = trainer.splits["val"]
+    logits, _ = trainer.model.forward(split.X)
+    logits = logits.astype(np.float64)
+    logp = logits - logits.max(1, keepdims=True)
+    logp -= np.log(np.exp(logp).sum(1, keepdims=True))
+    expected = -logp[np.arange(len(split)), split.Y].mean()
+    assert evaluate(trainer.model, split, 32) == pytest.approx(expected, abs=1e-6)
+    first = evaluate(trainer.model, trainer.splits["train"], 32, max_batches=2)
+    assert first == pytest.approx(-np.mean(_nll(trainer.model, trainer.splits["train"], 64)), abs=1e-6)
+
+
+def _nll(model, split, n):
+    logits, _ = model.forward(split.X[:n])
+    logits = logits.astype(np.float64)
+    logp = logits - np.log(np.exp(logits).sum(1, keepdims=True))
+    return logp[np.arange(n), split.Y[:n]]
+
+
+def test_evaluation_leaves_the_bigram_penalty_out():
+    config = dataclasses.replace(SMALL, model="bigram", context=1, batch_size=0, optimizer="sgd",
+                                 lr=50.0, weight_decay=0.0, steps=1)
+    trainer = make_trainer(config)
+    split = trainer.splits["val"]
+    _, penalised = trainer.model.forward(split.X, split.Y)
+    assert evaluate(trainer.model, split, 0) < penalised
+
+
+# --- the loop ---------------------------------------------------------------------------------
+
+def test_records_and_evaluation_cadence():
+    records = []
+    result = make_trainer(SMALL, progress=records.append).run()
+    assert records == result.metrics
+    evals = [r["step"] for r in records if "val_loss" in r]
+    assert evals == [0, 10, 20, 30, 39]  # before the update of every 10th step and of the last
+    updates = [r for r in records if "loss" in r]
+    assert [r["step"] for r in updates] == list(range(40))
+    assert updates[0]["lr"] == SMALL.lr and updates[20]["lr"] == pytest.approx(SMALL.lr / 2)
+    final = records[-1]
+    assert final["step"] == 40 and final["test_perplexity"] == pytest.approx(math.exp(final["test_loss"]))
+    assert records[-3]["val_loss"] < records[0]["val_loss"]
+
+
+def _interrupt_at(step):
+    def progress(record):
+        if record.get("loss") is not None and record["step"] == step - 1:
+            raise KeyboardInterrupt
+
+    return progress
+
+
+def assert_same_run(a_dir, b_dir):
+    meta_a, tree_a = load_checkpoint(a_dir)
+    meta_b, tree_b = load_checkpoint(b_dir)
+    assert meta_a["metrics"] == meta_b["metrics"]  # bit-identical floats, not approximately
+    assert meta_a["rng_state"] == meta_b["rng_state"] and meta_a["step"] == meta_b["step"]
+    assert meta_a["loader_position"] == meta_b["loader_position"]
+    for part in ("model", "optimizer"):
+        assert tree_a[part].keys() == tree_b[part].keys()
+        for name in tree_a[part]:
+            assert np.array_equal(tree_a[part][name], tree_b[part][name]), (part, name)
+    assert (a_dir / "metrics.jsonl").read_text() == (b_dir / "metrics.jsonl").read_text()
+
+
+@pytest.mark.parametrize("backend,loader", [("numpy", "words"), ("numpy", "stream"), ("torch", "words")])
+def test_resume_is_bit_identical(tmp_path, backend, loader):
+    if backend == "torch":
+        pytest.importorskip("torch")
+    config = dataclasses.replace(SMALL, backend=backend, loader=loader)
+    straight, split_run = tmp_path / "straight", tmp_path / "split"
+    straight.mkdir(), split_run.mkdir()
+    make_trainer(config, straight).run()
+
+    with pytest.raises(TrainingInterrupted) as stopped:
+        make_trainer(config, split_run, progress=_interrupt_at(20)).run()
+    assert stopped.value.step == 20 and stopped.value.checkpoint is not None
+    meta, tree = load_checkpoint(split_run)
+    assert meta["step"] == 20 and [r for r in meta["metrics"] if "loss" in r][-1]["step"] == 19
+
+    resumed = make_trainer(config, split_run)
+    resumed.restore(meta, tree)
+    resumed.run()
+    assert_same_run(straight, split_run)
+
+
+def test_interrupt_during_evaluation_drops_the_partial_step(tmp_path):
+    def progress(record):
+        if record.get("val_loss") is not None and record["step"] == 30:
+            raise KeyboardInterrupt
+
+    with pytest.raises(TrainingInterrupted) as stopped:
+        make_trainer(SMALL, tmp_path, progress=progress).run()
+    meta, tree = load_checkpoint(tmp_path)
+    assert stopped.value.step == meta["step"] == 30
+    assert meta["metrics"][-1] == {k: v for k, v in meta["metrics"][-1].items()} and \
+        "val_loss" not in meta["metrics"][-1]
+    resumed = make_trainer(SMALL, tmp_path)
+    resumed.restore(meta, tree)
+    resumed.run()
+    other = tmp_path / "straight"
+    other.mkdir()
+    make_trainer(SMALL, other).run()
+    assert_same_run(other, tmp_path)
+
+
+def test_sigint_is_deferred_to_a_step_boundary(tmp_path):
+    def progress(record):
+        if record.get("loss") is not None and record["step"] == 11:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    before = signal.getsignal(signal.SIGINT)
+    with pytest.raises(TrainingInterrupted) as stopped:
+        make_trainer(SMALL, tmp_path, progress=progress).run()
+    assert stopped.value.step == 12
+    assert signal.getsignal(signal.SIGINT) is before
+    meta, _ = load_checkpoint(tmp_path)
+    assert meta["step"] == 12
+
+
+def test_extending_a_finished_run(tmp_path):
+    short = dataclasses.replace(SMALL, steps=20, lr_schedule="constant")
+    make_trainer(short, tmp_path).run()
+    meta, tree = load_checkpoint(tmp_path)
+    longer = dataclasses.replace(short, steps=30)
+    trainer = make_trainer(longer, tmp_path)
+    trainer.restore(meta, tree)
+    assert "test_loss" not in trainer.state.metrics[-1]
+    result = trainer.run()
+    assert result.resumed_from == 20 and result.metrics[-1]["step"] == 30
+    assert sum("test_loss" in r for r in result.metrics) == 1
+
+
+# --- checkpoints of real models --------------------------------------------------------------
+
+def test_checkpoint_round_trip_rebuilds_the_model(tmp_path):
+    trainer = make_trainer(dataclasses.replace(SMALL, steps=15), tmp_path)
+    trainer.run()
+    run = load_run(tmp_path)
+    assert run.config == trainer.config and run.tokenizer == TOKENIZER and run.step == 15
+    X = trainer.splits["val"].X[:50]
+    trainer.model.eval()
+    assert np.array_equal(run.model.forward(X)[0], trainer.model.forward(X)[0])
+    for name, value in trainer.model.state_dict().items():
+        assert np.array_equal(run.model.state_dict()[name], value)
+
+
+def test_a_numpy_checkpoint_loads_on_torch(tmp_path):
+    pytest.importorskip("torch")
+    trainer = make_trainer(dataclasses.replace(SMALL, steps=5), tmp_path)
+    trainer.run()
+    run = load_run(tmp_path, backend="torch")
+    X = trainer.splits["val"].X[:50]
+    np.testing.assert_allclose(run.model.forward(X)[0].detach().numpy(), trainer.model.forward(X)[0],
+                               atol=1e-5)
+
+
+# --- every backend computes the same run -------------------------------------------------------
+
+def test_micrograd_backend_agrees_with_numpy():
+    tiny = dataclasses.replace(SMALL, n_embd=2, n_hidden=4, context=2, batch_size=4, steps=6,
+                               eval_every=3, eval_train_batches=2, weight_decay=0.0)
+    lines3 = (SPLIT[0][:20], SPLIT[1][:3], SPLIT[2][:3])
+    runs = {b: make_trainer(dataclasses.replace(tiny, backend=b), lines3=lines3).run()
+            for b in ("numpy", "micrograd")}
+    assert len(runs["numpy"].metrics) == len(runs["micrograd"].metrics)
+    for a, b in zip(runs["numpy"].metrics, runs["micrograd"].metrics):
+        assert a.keys() == b.keys()
+        for key in a:
+            assert a[key] == pytest.approx(b[key], abs=1e-4), key
