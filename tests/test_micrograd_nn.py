@@ -36,7 +36,7 @@ def test_layer_always_returns_a_list():
 
 def test_neuron_refuses_the_wrong_number_of_inputs():
     neuron = Neuron(3, rng=RNG(1))
-    with pytest.raises(ValueError, match="3 inputs, got 2"):
+    with pytest.raises(ValueError, match="got 2 inputs for 3 weights"):
         neuron([1.0, 2.0])
 
 

@@ -47,9 +47,6 @@ class Neuron(Module):
 
     def activate(self, x: Sequence[Value]) -> Value:
         """The neuron's output for inputs that are already ``Value``s."""
-        if len(x) != len(self.w):
-            # zip would silently drop the extra inputs or weights.
-            raise ValueError(f"neuron has {len(self.w)} inputs, got {len(x)}")
         act = weighted_sum(self.w, x, self.b)
         return act.tanh() if self.nonlin else act
 
