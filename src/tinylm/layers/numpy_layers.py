@@ -24,6 +24,7 @@ import numpy as np
 
 from tinylm.layers import base
 from tinylm.layers.base import LanguageModel, Layer
+from tinylm.layers.shape_checks import check_batch_norm_examples, check_flatten_input, check_group
 
 
 class Parameter:
@@ -117,6 +118,92 @@ class Tanh(Layer):
 
     def backward(self, dout: np.ndarray) -> np.ndarray:
         return (1 - self.out**2) * dout                  # (..., H)
+
+
+class BatchNorm1d(Layer):
+    """Batch normalisation: Ioffe and Szegedy, "Batch Normalization: Accelerating
+    Deep Network Training by Reducing Internal Covariate Shift", ICML 2015.
+
+    Each channel (last axis) is normalised to zero mean and unit variance over
+    the examples of the batch, (B, C), or over batch and time, (B, T, C), then
+    scaled by ``weight`` and shifted by ``bias``. In training mode it uses the
+    batch statistics and moves ``running_mean`` / ``running_var`` towards them
+    by ``momentum``; in eval mode it uses the running statistics and changes
+    nothing. As in torch.nn.BatchNorm1d, the batch is normalised with the
+    biased variance while ``running_var`` tracks the unbiased one.
+    """
+
+    param_names = ("weight", "bias")
+    buffer_names = ("running_mean", "running_var")
+
+    def __init__(self, dim: int, eps: float = 1e-5, momentum: float = 0.1,
+                 dtype=np.float32) -> None:
+        super().__init__()
+        self.eps = eps
+        self.momentum = momentum
+        self.weight = Parameter(np.ones(dim, dtype=dtype), "weight")
+        self.bias = Parameter(np.zeros(dim, dtype=dtype), "bias")
+        self.running_mean = np.zeros(dim, dtype=dtype)
+        self.running_var = np.ones(dim, dtype=dtype)
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        x2 = x.reshape(-1, x.shape[-1])                  # (N, C), N = B or B*T
+        if self.training:
+            n = check_batch_norm_examples(x2.shape[0])
+            mean = x2.mean(axis=0)                       # (C,)
+            var = x2.var(axis=0)                         # (C,) biased: what the batch is normalised with
+            m, dtype = self.momentum, self.running_mean.dtype
+            self.running_mean = ((1 - m) * self.running_mean + m * mean).astype(dtype)
+            self.running_var = ((1 - m) * self.running_var + m * var * (n / (n - 1))).astype(dtype)
+        else:
+            mean, var = self.running_mean, self.running_var
+        self.in_shape = x.shape
+        self.inv_std = 1.0 / np.sqrt(var + self.eps)     # (C,)
+        self.xhat = (x2 - mean) * self.inv_std           # (N, C)
+        out = self.weight.data * self.xhat + self.bias.data  # (N, C)
+        self.out = out.reshape(x.shape)                  # (B, C) or (B, T, C)
+        return self.out
+
+    def backward(self, dout: np.ndarray) -> np.ndarray:
+        d = dout.reshape(-1, dout.shape[-1])             # (N, C)
+        self.bias.grad = d.sum(axis=0)                   # (C,)
+        self.weight.grad = (d * self.xhat).sum(axis=0)   # (C,)
+        dxhat = d * self.weight.data                     # (N, C)
+        if not self.training:
+            # the running statistics are constants: a per-channel affine map
+            return (dxhat * self.inv_std).reshape(self.in_shape)
+        # Every x moves the batch mean and variance, which every xhat depends
+        # on; summing those paths gives the closed form (see docs/deep.md).
+        n = d.shape[0]
+        dx = self.inv_std / n * (n * dxhat - dxhat.sum(axis=0)
+                                 - self.xhat * (dxhat * self.xhat).sum(axis=0))  # (N, C)
+        return dx.reshape(self.in_shape)                 # (B, C) or (B, T, C)
+
+
+class FlattenConsecutive(Layer):
+    """Concatenate each ``n`` consecutive positions: (B, T, C) -> (B, T/n, C*n).
+
+    Stacked with Linear layers this fuses neighbours pairwise, level by
+    level, the tree of dilated causal convolutions of WaveNet (van den Oord
+    et al., "WaveNet: A Generative Model for Raw Audio", 2016) computed for
+    one output position. A time axis of 1 is squeezed away: (B, C*n).
+    """
+
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self.n = check_group(n)
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        B, T, C = check_flatten_input(x.shape, self.n)
+        self.in_shape = x.shape                          # (B, T, C)
+        out = x.reshape(B, T // self.n, C * self.n)      # (B, T/n, C*n)
+        if out.shape[1] == 1:
+            out = out.reshape(B, C * self.n)             # (B, C*n)
+        self.out = out
+        return out
+
+    def backward(self, dout: np.ndarray) -> np.ndarray:
+        return dout.reshape(self.in_shape)               # (B, T, C)
 
 
 class Sequential(base.Sequential):

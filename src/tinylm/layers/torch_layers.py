@@ -15,8 +15,10 @@ import numpy as np
 import torch
 
 from tinylm.layers.base import LanguageModel, Layer, Sequential
+from tinylm.layers.shape_checks import check_batch_norm_examples, check_flatten_input, check_group
 
-__all__ = ["Embedding", "Flatten", "Linear", "Tanh", "Sequential", "cross_entropy", "LM"]
+__all__ = ["Embedding", "Flatten", "Linear", "Tanh", "BatchNorm1d", "FlattenConsecutive",
+           "Sequential", "cross_entropy", "LM"]
 
 
 class Embedding(Layer):
@@ -66,6 +68,62 @@ class Tanh(Layer):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.out = torch.tanh(x)                         # (..., H)
         return self.out
+
+
+class BatchNorm1d(Layer):
+    """Batch normalisation (Ioffe and Szegedy, ICML 2015) on raw tensors.
+
+    The numpy layer's forward with ``torch`` for ``np``: normalise each
+    channel over every other axis with the batch statistics in training
+    mode (biased variance), the running ones in eval mode; the running
+    statistics are updated in place (unbiased variance, as nn.BatchNorm1d)
+    outside the graph.
+    """
+
+    param_names = ("weight", "bias")
+    buffer_names = ("running_mean", "running_var")
+
+    def __init__(self, dim: int, eps: float = 1e-5, momentum: float = 0.1,
+                 dtype=torch.float32) -> None:
+        super().__init__()
+        self.eps = eps
+        self.momentum = momentum
+        self.weight = torch.ones(dim, dtype=dtype, requires_grad=True)
+        self.bias = torch.zeros(dim, dtype=dtype, requires_grad=True)
+        self.running_mean = torch.zeros(dim, dtype=dtype)
+        self.running_var = torch.ones(dim, dtype=dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dims = tuple(range(x.ndim - 1))                  # every axis but the channels
+        if self.training:
+            n = check_batch_norm_examples(x.numel() // x.shape[-1])
+            mean = x.mean(dims)                          # (C,)
+            var = x.var(dims, correction=0)              # (C,) biased
+            m = self.momentum
+            with torch.no_grad():
+                self.running_mean.mul_(1 - m).add_(m * mean)
+                self.running_var.mul_(1 - m).add_(m * var * (n / (n - 1)))
+        else:
+            mean, var = self.running_mean, self.running_var
+        xhat = (x - mean) / torch.sqrt(var + self.eps)   # (B, C) or (B, T, C)
+        self.out = self.weight * xhat + self.bias
+        return self.out
+
+
+class FlattenConsecutive(Layer):
+    """(B, T, C) -> (B, T/n, C*n), squeezing a time axis of 1; see numpy_layers."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self.n = check_group(n)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, C = check_flatten_input(x.shape, self.n)
+        out = x.reshape(B, T // self.n, C * self.n)      # (B, T/n, C*n)
+        if out.shape[1] == 1:
+            out = out.reshape(B, C * self.n)             # (B, C*n)
+        self.out = out
+        return out
 
 
 def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -12,12 +12,15 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
+import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tinylm.layers.shape_checks import check_batch_norm_examples, check_flatten_input, check_group
 from tinylm.layers.torch_layers import TorchLM
 
-__all__ = ["Embedding", "Flatten", "Linear", "Tanh", "Sequential", "cross_entropy", "LM"]
+__all__ = ["Embedding", "Flatten", "Linear", "Tanh", "BatchNorm1d", "FlattenConsecutive",
+           "Sequential", "cross_entropy", "LM"]
 
 Embedding = nn.Embedding
 Flatten = nn.Flatten   # start_dim=1: (B, T, C) -> (B, T*C)
@@ -25,6 +28,47 @@ Linear = nn.Linear
 Tanh = nn.Tanh
 Sequential = nn.Sequential
 cross_entropy = F.cross_entropy
+
+
+class BatchNorm1d(nn.Module):
+    """Batch normalisation (Ioffe and Szegedy, ICML 2015) over every axis but the last.
+
+    ``nn.BatchNorm1d`` wants channels on axis 1, (B, C, T); ours sit last,
+    (B, T, C), as Linear produces them. Folding batch and time into one axis
+    lets ``F.batch_norm`` do the work, with PyTorch's own running-statistics
+    update, and keeps the state dict to weight, bias, running_mean and
+    running_var, the names every backend shares.
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1) -> None:
+        super().__init__()
+        self.eps = eps
+        self.momentum = momentum
+        self.weight = nn.Parameter(torch.ones(num_features))
+        self.bias = nn.Parameter(torch.zeros(num_features))
+        self.register_buffer("running_mean", torch.zeros(num_features))
+        self.register_buffer("running_var", torch.ones(num_features))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            check_batch_norm_examples(x.numel() // x.shape[-1])
+        flat = x.reshape(-1, x.shape[-1])                # (B*T, C)
+        out = F.batch_norm(flat, self.running_mean, self.running_var, self.weight, self.bias,
+                           self.training, self.momentum, self.eps)
+        return out.reshape(x.shape)                      # (B, C) or (B, T, C)
+
+
+class FlattenConsecutive(nn.Module):
+    """(B, T, C) -> (B, T/n, C*n), squeezing a time axis of 1; see numpy_layers."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self.n = check_group(n)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, C = check_flatten_input(x.shape, self.n)
+        out = x.reshape(B, T // self.n, C * self.n)      # (B, T/n, C*n)
+        return out.reshape(B, C * self.n) if out.shape[1] == 1 else out
 
 
 class TorchModuleLM(TorchLM):

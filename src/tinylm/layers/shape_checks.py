@@ -1,0 +1,41 @@
+"""Input checks shared by every backend's BatchNorm1d and FlattenConsecutive.
+
+Kept in one place so that the numpy, PyTorch and scalar-engine layers
+refuse the same inputs with the same message.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from tinylm.errors import ConfigError
+
+
+def check_group(n: int) -> int:
+    """``FlattenConsecutive(n)`` needs a whole number n >= 1."""
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise ConfigError(f"FlattenConsecutive needs a whole number n >= 1, got {n!r}")
+    return n
+
+
+def check_flatten_input(shape: Sequence[int], n: int) -> tuple[int, int, int]:
+    """(B, T, C) of a FlattenConsecutive input; T must be divisible by n."""
+    if len(shape) != 3:
+        raise ConfigError(
+            f"FlattenConsecutive({n}) takes (B, T, C) input, got shape {tuple(shape)}: "
+            "the time axis is already gone (is the context shorter than the stack of levels?)")
+    B, T, C = shape
+    if T % n != 0:
+        raise ConfigError(
+            f"FlattenConsecutive({n}) cannot group a time axis of {T} positions in {n}s: "
+            f"the context must be divisible by {n} at every level")
+    return B, T, C
+
+
+def check_batch_norm_examples(n: int) -> int:
+    """Training-mode BatchNorm needs two examples per channel to have a variance."""
+    if n < 2:
+        raise ConfigError(
+            f"BatchNorm1d in training mode needs at least 2 examples per channel, got {n}; "
+            "use a larger batch or put the model in eval mode")
+    return n
