@@ -34,6 +34,7 @@ def register(sub: argparse._SubParsersAction, add_run_dir: Callable) -> None:
         "AdamW, 100 steps, seed 42.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
+    # Not add_run_dir: its default, out/, is where 'tinylm train' writes its run.
     p.add_argument("-o", "--out-dir", default=DEFAULT_OUT_DIR, metavar="DIR",
                    help="directory for the run's files")
     p.add_argument("--dataset", default=d.dataset, choices=tuple(DATASETS),
