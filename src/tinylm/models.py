@@ -197,3 +197,146 @@ def mlp(config: ModelConfig, L: ModuleType, rng: RNG) -> Blueprint:
     init["layers.4.weight"] = rng.rand_array(V * H, -s, s).reshape(V, H)
     init["layers.4.bias"] = rng.rand_array(V, -s, s)
     return Blueprint(layers, init, reads=T)
+
+
+# --- deeper networks: Kaiming initialisation, BatchNorm, WaveNet ---------------------------
+
+GAINS = {"linear": 1.0, "tanh": 5.0 / 3.0, "relu": math.sqrt(2.0)}
+OUTPUT_SCALE = 0.1
+DEEP_INITS = ("default", "kaiming", "noscale", "naive")
+
+
+def gain(nonlinearity: str) -> float:
+    """Kaiming gain for the nonlinearity that follows a layer (He et al., 2015).
+
+    A tanh squashes its input, so the weights before it are scaled up by 5/3
+    to keep the activations' spread from shrinking layer after layer; a
+    ReLU zeroes half its input, hence sqrt(2); a linear layer needs 1.
+    """
+    try:
+        return GAINS[nonlinearity]
+    except KeyError:
+        raise ConfigError(f"no Kaiming gain for {nonlinearity!r}; choose one of "
+                          f"{', '.join(GAINS)}") from None
+
+
+def kaiming_normal(rng: RNG, fan_out: int, fan_in: int, gain: float = 1.0) -> np.ndarray:
+    """A (fan_out, fan_in) weight drawn N(0, 1) * gain / sqrt(fan_in), row-major.
+
+    He, Zhang, Ren and Sun, "Delving Deep into Rectifiers: Surpassing
+    Human-Level Performance on ImageNet Classification", ICCV 2015: with
+    std 1/sqrt(fan_in) each output of ``x @ W.T`` has about the variance of
+    one input, so activations neither blow up nor fade with depth.
+    """
+    return rng.randn_array(fan_out * fan_in, 0.0, gain / math.sqrt(fan_in)).reshape(fan_out, fan_in)
+
+
+def expected_initial_loss(config: ModelConfig) -> float:
+    """ln(vocab_size): the loss of a model that starts out predicting uniformly."""
+    return math.log(config.vocab_size)
+
+
+def _deep_weights(config: ModelConfig, rng: RNG, hidden: list[tuple[str, int, int]],
+                  output: str) -> dict[str, np.ndarray]:
+    """Initial weights of a deep tanh network, in the canonical order.
+
+    Order: the embedding table N(0, 1); each hidden Linear weight in layer
+    order, (out, in) row-major; then the output weight. The output bias
+    starts at 0 and BatchNorm at weight 1, bias 0 (nothing drawn). With
+    ``init``:
+      default/kaiming: hidden N(0,1) * 5/3 / sqrt(fan_in); output
+                       N(0,1) / sqrt(fan_in) * 0.1, so the first logits are
+                       nearly equal and the first loss is close to ln(V);
+      noscale:         the same without the 0.1 (confidently wrong at start);
+      naive:           every weight N(0, 1), no fan-in scaling at all.
+    """
+    _check_init(config, *DEEP_INITS)
+    V, E, H = config.vocab_size, config.n_embd, config.n_hidden
+    naive = config.init == "naive"
+    init = {"layers.0.weight": rng.randn_array(V * E).reshape(V, E)}        # (V, E)
+    for name, fan_out, fan_in in hidden:
+        init[name] = (rng.randn_array(fan_out * fan_in).reshape(fan_out, fan_in) if naive
+                      else kaiming_normal(rng, fan_out, fan_in, gain("tanh")))
+    if naive:
+        init[f"{output}.weight"] = rng.randn_array(V * H).reshape(V, H)
+    else:
+        scale = OUTPUT_SCALE if config.init in ("default", "kaiming") else 1.0
+        init[f"{output}.weight"] = kaiming_normal(rng, V, H, gain("linear") * scale)
+    init[f"{output}.bias"] = np.zeros(V, dtype=np.float32)
+    return init
+
+
+def _deep_layers(L: ModuleType, backend_name: str) -> None:
+    if not hasattr(L, "BatchNorm1d"):
+        raise ConfigError(f"the {backend_name} backend has no BatchNorm1d; "
+                          "use numpy, torch or torch-module for the deep models")
+
+
+@register("bnmlp")
+def bnmlp(config: ModelConfig, L: ModuleType, rng: RNG) -> Blueprint:
+    """A deep MLP with batch normalisation (Ioffe and Szegedy, ICML 2015):
+    ``Embedding -> Flatten -> n_layers x [Linear(bias=False), BatchNorm1d,
+    Tanh] -> Linear`` over the last ``context`` tokens, Kaiming-initialised
+    (He et al., ICCV 2015; see ``_deep_weights`` for the order and options).
+
+    The hidden Linears have no bias: BatchNorm subtracts each channel's mean
+    right after, which would cancel it, and supplies its own bias.
+    """
+    _deep_layers(L, L.__name__)
+    V, T, E, H, N = (config.vocab_size, config.context, config.n_embd, config.n_hidden,
+                     config.n_layers)
+    layers = [L.Embedding(V, E), L.Flatten()]        # (B, T) -> (B, T, E) -> (B, T*E)
+    hidden = []
+    fan_in = T * E
+    for _ in range(N):
+        hidden.append((f"layers.{len(layers)}.weight", H, fan_in))
+        layers += [L.Linear(fan_in, H, bias=False),  # (B, H)
+                   L.BatchNorm1d(H),                 # (B, H)
+                   L.Tanh()]                         # (B, H)
+        fan_in = H
+    output = f"layers.{len(layers)}"
+    layers.append(L.Linear(H, V))                    # (B, V)
+    return Blueprint(layers, _deep_weights(config, rng, hidden, output), reads=T)
+
+
+def wavenet_levels(context: int) -> int:
+    """How many pairwise-fusion levels a WaveNet needs: log2(context), a power of two."""
+    if context < 2 or context & (context - 1):
+        raise ConfigError(f"the wavenet model fuses positions in pairs, so its context must be "
+                          f"a power of two >= 2 (2, 4, 8, 16...), got {context}")
+    return context.bit_length() - 1
+
+
+@register("wavenet")
+def wavenet(config: ModelConfig, L: ModuleType, rng: RNG) -> Blueprint:
+    """The hierarchical model of WaveNet (van den Oord et al., "WaveNet: A
+    Generative Model for Raw Audio", 2016), for characters: instead of
+    squashing the whole context into one layer, neighbouring positions are
+    fused in pairs, level by level, like its tree of dilated causal
+    convolutions evaluated at one output position::
+
+        Embedding                                   (B, 8) -> (B, 8, E)
+        log2(context) x [FlattenConsecutive(2),     (B, 4, 2E) ... (B, 2H)
+                         Linear(bias=False), BatchNorm1d, Tanh]
+        Linear                                      (B, H) -> (B, V)
+
+    BatchNorm normalises over batch and time while the time axis remains.
+    ``n_layers`` is ignored: the context fixes the depth. Initialisation as
+    for ``bnmlp`` (``_deep_weights``).
+    """
+    _deep_layers(L, L.__name__)
+    V, E, H = config.vocab_size, config.n_embd, config.n_hidden
+    levels = wavenet_levels(config.context)
+    layers = [L.Embedding(V, E)]                     # (B, T, E)
+    hidden = []
+    fan_in = 2 * E
+    for _ in range(levels):
+        hidden.append((f"layers.{len(layers) + 1}.weight", H, fan_in))
+        layers += [L.FlattenConsecutive(2),          # (B, T/2, 2C), the last level (B, 2C)
+                   L.Linear(fan_in, H, bias=False),  # (B, T/2, H)
+                   L.BatchNorm1d(H),                 # (B, T/2, H)
+                   L.Tanh()]                         # (B, T/2, H)
+        fan_in = 2 * H
+    output = f"layers.{len(layers)}"
+    layers.append(L.Linear(H, V))                    # (B, V)
+    return Blueprint(layers, _deep_weights(config, rng, hidden, output), reads=config.context)
