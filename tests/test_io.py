@@ -44,3 +44,15 @@ def test_check_out_dir_refuses_files_and_creates_nothing(tmp_path):
     io.check_out_dir(tmp_path / "new" / "dir")
     assert not (tmp_path / "new").exists()
     assert io.make_out_dir(tmp_path / "new" / "dir").is_dir()
+
+
+def test_written_files_follow_the_umask(tmp_path):
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        io.atomic_write_text(tmp_path / "a.txt", "x")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "a.txt").stat().st_mode) == 0o644

@@ -189,6 +189,9 @@ def _run_kind(out_dir: str) -> str:
         return "ngram"
     if model in NEURAL_MODELS:
         return "neural"
+    if model == "micrograd":
+        raise CheckpointError(f"{out_dir!r} holds a micrograd demo run: it has no language model "
+                              "to sample or evaluate (see its metrics.jsonl, regions.png and graph.svg)")
     raise CheckpointError(f"{str(path)!r} names an unknown model {model!r}")
 
 
