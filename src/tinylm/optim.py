@@ -50,7 +50,11 @@ class _ArraySlot:
 
 
 class _ScalarSlot:
-    """Scalar-engine Values (float data and grad), updated together as one float64 vector."""
+    """Scalar-engine Values (float data and grad), updated together as one float64 vector.
+
+    So a Value optimizer's state holds one "exp_avg.0" vector over all the
+    Values in ``parameters()`` order, not one array per weight matrix.
+    """
 
     def __init__(self, values: Sequence[Any]) -> None:
         self.values = list(values)
