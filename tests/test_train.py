@@ -249,3 +249,20 @@ def test_micrograd_backend_agrees_with_numpy():
         assert a.keys() == b.keys()
         for key in a:
             assert a[key] == pytest.approx(b[key], abs=1e-4), key
+
+
+def test_neural_bigram_approaches_the_count_bigram():
+    """Full-batch gradient descent at lr 50 on the bigram table ends near the counts' loss."""
+    from tinylm.ngram import NgramConfig, NgramModel, nll
+    from tinylm.recipes import resolve
+
+    lines3 = (SPLIT[0][:4000], SPLIT[1], SPLIT[2])
+    config = TrainConfig.from_dict(resolve("bigram", None, {"steps": 100, "eval_every": 100}))
+    result = make_trainer(config, lines3=lines3).run()
+    splits = splits_for(config, lines3)
+    counts = NgramModel(NgramConfig(2, TOKENIZER.vocab_size, "additive", 1.0))
+    counts.fit(splits["train"].X, splits["train"].Y)
+    count_val = nll(counts, splits["val"].X, splits["val"].Y)
+    neural_val = result.last("val_loss")
+    assert result.metrics[0]["val_loss"] > count_val + 1.0  # it starts far away...
+    assert abs(neural_val - count_val) < 0.03  # ...and ends close
