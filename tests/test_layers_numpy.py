@@ -13,23 +13,9 @@ import torch
 
 from tinylm.layers import numpy_layers as nl
 
+from gradcheck import finite_difference
+
 rs = np.random.RandomState(1234)
-
-
-def finite_difference(f, x: np.ndarray, n: int = 20, h: float = 1e-6) -> tuple[np.ndarray, np.ndarray]:
-    """Central differences of scalar f() w.r.t. ``n`` entries of ``x`` (changed in place)."""
-    flat = x.reshape(-1)
-    picks = np.random.RandomState(0).choice(flat.size, size=min(n, flat.size), replace=False)
-    grads = []
-    for i in picks:
-        old = flat[i]
-        flat[i] = old + h
-        plus = f()
-        flat[i] = old - h
-        minus = f()
-        flat[i] = old
-        grads.append((plus - minus) / (2 * h))
-    return picks, np.array(grads)
 
 
 def t64(a: np.ndarray, grad: bool = True) -> torch.Tensor:
