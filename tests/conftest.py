@@ -6,6 +6,15 @@ import pytest
 
 from tinylm import data
 
+try:
+    import torch
+except ImportError:  # torch is a test extra; the tests that need it import it themselves
+    torch = None
+else:
+    # pytest-xdist or a busy machine makes torch's thread pool thrash on tiny matmuls
+    # (hundreds of times slower); the tests compare numbers, not speed.
+    torch.set_num_threads(1)
+
 
 @pytest.fixture(scope="session")
 def names_lines() -> list[str]:
