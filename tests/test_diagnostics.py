@@ -147,3 +147,111 @@ def test_update_ratio_and_loss_plots_write_png(tmp_path):
     assert not list(tmp_path.glob(".*.tmp"))   # written atomically
     with pytest.raises(ConfigError):
         dg.plot_loss_curve([{"test_loss": 1.0}], tmp_path / "none.png")
+
+
+# --- measuring a model ------------------------------------------------------------------
+
+SMALL = dict(vocab_size=9, context=4, n_embd=3, n_hidden=6)
+
+
+def _small_batch(context: int, B: int = 24):
+    rs = np.random.RandomState(0)
+    return rs.randint(0, 9, size=(B, context)), rs.randint(0, 9, size=B)
+
+
+def test_measure_matches_an_independent_torch_computation():
+    """A 2-layer BatchNorm MLP recomputed from its state dict with torch autograd (float64)."""
+    torch = pytest.importorskip("torch")
+    from tinylm.models import ModelConfig, build_model
+    from tinylm.rng import RNG
+
+    config = ModelConfig("bnmlp", n_layers=2, **SMALL)
+    model = build_model(config, "numpy", RNG(3))
+    X, Y = _small_batch(4)
+    before = model.state_dict()
+    snap, ratios = dg.measure(model, X, Y, lr=0.05)
+    for name, value in model.state_dict().items():   # measuring changed nothing
+        np.testing.assert_array_equal(value, before[name])
+    assert model.training
+
+    s = {k: torch.tensor(v, dtype=torch.float64, requires_grad=True) for k, v in before.items()}
+    h = s["layers.0.weight"][torch.from_numpy(X)].reshape(len(X), -1)   # (B, T*E)
+    tanhs = []
+    for lin, bn in ((2, 3), (5, 6)):
+        pre = h @ s[f"layers.{lin}.weight"].T
+        mean, var = pre.mean(0), pre.var(0, unbiased=False)
+        pre = s[f"layers.{bn}.weight"] * (pre - mean) / torch.sqrt(var + 1e-5) + s[f"layers.{bn}.bias"]
+        h = torch.tanh(pre)
+        h.retain_grad()
+        tanhs.append(h)
+    logits = h @ s["layers.8.weight"].T + s["layers.8.bias"]
+    torch.nn.functional.cross_entropy(logits, torch.from_numpy(Y)).backward()
+
+    assert [a.name for a in snap.activation_stats] == ["layers.4 (tanh)", "layers.7 (tanh)"]
+    for a, g, t in zip(snap.activation_stats, snap.gradient_stats, tanhs):
+        v = t.detach()
+        assert a.mean == pytest.approx(v.mean().item(), abs=1e-6)
+        assert a.std == pytest.approx(v.std(unbiased=False).item(), rel=1e-5)
+        assert a.saturation == pytest.approx(100 * (v.abs() > 0.97).double().mean().item())
+        assert a.dead == int((v.abs() > 0.97).all(0).sum())
+        assert g.std == pytest.approx(t.grad.std(unbiased=False).item(), rel=1e-4)
+        assert g.mean == pytest.approx(t.grad.mean().item(), abs=1e-7)
+    weights = {w.name: w for w in snap.weight_stats}
+    assert set(weights) == {"layers.0.weight", "layers.2.weight", "layers.5.weight", "layers.8.weight"}
+    for name, w in weights.items():
+        grad, data = s[name].grad, s[name].detach()
+        assert w.grad_std == pytest.approx(grad.std(unbiased=False).item(), rel=1e-4)
+        assert w.grad_data_ratio == pytest.approx(
+            (grad.std(unbiased=False) / data.std(unbiased=False)).item(), rel=1e-4)
+        assert ratios[name] == pytest.approx(
+            math.log10((0.05 * grad).std(unbiased=False).item() / data.std(unbiased=False).item()),
+            abs=1e-4)
+
+
+@pytest.mark.parametrize("backend", ["torch", "torch-module"])
+def test_measure_agrees_across_backends(backend):
+    pytest.importorskip("torch")
+    from tinylm.models import ModelConfig, build_model
+    from tinylm.rng import RNG
+
+    config = ModelConfig("wavenet", **SMALL)
+    X, Y = _small_batch(4)
+    ref, ref_ratios = dg.measure(build_model(config, "numpy", RNG(4)), X, Y, lr=0.1)
+    snap, ratios = dg.measure(build_model(config, backend, RNG(4)), X, Y, lr=0.1)
+    for a, b in zip(snap.activation_stats, ref.activation_stats):
+        assert (a.name, a.dead, a.units) == (b.name, b.dead, b.units)
+        assert a.std == pytest.approx(b.std, rel=1e-4)
+    for a, b in zip(snap.gradient_stats, ref.gradient_stats):
+        assert a.std == pytest.approx(b.std, rel=1e-3)
+    for name in ref_ratios:
+        assert ratios[name] == pytest.approx(ref_ratios[name], abs=1e-3)
+
+
+def test_measure_on_the_scalar_engine():
+    from tinylm.models import ModelConfig, build_model
+    from tinylm.rng import RNG
+
+    config = ModelConfig("mlp", vocab_size=7, context=2, n_embd=2, n_hidden=4)
+    X, Y = np.array([[0, 1], [2, 3], [4, 5], [6, 0]]), np.array([1, 2, 3, 4])
+    ref, _ = dg.measure(build_model(config, "numpy", RNG(2)), X, Y)
+    snap, _ = dg.measure(build_model(config, "micrograd", RNG(2)), X, Y)
+    assert snap.activation_stats[0].std == pytest.approx(ref.activation_stats[0].std, rel=1e-5)
+    assert snap.gradient_stats[0].std == pytest.approx(ref.gradient_stats[0].std, rel=1e-4)
+
+
+def test_initial_loss_record():
+    ok = dg.initial_loss_record(3.31, 27)
+    assert ok["expected_initial_loss"] == pytest.approx(math.log(27))
+    assert not ok["initial_loss_warning"]
+    assert dg.initial_loss_record(3.9, 27)["initial_loss_warning"]
+
+
+def test_history_keeps_the_last_record_of_each_step(tmp_path):
+    from tinylm.io import append_jsonl
+
+    path = tmp_path / dg.DIAGNOSTICS_FILE
+    for step, r in ((0, -2.0), (10, -2.5), (20, -2.9), (10, -2.6)):   # 10 measured again after a resume
+        append_jsonl(path, {"step": step, "update_ratios": {"w": r}})
+    steps, series = dg.update_ratio_series(dg.read_history(path))
+    assert steps == [0, 10, 20] and series == {"w": [-2.0, -2.6, -2.9]}
+    assert dg.read_history(tmp_path / "missing.jsonl") == []

@@ -208,6 +208,109 @@ def snapshot_from_arrays(activations: Mapping[str, np.ndarray],
     )
 
 
+NONLINEARITIES = {"Tanh": "tanh", "ReLU": "relu"}
+
+
+def _array(x: Any) -> np.ndarray:
+    """A numpy float64 copy of a numpy array, a torch tensor or nested scalar-engine Values."""
+    if x is None:
+        raise ConfigError("no array to measure")
+    if hasattr(x, "detach"):
+        return x.detach().cpu().numpy().astype(np.float64)
+    if isinstance(x, list):
+        return np.array(_nested(x, "data"), dtype=np.float64)
+    return np.asarray(x, dtype=np.float64)
+
+
+def _nested(x: Any, attr: str) -> Any:
+    return [_nested(v, attr) for v in x] if isinstance(x, list) else getattr(x, attr)
+
+
+def _grad_of(x: Any) -> np.ndarray | None:
+    """The gradient held by a parameter or activation of any backend (None if absent)."""
+    if isinstance(x, list):
+        return np.array(_nested(x, "grad"), dtype=np.float64)
+    g = getattr(x, "grad", None)
+    return None if g is None else _array(g)
+
+
+def _data_of(x: Any) -> np.ndarray:
+    if isinstance(x, list) or hasattr(x, "detach"):
+        return _array(x)
+    return _array(x.data)  # a numpy Parameter
+
+
+def activation_layers(model: Any) -> list[tuple[str, Any, str]]:
+    """(name, layer, kind) of each nonlinearity in ``model.layers``: where saturation matters."""
+    found = []
+    for i, layer in enumerate(model.layers):
+        kind = NONLINEARITIES.get(type(layer).__name__)
+        if kind is not None:
+            found.append((f"layers.{i} ({type(layer).__name__.lower()})", layer, kind))
+    return found
+
+
+def measure(model: Any, X: np.ndarray, Y: np.ndarray, lr: float | None = None
+            ) -> tuple[Snapshot, dict[str, float]]:
+    """Statistics of one training-mode forward and backward pass on (X, Y).
+
+    Works for every backend: numpy layers record the gradient at their
+    output during ``backward``; PyTorch outputs are asked to retain theirs.
+    The model is left as it was found: its arrays and BatchNorm running
+    statistics are restored and its train/eval mode put back, so measuring
+    in the middle of a run does not change what the run computes. Returns
+    the snapshot and, with ``lr``, the update:data ratio of each weight
+    matrix (log10, for a plain SGD step of that learning rate).
+    """
+    saved, was_training = model.state_dict(), model.training
+    try:
+        model.train()
+        _, loss = model.forward(X, Y)
+        acts = activation_layers(model)
+        for _, layer, _ in acts:
+            if hasattr(layer.out, "retain_grad") and layer.out.requires_grad:
+                layer.out.retain_grad()
+        model.backward()
+        outputs = {name: _array(layer.out) for name, layer, _ in acts}
+        grads = {}
+        for name, layer, _ in acts:
+            g = getattr(layer, "out_grad", None)  # numpy layers
+            grads[name] = _array(g) if g is not None else _grad_of(layer.out)
+        weights = {}
+        for name, p in model._named_parameters().items():
+            data, grad = _data_of(p), _grad_of(p)
+            if data.ndim == 2 and grad is not None:
+                weights[name] = (data, grad)
+        snap = snapshot_from_arrays(outputs, grads, weights, {n: k for n, _, k in acts})
+        ratios = ({name: update_ratio(d, g, lr) for name, (d, g) in weights.items()}
+                  if lr is not None else {})
+    finally:
+        model.load_state_dict(saved)
+        model.train(was_training)
+    return snap, ratios
+
+
+def diagnostics_record(step: int, lr: float, snap: Snapshot, ratios: Mapping[str, float]
+                       ) -> dict[str, Any]:
+    """One line of a run's diagnostics.jsonl."""
+    return {"step": step, "lr": lr, **snap.to_record(), "update_ratios": dict(ratios)}
+
+
+INITIAL_LOSS_TOLERANCE = 0.5
+
+
+def initial_loss_record(measured: float, vocab_size: int) -> dict[str, Any]:
+    """The measured loss before training next to ln(vocab_size), with a warning flag.
+
+    A freshly initialised model should predict nearly uniformly, so its loss
+    should be close to ln(V); far above it means the last layer starts out
+    confidently wrong and the first steps are wasted squashing the logits.
+    """
+    expected = math.log(vocab_size)
+    return {"step": 0, "initial_loss": measured, "expected_initial_loss": expected,
+            "initial_loss_warning": bool(abs(measured - expected) > INITIAL_LOSS_TOLERANCE)}
+
+
 # --- text ---------------------------------------------------------------------------
 
 def format_table(snap: Snapshot, update_ratios: Mapping[str, float] | None = None) -> str:
@@ -302,7 +405,8 @@ def plot_update_ratios(steps: Sequence[int], ratios: Mapping[str, Sequence[float
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(10, 4))
     for name, values in ratios.items():
-        ax.plot(list(steps)[: len(values)], values, label=name)
+        ax.plot(list(steps)[: len(values)], values, label=name,
+                marker="o" if len(values) < 30 else None)
     ax.axhline(UPDATE_RATIO_GUIDE, color="k", linestyle="--", label="1e-3 guide")
     ax.set_title("update:data ratio")
     ax.set_xlabel("step")
@@ -357,3 +461,104 @@ def plot_loss_curve(records: Iterable[Mapping[str, Any]], path: str | os.PathLik
     ax.set_title("loss")
     ax.legend(fontsize="small")
     return _save(fig, path)
+
+
+# --- a whole run ----------------------------------------------------------------------
+
+DIAGNOSTICS_FILE = "diagnostics.jsonl"
+PLOT_DIR = "diagnostics"
+DIAGNOSE_BATCH = 512
+
+
+def read_history(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """diagnostics.jsonl records by step; a step measured twice (a resumed run) keeps the last."""
+    from tinylm.io import read_jsonl
+
+    p = Path(path)
+    if not p.is_file():
+        return []
+    by_step = {int(r["step"]): r for r in read_jsonl(p) if "step" in r}
+    return [by_step[s] for s in sorted(by_step)]
+
+
+def update_ratio_series(history: Sequence[Mapping[str, Any]]
+                        ) -> tuple[list[int], dict[str, list[float]]]:
+    """(steps, name -> log10 update:data per step) from diagnostics records."""
+    steps: list[int] = []
+    series: dict[str, list[float]] = {}
+    for r in history:
+        ratios = r.get("update_ratios") or {}
+        if not ratios:
+            continue
+        steps.append(int(r["step"]))
+        for name, value in ratios.items():
+            series.setdefault(name, []).append(float(value) if value is not None else math.nan)
+    return steps, series
+
+
+@dataclass
+class Diagnosis:
+    """What ``diagnose_run`` measured and wrote."""
+
+    step: int
+    snapshot: Snapshot
+    update_ratios: dict[str, float]
+    history: int  # how many --diagnose-every records the run has
+    plots: list[Path]
+
+    def table(self) -> str:
+        return format_table(self.snapshot, self.update_ratios)
+
+
+def diagnose_run(run_dir: str | os.PathLike, plot_dir: str | os.PathLike | None = None,
+                 batch_size: int | None = None, seed: int = 42) -> Diagnosis:
+    """Measure a trained run on one training batch and write its plots.
+
+    The batch is drawn from the run's own train split (``batch_size``
+    examples, default 512) with an RNG of ``seed``. Plots
+    go to ``plot_dir`` (default ``run_dir/diagnostics``): activation,
+    gradient and weight-gradient histograms, the update:data ratios (over
+    training if the run was trained with --diagnose-every, else the final
+    ratios alone) and the loss curve from metrics.jsonl.
+    """
+    from tinylm.batches import Batches, make_split
+    from tinylm.data import load_splits
+    from tinylm.io import read_jsonl
+    from tinylm.rng import RNG
+    from tinylm.runs import load_run
+    from tinylm.train import METRICS_FILE, learning_rate
+
+    run_dir = Path(run_dir)
+    run = load_run(run_dir)
+    config = run.config
+    train_lines = load_splits(run_dir)[0]
+    split = make_split("train", train_lines, run.tokenizer, config.context, config.loader)
+    # a larger batch than training's: smoother histograms, steadier statistics
+    B = batch_size or min(len(split), DIAGNOSE_BATCH)
+    if B < 2:
+        raise ConfigError(f"diagnostics need a batch of at least 2 examples, got {B}")
+    X, Y = Batches(split, B, RNG(seed)).next()
+    step = run.step
+    lr = learning_rate(config, min(step, config.steps - 1))
+    snap, ratios = measure(run.model, X, Y, lr)
+
+    out = Path(plot_dir) if plot_dir is not None else run_dir / PLOT_DIR
+    from tinylm.io import make_out_dir
+
+    make_out_dir(out)
+    plots = [plot_activation_histograms(snap, out / "activations.png"),
+             plot_gradient_histograms(snap, out / "gradients.png"),
+             plot_weight_gradient_histograms(snap, out / "weight_gradients.png")]
+    history = read_history(run_dir / DIAGNOSTICS_FILE)
+    steps, series = update_ratio_series(history)
+    if not steps or steps[-1] != step:
+        steps.append(step)
+        for name in ratios:
+            series.setdefault(name, [math.nan] * (len(steps) - 1)).append(ratios[name])
+    plots.append(plot_update_ratios(steps, series, out / "update_ratios.png"))
+    metrics = run_dir / METRICS_FILE
+    if metrics.is_file():
+        records = read_jsonl(metrics)
+        if loss_series(records):
+            plots.append(plot_loss_curve(records, out / "loss.png"))
+    return Diagnosis(step, snap, ratios, len(history), plots)
