@@ -255,3 +255,53 @@ def test_history_keeps_the_last_record_of_each_step(tmp_path):
     steps, series = dg.update_ratio_series(dg.read_history(path))
     assert steps == [0, 10, 20] and series == {"w": [-2.0, -2.6, -2.9]}
     assert dg.read_history(tmp_path / "missing.jsonl") == []
+
+
+# --- during training --------------------------------------------------------------------
+
+def _trainer(backend: str, progress=None):
+    from tinylm import data
+    from tinylm.batches import make_split
+    from tinylm.models import build_model
+    from tinylm.rng import RNG
+    from tinylm.runs import model_config
+    from tinylm.train import TrainConfig, Trainer, make_optimizer
+
+    lines = data.read_lines(data.default_dataset())
+    train, val, test = data.split_lines(lines)
+    tok = data.Tokenizer.from_lines(lines)
+    config = TrainConfig(model="bnmlp", backend=backend, context=4, n_embd=3, n_hidden=8,
+                         n_layers=2, batch_size=16, steps=12, optimizer="sgd", lr=0.1,
+                         lr_schedule="step", eval_every=6, eval_train_batches=2)
+    splits = {name: make_split(name, ls, tok, 4, "words")
+              for name, ls in (("train", train[:300]), ("val", val[:50]), ("test", test[:50]))}
+    rng = RNG(config.seed)
+    model = build_model(model_config(config, tok.vocab_size), backend, rng)
+    return Trainer(config, model, make_optimizer(config, model), splits, rng, progress=progress), config
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+def test_recorder_measures_without_changing_the_run(tmp_path, backend):
+    if backend == "torch":
+        pytest.importorskip("torch")
+    from tinylm.train import learning_rate
+
+    plain, _ = _trainer(backend)
+    plain_result = plain.run()
+    watched, config = _trainer(backend)
+    recorder = dg.Recorder(watched.model, watched.splits["train"], 5,
+                           lambda s: learning_rate(config, s), tmp_path / dg.DIAGNOSTICS_FILE, seed=3)
+    made = []
+    watched.progress = lambda r: made.append(recorder(r))
+    result = watched.run()
+    assert result.metrics == plain_result.metrics   # exactly the same floats
+    for name, value in plain.model.state_dict().items():
+        np.testing.assert_array_equal(watched.model.state_dict()[name], value)
+    history = dg.read_history(tmp_path / dg.DIAGNOSTICS_FILE)
+    assert [r["step"] for r in history] == [0, 5, 10]
+    assert [r for r in made if r is not None] == history
+    steps, series = dg.update_ratio_series(history)
+    assert steps == [0, 5, 10] and set(series) == {"layers.0.weight", "layers.2.weight",
+                                                    "layers.5.weight", "layers.8.weight"}
+    assert history[2]["lr"] == pytest.approx(0.1 * 0.1)   # step 10 of 12 is past the 75 % drop
+    assert "diagnostics at step 5" in dg.summary_line(history[1])

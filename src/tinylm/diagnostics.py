@@ -496,6 +496,66 @@ def update_ratio_series(history: Sequence[Mapping[str, Any]]
     return steps, series
 
 
+class Recorder:
+    """Measures a model every ``every`` updates, fed by the trainer's progress records.
+
+    It is a progress callback: the evaluation record of step 0 (before any
+    update) and the update record of every step s with (s + 1) % every == 0
+    trigger a ``measure`` of the model as it then is, after s + 1 updates.
+    The batch comes from the train split through the recorder's own RNG,
+    and ``measure`` restores everything it touches, so a run with
+    diagnostics computes exactly what it computes without them. Each
+    measurement is appended to ``path`` (diagnostics.jsonl) and returned.
+    """
+
+    def __init__(self, model: Any, split: Any, every: int, lr_at: Any,
+                 path: str | os.PathLike | None, seed: int, batch_size: int = 32) -> None:
+        from tinylm.batches import Batches
+        from tinylm.rng import RNG
+
+        if every < 1:
+            raise ConfigError(f"--diagnose-every must be >= 1, got {every}")
+        self.model = model
+        self.every = every
+        self.lr_at = lr_at  # step -> the learning rate of that update
+        self.path = Path(path) if path is not None else None
+        self.batches = Batches(split, max(2, min(batch_size or DIAGNOSE_BATCH, len(split))),
+                               RNG(seed))
+
+    def __call__(self, record: Mapping[str, Any]) -> dict[str, Any] | None:
+        step = record.get("step")
+        if "loss" in record and (step + 1) % self.every == 0:
+            done = step + 1
+        elif "val_loss" in record and step == 0:
+            done = 0
+        else:
+            return None
+        X, Y = self.batches.next()
+        lr = float(self.lr_at(done))
+        snap, ratios = measure(self.model, X, Y, lr)
+        out = diagnostics_record(done, lr, snap, ratios)
+        if self.path is not None:
+            from tinylm.io import append_jsonl
+
+            append_jsonl(self.path, out)
+        return out
+
+
+def summary_line(record: Mapping[str, Any]) -> str:
+    """One line for a diagnostics record: worst saturation and the update:data range."""
+    acts = record.get("activations") or []
+    ratios = [v for v in (record.get("update_ratios") or {}).values()
+              if v is not None and math.isfinite(v)]
+    parts = [f"diagnostics at step {record['step']}:"]
+    if acts:
+        worst = max(acts, key=lambda a: a["saturation"])
+        parts.append(f"saturation up to {worst['saturation']:.1f}% ({worst['name']}),")
+        parts.append(f"dead units {sum(a['dead'] for a in acts)},")
+    if ratios:
+        parts.append(f"log10 update:data {min(ratios):.2f} .. {max(ratios):.2f}")
+    return " ".join(parts).rstrip(",")
+
+
 @dataclass
 class Diagnosis:
     """What ``diagnose_run`` measured and wrote."""
