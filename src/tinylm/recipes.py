@@ -27,7 +27,7 @@ DEFAULTS: dict[str, Any] = {
     "n_hidden": 200,
     "n_layers": 1,
     "batch_size": 32,
-    "steps": 3000,
+    "steps": 5000,
     "optimizer": "adamw",
     "lr": 1e-2,
     "lr_schedule": "cosine",

@@ -347,6 +347,7 @@ class Trainer:
                     test_loss = evaluate(self.model, self.splits["test"], eval_bs)
                     self._record({"step": cfg.steps, "test_loss": test_loss,
                                   "test_perplexity": math.exp(test_loss)})
+                    self._check_interrupt()
             except KeyboardInterrupt:
                 if updating or self.out_dir is None:
                     # stopped inside an update: the arrays are half-stepped, nothing to save

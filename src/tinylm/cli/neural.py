@@ -143,10 +143,11 @@ class _Reporter:
         elif "val_loss" in record:
             now = time.perf_counter()
             done = record["step"] - self.n0
-            rate = done / (now - self.t0) if done > 0 else float("nan")
+            rate = done / (now - self.t0) if done > 0 else 0.0
             line = (f"step {record['step']:>{len(str(self.total))}}/{self.total} | "
-                    f"train {record['train_loss']:.4f} | val {record['val_loss']:.4f} | "
-                    f"loss {self.last_loss:.4f} | {rate:.0f} steps/s")
+                    f"train {record['train_loss']:.4f} | val {record['val_loss']:.4f}")
+            if done > 0:
+                line += f" | batch loss {self.last_loss:.4f} | {rate:.0f} steps/s"
             self._print(line)
         elif "test_loss" in record:
             self.close()
