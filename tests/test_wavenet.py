@@ -218,3 +218,77 @@ def test_eval_mode_uses_and_keeps_running_statistics(config, backend):
     for name in before:
         np.testing.assert_array_equal(after[name], before[name])
     assert any("running_mean" in n for n in before)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch", "torch-module"])
+def test_evaluation_and_sampling_never_change_running_statistics(backend):
+    """Sampling feeds one example at a time: only eval mode makes that meaningful."""
+    from tinylm import data
+    from tinylm.batches import make_split
+    from tinylm.sample import sample_items, sample_tokens
+    from tinylm.train import evaluate
+
+    lines = ["emma", "olivia", "ava", "isabella", "sophia", "mia", "amelia", "harper"] * 4
+    tok = data.Tokenizer.from_lines(lines)
+    config = ModelConfig("wavenet", vocab_size=tok.vocab_size, context=4, n_embd=3, n_hidden=8)
+    model = build_model(config, backend, RNG(12))
+    split = make_split("val", lines, tok, 4, "words")
+    model.train()
+    model.forward(split.X[:32], split.Y[:32])   # move the running statistics off their start
+    before = model.state_dict()
+    evaluate(model, split, 16)
+    items = sample_items(model, tok, 5, RNG(1))
+    sample_tokens(model, tok, "em", 20, RNG(2))
+    assert len(items) == 5 and model.training   # back in training mode afterwards
+    for name, value in model.state_dict().items():
+        np.testing.assert_array_equal(value, before[name], err_msg=name)
+
+
+def test_recipes_hold_the_classic_protocols():
+    from tinylm.optim import lr_at
+    from tinylm.recipes import get_recipe, resolve
+
+    common = dict(loader="words", batch_size=32, steps=200_000, optimizer="sgd", lr=0.1,
+                  lr_schedule="step")
+    bn = get_recipe("bnmlp-classic")
+    assert bn.items() >= dict(model="bnmlp", context=3, n_embd=10, n_hidden=100, n_layers=5,
+                              **common).items()
+    wave = get_recipe("wavenet-classic")
+    assert wave.items() >= dict(model="wavenet", context=8, n_embd=24, n_hidden=128, **common).items()
+    assert lr_at(149_999, 200_000, 0.1, "step") == 0.1
+    assert lr_at(150_000, 200_000, 0.1, "step") == pytest.approx(0.01)
+    # a plain --model wavenet gets a context its levels can fuse
+    assert resolve("wavenet", None, {})["context"] == 8
+
+
+def test_cli_trains_and_diagnoses_a_wavenet(tmp_path, capsys, monkeypatch):
+    import json
+
+    from tinylm import diagnostics
+    from tinylm.cli import main
+
+    run, names = tmp_path / "run", tmp_path / "names.txt"
+    names.write_text("\n".join(["emma", "olivia", "ava", "isabella", "sophia", "mia", "charlotte",
+                                "amelia", "harper", "evelyn", "abigail", "emily"] * 5) + "\n")
+    monkeypatch.setattr(diagnostics, "INITIAL_LOSS_TOLERANCE", 0.0)  # always warn, to see it
+    argv = ["train", "-i", str(names), "--model", "wavenet", "--context", "4", "--n-embd", "4", "--n-hidden", "8",
+            "--steps", "20", "--eval-every", "10", "--eval-train-batches", "2",
+            "--diagnose-every", "5", "-n", "2", "-o", str(run)]
+    assert main(argv) == 0
+    out, err = capsys.readouterr()
+    vocab = len(set("".join(names.read_text().split()))) + 1
+    assert "initial loss" in out and f"ln({vocab}) = {math.log(vocab):.4f}" in out
+    assert "warning: the initial loss" in err
+    assert "diagnostics at step 20" in out
+    history = [json.loads(line) for line in (run / "diagnostics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in history] == [0, 5, 10, 15, 20]
+
+    assert main(["diagnose", "-o", str(run), "--batch-size", "64"]) == 0
+    out = capsys.readouterr().out
+    assert "layers.4 (tanh)" in out and "log10 upd:data" in out and "at step 20" in out
+    for name in ("activations", "gradients", "weight_gradients", "update_ratios", "loss"):
+        png = run / "diagnostics" / f"{name}.png"
+        assert png.stat().st_size > 1000 and png.read_bytes()[:4] == b"\x89PNG", name
+
+    assert main(["diagnose", "-o", str(tmp_path / "missing")]) == 2
+    assert "no checkpoint" in capsys.readouterr().err

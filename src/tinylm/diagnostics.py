@@ -496,6 +496,12 @@ def update_ratio_series(history: Sequence[Mapping[str, Any]]
     return steps, series
 
 
+def recorder_seed(run_seed: int) -> int:
+    """The seed of a run's diagnostics batches: derived from, and never equal to, the run's."""
+    seed = (run_seed ^ 0x9E3779B97F4A7C15) & ((1 << 64) - 1)
+    return seed or 1
+
+
 class Recorder:
     """Measures a model every ``every`` updates, fed by the trainer's progress records.
 

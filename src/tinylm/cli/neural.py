@@ -62,6 +62,9 @@ def add_train_arguments(group: argparse._ArgumentGroup) -> None:
     group.add_argument("--eval-train-batches", type=_nonneg_int, default=None,
                        help="batches of the train split to estimate its loss on, 0 = all "
                        f"(default: {DEFAULTS['eval_train_batches']})")
+    group.add_argument("--diagnose-every", type=_nonneg_int, default=0, metavar="N",
+                       help="every N steps measure activation, gradient and update:data statistics "
+                       "into diagnostics.jsonl, for 'tinylm diagnose' (0: never)")
     group.add_argument("--resume", action="store_true",
                        help="continue the run saved in -o DIR (bit-identical to not stopping); "
                        "--steps may extend it")
@@ -69,14 +72,34 @@ def add_train_arguments(group: argparse._ArgumentGroup) -> None:
 
 def register_diagnose(sub: argparse._SubParsersAction, add_run_dir: Callable) -> None:
     """Add the ``diagnose`` subcommand."""
-    p = sub.add_parser("diagnose", help="print and plot training diagnostics of a trained neural run",
-                       description="Statistics and plots of a trained neural run (not available yet).")
+    from tinylm.cli import _positive_int, _seed
+
+    p = sub.add_parser(
+        "diagnose", help="print and plot training diagnostics of a trained neural run",
+        description="Measure the model saved in -o DIR on a batch of its training data and print, "
+        "per layer, activation mean/std/saturation, dead units and gradient statistics, and per "
+        "weight matrix the gradient statistics and update:data ratio; write histograms, the "
+        "update:data curves (recorded with 'train --diagnose-every N') and the loss curve as PNGs.")
     add_run_dir(p, required=True)
+    p.add_argument("--batch-size", type=_positive_int, default=None,
+                   help="examples to measure on (default: 512, or the whole train split if smaller)")
+    p.add_argument("--seed", type=_seed, default=42, help="seed of the RNG that draws the batch")
+    p.add_argument("--plots", default=None, metavar="DIR",
+                   help="where to write the PNGs (default: DIR/diagnostics)")
     p.set_defaults(handler=_diagnose)
 
 
 def _diagnose(args: argparse.Namespace) -> int:
-    raise ConfigError("diagnose is not available yet")
+    from tinylm.diagnostics import diagnose_run
+
+    result = diagnose_run(args.out_dir, args.plots, args.batch_size, args.seed)
+    print(f"diagnostics of {args.out_dir} at step {result.step}")
+    print(result.table())
+    if not result.history:
+        print("(update:data over training is recorded by 'tinylm train --diagnose-every N'; "
+              "this run has only the final ratios)")
+    print(f"wrote {', '.join(str(p) for p in result.plots)}")
+    return 0
 
 
 # --- train ---------------------------------------------------------------------------
@@ -164,6 +187,44 @@ class _Reporter:
             self.bar = None
 
 
+def _watched(reporter: _Reporter, config, model, train_split, out: Path, every: int,
+             vocab_size: int) -> Callable[[dict], None]:
+    """The reporter, plus the initial-loss check and the --diagnose-every measurements."""
+    from tinylm import diagnostics
+    from tinylm.train import learning_rate
+
+    recorder = None
+    if every:
+        # its own RNG, so the run's batches are the same with or without diagnostics
+        recorder = diagnostics.Recorder(model, train_split, every,
+                                        lambda step: learning_rate(config, step),
+                                        out / diagnostics.DIAGNOSTICS_FILE,
+                                        seed=diagnostics.recorder_seed(config.seed),
+                                        batch_size=config.batch_size)
+
+    def progress(record: dict) -> None:
+        reporter(record)
+        if record.get("step") == 0 and "train_loss" in record:
+            check = diagnostics.initial_loss_record(record["train_loss"], vocab_size)
+            reporter._print(f"initial loss {check['initial_loss']:.4f}, expected "
+                            f"ln({vocab_size}) = {check['expected_initial_loss']:.4f} "
+                            "for uniform predictions")
+            if check["initial_loss_warning"]:
+                message = (f"tinylm: warning: the initial loss is "
+                           f"{check['initial_loss'] - check['expected_initial_loss']:+.2f} away from "
+                           "uniform: the network starts out confidently wrong; check its initialisation")
+                if reporter.bar is not None:
+                    reporter.bar.write(message, file=sys.stderr)
+                else:
+                    print(message, file=sys.stderr, flush=True)
+        if recorder is not None:
+            measured = recorder(record)
+            if measured is not None:
+                reporter._print(diagnostics.summary_line(measured))
+
+    return progress
+
+
 def _splits(lines3, tokenizer, config):
     from tinylm.batches import make_split
 
@@ -230,7 +291,8 @@ def train(args: argparse.Namespace) -> int:
         sizes = " / ".join(f"{name} {len(s):,}" for name, s in splits.items())
         print(f"data: {source or 'bundled names'}: examples {sizes}; vocabulary {tokenizer.vocab_size}")
     reporter = _Reporter(config.steps, trainer.state.step, sys.stderr.isatty())
-    trainer.progress = reporter
+    trainer.progress = _watched(reporter, config, model, splits["train"], out, args.diagnose_every,
+                                tokenizer.vocab_size)
     try:
         result = trainer.run()
     except TrainingInterrupted as e:
