@@ -29,50 +29,31 @@ NGRAM_MODELS = ("ngram",)
 NEURAL_MODELS = ("bigram", "mlp", "bnmlp", "wavenet")
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive whole number, got {value}")
-    return value
+def _number(cast: type, allow_zero: bool, what: str, bound: str):
+    """An argparse type: a finite number of kind ``cast`` that is > 0 (or >= 0)."""
+
+    def parse(text: str):
+        try:
+            value = cast(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if not (value >= 0 if allow_zero else value > 0) or value == float("inf"):
+            raise argparse.ArgumentTypeError(f"must be {bound}, got {text}")
+        return value
+
+    return parse
 
 
-def _nonneg_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be zero or more, got {value}")
-    return value
+_positive_int = _number(int, False, "a whole number", "a positive whole number")
+_nonneg_int = _number(int, True, "a whole number", "zero or more")
+_positive_float = _number(float, False, "a number", "a positive finite number")
+_nonneg_float = _number(float, True, "a number", "zero or a positive finite number")
 
 
 def _seed(text: str) -> int:
     value = _positive_int(text)
     if value >= 2**64:
         raise argparse.ArgumentTypeError(f"must be below 2**64, got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive finite number, got {text}")
-    return value
-
-
-def _nonneg_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value >= 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be zero or a positive finite number, got {text}")
     return value
 
 
