@@ -292,3 +292,14 @@ def test_cli_trains_and_diagnoses_a_wavenet(tmp_path, capsys, monkeypatch):
 
     assert main(["diagnose", "-o", str(tmp_path / "missing")]) == 2
     assert "no checkpoint" in capsys.readouterr().err
+
+
+def test_the_init_setting_reaches_the_model_and_old_configs_still_load():
+    from tinylm.runs import model_config
+    from tinylm.train import TrainConfig
+
+    config = TrainConfig(model="bnmlp", init="naive")
+    assert model_config(config, 27).init == "naive"
+    saved = config.to_dict()
+    del saved["init"]   # a run saved before the setting existed
+    assert TrainConfig.from_dict(saved).init == "default"

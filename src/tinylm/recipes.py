@@ -26,6 +26,7 @@ DEFAULTS: dict[str, Any] = {
     "n_embd": 10,
     "n_hidden": 200,
     "n_layers": 1,
+    "init": "default",
     "batch_size": 32,
     "steps": 5000,
     "optimizer": "adamw",

@@ -31,7 +31,8 @@ def model_config(config: TrainConfig, vocab_size: int):
     from tinylm.models import ModelConfig
 
     return ModelConfig(model=config.model, vocab_size=vocab_size, context=config.context,
-                       n_embd=config.n_embd, n_hidden=config.n_hidden, n_layers=config.n_layers)
+                       n_embd=config.n_embd, n_hidden=config.n_hidden, n_layers=config.n_layers,
+                       init=config.init)
 
 
 def run_meta(config: TrainConfig, mconfig, tokenizer: Tokenizer, source: str | None) -> dict[str, Any]:

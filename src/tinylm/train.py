@@ -63,6 +63,7 @@ class TrainConfig:
     n_embd: int = 10
     n_hidden: int = 200
     n_layers: int = 1
+    init: str = "default"  # the model's initialisation scheme (see tinylm.models)
     batch_size: int = 32  # 0: the whole train split in every step
     steps: int = 3000
     optimizer: str = "adamw"

@@ -22,13 +22,15 @@ from tinylm.errors import ConfigError
 from tinylm.io import atomic_write_text, check_out_dir, make_out_dir, write_json
 
 # flag dest -> TrainConfig field, for the flags that take part in recipe resolution
-_SETTINGS = ("backend", "loader", "seed", "context", "n_embd", "n_hidden", "n_layers", "batch_size",
-             "steps", "optimizer", "lr", "lr_schedule", "weight_decay", "eval_every", "eval_train_batches")
+_SETTINGS = ("backend", "loader", "seed", "context", "n_embd", "n_hidden", "n_layers", "init",
+             "batch_size", "steps", "optimizer", "lr", "lr_schedule", "weight_decay", "eval_every",
+             "eval_train_batches")
 
 
 def add_train_arguments(group: argparse._ArgumentGroup) -> None:
     """The neural-network flags of ``tinylm train`` (None = taken from the recipe or defaults)."""
     from tinylm.cli import _nonneg_float, _nonneg_int, _positive_float, _positive_int
+    from tinylm.models import DEEP_INITS
     from tinylm.recipes import DEFAULTS, recipe_names
     from tinylm.train import BACKENDS, OPTIMIZERS, SCHEDULES
 
@@ -44,6 +46,10 @@ def add_train_arguments(group: argparse._ArgumentGroup) -> None:
                        help=f"hidden units per layer (default: {DEFAULTS['n_hidden']})")
     group.add_argument("--n-layers", type=_positive_int, default=None,
                        help="hidden layers, for the deeper models")
+    group.add_argument("--init", choices=DEEP_INITS, default=None,
+                       help="initialisation of the deep models (bnmlp, wavenet): default = kaiming, "
+                       "Kaiming gains and a 0.1x output layer; noscale: without the 0.1; "
+                       "naive: N(0, 1) weights")
     group.add_argument("--batch-size", type=_nonneg_int, default=None,
                        help=f"examples per step, 0 = the whole train split "
                        f"(default: {DEFAULTS['batch_size']}; bigram: 0)")
