@@ -12,7 +12,7 @@
    evaluations every 200 steps, test loss and sample.txt) for numpy and torch,
    against a naive loop doing the same work: batches built from Python lists
    one window at a time, the embedding gradient accumulated one example at a
-   time, in plain numpy.
+   time; once in PyTorch (autograd for the rest) and once in plain numpy.
 
 Targets on the 2-core reference machine: numpy step <= 1.2x the torch step,
 torch run >= 2x faster than the naive loop.
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import statistics
 import sys
 import tempfile
@@ -89,6 +90,29 @@ def median_step_ms(config: TrainConfig, splits, n: int) -> float:
         trainer._update(batches)
         times.append(time.perf_counter() - t)
     return 1000 * statistics.median(times)
+
+
+def numpy_breakdown_ms(config: TrainConfig, splits, n: int) -> dict[str, float]:
+    """Median ms of each part of a numpy step."""
+    rng = RNG(config.seed)
+    model = build_model(model_config(config, splits["tokenizer"].vocab_size), "numpy", rng)
+    optimizer = make_optimizer(config, model)
+    batches = Batches(splits["data"]["train"], config.batch_size, rng)
+    parts = {"batch": [], "forward": [], "backward": [], "optimizer": []}
+    for i in range(n + 10):
+        t0 = time.perf_counter()
+        X, Y = batches.next()
+        t1 = time.perf_counter()
+        model.forward(X, Y)
+        t2 = time.perf_counter()
+        model.backward()
+        t3 = time.perf_counter()
+        optimizer.step()
+        t4 = time.perf_counter()
+        if i >= 10:
+            for name, dt in zip(parts, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
+                parts[name].append(dt)
+    return {name: 1000 * statistics.median(ts) for name, ts in parts.items()}
 
 
 def load_splits(config: TrainConfig):
@@ -192,6 +216,78 @@ def naive_run_seconds(lines3, tok, steps: int) -> tuple[float, float]:
     return time.perf_counter() - t0, val
 
 
+def naive_torch_run_seconds(lines3, tok, steps: int) -> tuple[float, float]:
+    """The same plain loop in PyTorch: autograd for the MLP, the embedding by hand."""
+    import torch
+    import torch.nn.functional as F
+
+    c = CLASSIC
+    T, E, H, B, V = c.context, c.n_embd, c.n_hidden, c.batch_size, tok.vocab_size
+    tokens = {name: tok.encode("".join(line + "\n" for line in ls))
+              for name, ls in zip(data.SPLIT_NAMES, lines3)}
+    t0 = time.perf_counter()
+    rng = RNG(c.seed)
+    C = torch.tensor(rng.randn(V * E), dtype=torch.float32).view(V, E)
+    s = 1 / math.sqrt(T * E)
+    W1 = torch.tensor(rng.rand(H * T * E, -s, s), dtype=torch.float32).view(H, T * E)
+    b1 = torch.tensor(rng.rand(H, -s, s), dtype=torch.float32)
+    s = 1 / math.sqrt(H)
+    W2 = torch.tensor(rng.rand(V * H, -s, s), dtype=torch.float32).view(V, H)
+    b2 = torch.tensor(rng.rand(V, -s, s), dtype=torch.float32)
+    params = [C, W1, b1, W2, b2]
+    for p in params:
+        p.requires_grad_(True)
+    opt = torch.optim.AdamW(params, lr=c.lr, weight_decay=c.weight_decay)
+
+    def batches(toks):
+        pos, xs, ys = 0, [], []
+        while True:
+            xs.append(toks[pos:pos + T])
+            ys.append(toks[pos + T])
+            if len(xs) == B:
+                yield torch.tensor(xs), torch.tensor(ys)
+                xs, ys = [], []
+            pos += 1
+            if pos + T >= len(toks):
+                pos = 0
+
+    def forward(emb, Y):
+        h = torch.tanh(emb.view(len(Y), -1) @ W1.T + b1)
+        return F.cross_entropy(h @ W2.T + b2, Y)
+
+    @torch.no_grad()
+    def split_loss(name, limit=None):
+        n = len(tokens[name]) // B if limit is None else min(limit, len(tokens[name]) // B)
+        it = batches(tokens[name])
+        total = 0.0
+        for _ in range(n):
+            X, Y = next(it)
+            total += forward(C[X], Y).item()
+        return total / n
+
+    train = batches(tokens["train"])
+    val = float("nan")
+    for step in range(steps):
+        for group in opt.param_groups:
+            group["lr"] = c.lr * 0.5 * (1 + math.cos(math.pi * step / steps))
+        if step % c.eval_every == 0 or step == steps - 1:
+            split_loss("train", c.eval_train_batches)
+            val = split_loss("val")
+        X, Y = next(train)
+        emb = C.detach()[X].requires_grad_(True)
+        loss = forward(emb, Y)
+        opt.zero_grad()
+        loss.backward()
+        dC = torch.zeros_like(C)
+        for i in range(B):  # one example at a time
+            for t in range(T):
+                dC[X[i, t]] += emb.grad[i, t]
+        C.grad = dC
+        opt.step()
+    split_loss("test")
+    return time.perf_counter() - t0, val
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps-timed", type=int, default=200)
@@ -208,12 +304,13 @@ def main(argv=None) -> int:
     except ImportError:
         torch = None
         torch_info = "torch not installed"
-    print(f"numpy {np.__version__}, {torch_info}")
+    blas = os.environ.get("OPENBLAS_NUM_THREADS", "default")
+    print(f"numpy {np.__version__} (OPENBLAS_NUM_THREADS={blas}), {torch_info}")
     print(f"matmul 1024x1024 float32: {matmul_gflops():.1f} GFLOP/s")
     flops = step_flops(CLASSIC, vocab)
+    alone = step_shapes_gflops(CLASSIC, vocab)
     print(f"classic step: {flops / 1e6:.1f} MFLOP in matmuls; those six matmuls alone run at "
-          f"{step_shapes_gflops(CLASSIC, vocab):.1f} GFLOP/s "
-          f"({flops / step_shapes_gflops(CLASSIC, vocab) / 1e6:.2f} ms)")
+          f"{alone:.1f} GFLOP/s ({flops / alone / 1e6:.2f} ms)")
 
     print(f"\nmedian ms per training step (classic config, {args.steps_timed} steps):")
     step_ms = {}
@@ -223,6 +320,8 @@ def main(argv=None) -> int:
         config = TrainConfig.from_dict({**CLASSIC.to_dict(), "backend": backend})
         step_ms[backend] = median_step_ms(config, splits, args.steps_timed)
         print(f"  {backend:<13} {step_ms[backend]:7.3f} ms   {flops / step_ms[backend] / 1e6:5.1f} GFLOP/s")
+    parts = numpy_breakdown_ms(CLASSIC, splits, args.steps_timed)
+    print("  numpy step by part: " + ", ".join(f"{k} {v:.3f} ms" for k, v in parts.items()))
     tiny = TrainConfig.from_dict({**CLASSIC.to_dict(), "backend": "micrograd", "n_embd": 2,
                                   "n_hidden": 8, "batch_size": 8})
     ms = median_step_ms(tiny, splits, 5)
@@ -241,9 +340,12 @@ def main(argv=None) -> int:
         runs[backend] = cli_run_seconds(backend, args.run_steps)
         print(f"  tinylm --backend {backend:<7} {runs[backend]:6.1f} s")
     naive, val = naive_run_seconds(splits["lines"], splits["tokenizer"], args.run_steps)
-    print(f"  naive loop               {naive:6.1f} s   (val loss {val:.4f})")
+    print(f"  naive loop, numpy        {naive:6.1f} s   (val loss {val:.4f})")
     if "torch" in runs:
-        print(f"  naive / torch = {naive / runs['torch']:.1f}x (target >= 2)")
+        naive_torch, val = naive_torch_run_seconds(splits["lines"], splits["tokenizer"], args.run_steps)
+        print(f"  naive loop, torch        {naive_torch:6.1f} s   (val loss {val:.4f})")
+        print(f"  naive torch / tinylm torch = {naive_torch / runs['torch']:.1f}x (target >= 2); "
+              f"naive numpy / tinylm torch = {naive / runs['torch']:.1f}x")
     return 0
 
 
