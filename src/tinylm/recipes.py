@@ -77,6 +77,22 @@ MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
     },
 }
 
+# The protocol both deep recipes share: every name its own item, 200,000
+# steps of plain SGD on batches of 32 drawn with replacement, lr 0.1 dropping
+# to 0.01 after 75 % of the steps, an exact evaluation every 10,000 steps.
+_DEEP_CLASSIC: dict[str, Any] = {
+    "loader": "words",
+    "seed": 42,
+    "batch_size": 32,
+    "steps": 200_000,
+    "optimizer": "sgd",
+    "lr": 0.1,
+    "lr_schedule": "step",
+    "weight_decay": 0.0,
+    "eval_every": 10_000,
+    "eval_train_batches": None,
+}
+
 RECIPES: dict[str, dict[str, Any]] = {
     # The reference MLP of Bengio et al. 2003 in its classic modern protocol:
     # a continuous stream of names, consecutive windows as batches, AdamW with
@@ -101,44 +117,24 @@ RECIPES: dict[str, dict[str, Any]] = {
         "sample_tokens": 200,
         "sample_seed": 42,
     },
-    # A deep BatchNorm MLP (5 hidden layers of 100 tanh units, Kaiming init):
-    # every name its own item, 200,000 steps of plain SGD on batches of 32
-    # drawn with replacement, lr 0.1 dropping to 0.01 after 75 % of the steps.
+    # A deep BatchNorm MLP (5 hidden layers of 100 tanh units, Kaiming init).
     "bnmlp-classic": {
         "model": "bnmlp",
-        "loader": "words",
-        "seed": 42,
         "context": 3,
         "n_embd": 10,
         "n_hidden": 100,
         "n_layers": 5,
-        "batch_size": 32,
-        "steps": 200_000,
-        "optimizer": "sgd",
-        "lr": 0.1,
-        "lr_schedule": "step",
-        "weight_decay": 0.0,
-        "eval_every": 10_000,
-        "eval_train_batches": None,
+        **_DEEP_CLASSIC,
     },
     # The hierarchical WaveNet-style model (76,579 parameters): 8 characters
-    # fused pairwise over 3 levels, same data and SGD protocol as bnmlp-classic.
+    # fused pairwise over 3 levels.
     "wavenet-classic": {
         "model": "wavenet",
-        "loader": "words",
-        "seed": 42,
         "context": 8,
         "n_embd": 24,
         "n_hidden": 128,
         "n_layers": 1,
-        "batch_size": 32,
-        "steps": 200_000,
-        "optimizer": "sgd",
-        "lr": 0.1,
-        "lr_schedule": "step",
-        "weight_decay": 0.0,
-        "eval_every": 10_000,
-        "eval_train_batches": None,
+        **_DEEP_CLASSIC,
     },
 }
 

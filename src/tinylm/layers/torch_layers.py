@@ -118,12 +118,17 @@ class FlattenConsecutive(Layer):
         self.n = check_group(n)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, T, C = check_flatten_input(x.shape, self.n)
-        out = x.reshape(B, T // self.n, C * self.n)      # (B, T/n, C*n)
-        if out.shape[1] == 1:
-            out = out.reshape(B, C * self.n)             # (B, C*n)
-        self.out = out
-        return out
+        self.out = flatten_consecutive(x, self.n)
+        return self.out
+
+
+def flatten_consecutive(x: torch.Tensor, n: int) -> torch.Tensor:
+    """FlattenConsecutive's forward, shared with the nn.Module version."""
+    B, T, C = check_flatten_input(x.shape, n)
+    out = x.reshape(B, T // n, C * n)                    # (B, T/n, C*n)
+    if out.shape[1] == 1:
+        out = out.reshape(B, C * n)                      # (B, C*n)
+    return out
 
 
 def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

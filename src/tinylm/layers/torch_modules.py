@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tinylm.layers.shape_checks import check_batch_norm_examples, check_flatten_input, check_group
-from tinylm.layers.torch_layers import TorchLM
+from tinylm.layers.shape_checks import check_batch_norm_examples, check_group
+from tinylm.layers.torch_layers import TorchLM, flatten_consecutive
 
 __all__ = ["Embedding", "Flatten", "Linear", "Tanh", "BatchNorm1d", "FlattenConsecutive",
            "Sequential", "cross_entropy", "LM"]
@@ -66,9 +66,7 @@ class FlattenConsecutive(nn.Module):
         self.n = check_group(n)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, T, C = check_flatten_input(x.shape, self.n)
-        out = x.reshape(B, T // self.n, C * self.n)      # (B, T/n, C*n)
-        return out.reshape(B, C * self.n) if out.shape[1] == 1 else out
+        return flatten_consecutive(x, self.n)
 
 
 class TorchModuleLM(TorchLM):
