@@ -447,15 +447,22 @@ def plot_loss_curve(records: Iterable[Mapping[str, Any]], path: str | os.PathLik
         raise ConfigError("metrics have no loss records to plot")
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(10, 4))
+    shown: list[float] = []  # what the y-axis must hold; single noisy batches may be cut off
     if "batch" in series:
         steps, values = series["batch"]
         w = window or max(1, len(values) // 50)
+        smoothed = smooth(values, w)
         ax.plot(steps, values, color="0.85", linewidth=0.5, label="batch loss")
-        ax.plot(steps, smooth(values, w), label=f"batch loss (mean of {w})")
+        ax.plot(steps, smoothed, label=f"batch loss (mean of {w})")
+        shown += smoothed.tolist()
     for label in ("train", "val"):
         if label in series:
             steps, values = series[label]
             ax.plot(steps, values, marker="o" if len(values) < 30 else None, label=f"{label} loss")
+            shown += values
+    lo, hi = min(shown), max(shown)
+    pad = 0.05 * (hi - lo) or 0.05
+    ax.set_ylim(lo - pad, hi + pad)
     ax.set_xlabel("step")
     ax.set_ylabel("loss (nats per character)")
     ax.set_title("loss")
