@@ -65,7 +65,7 @@ class TrainConfig:
     n_layers: int = 1
     init: str = "default"  # the model's initialisation scheme (see tinylm.models)
     batch_size: int = 32  # 0: the whole train split in every step
-    steps: int = 3000
+    steps: int = 5000
     optimizer: str = "adamw"
     lr: float = 1e-2
     lr_schedule: str = "cosine"
