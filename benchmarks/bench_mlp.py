@@ -142,36 +142,49 @@ def cli_run_seconds(backend: str, steps: int) -> float:
 
 # --- the naive baseline ------------------------------------------------------------------------
 
+def naive_setup(lines3, tok):
+    """Token lists per split and the classic initial weights, drawn one Python float at a time."""
+    c = CLASSIC
+    T, E, H, V = c.context, c.n_embd, c.n_hidden, tok.vocab_size
+    tokens = {name: tok.encode("".join(line + "\n" for line in ls))
+              for name, ls in zip(data.SPLIT_NAMES, lines3)}
+    rng = RNG(c.seed)
+    shapes = [((V, E), None), ((H, T * E), T * E), ((H,), T * E), ((V, H), H), ((V,), H)]
+    params = []
+    for shape, fan_in in shapes:
+        n = math.prod(shape)
+        values = rng.randn(n) if fan_in is None else rng.rand(n, -fan_in**-0.5, fan_in**-0.5)
+        params.append(np.array(values, dtype=np.float32).reshape(shape))
+    return tokens, params
+
+
+def naive_batches(toks: list[int], to_array):
+    """Consecutive windows, each batch gathered in Python lists."""
+    T, B = CLASSIC.context, CLASSIC.batch_size
+    pos, xs, ys = 0, [], []
+    while True:
+        xs.append(toks[pos:pos + T])
+        ys.append(toks[pos + T])
+        if len(xs) == B:
+            yield to_array(xs), to_array(ys)
+            xs, ys = [], []
+        pos += 1
+        if pos + T >= len(toks):
+            pos = 0
+
+
 def naive_run_seconds(lines3, tok, steps: int) -> tuple[float, float]:
     """The classic run written the plain way; returns (seconds, final val loss)."""
     c = CLASSIC
-    T, E, H, B, V = c.context, c.n_embd, c.n_hidden, c.batch_size, tok.vocab_size
-    tokens = {name: tok.encode("".join(line + "\n" for line in ls))
-              for name, ls in zip(data.SPLIT_NAMES, lines3)}
+    T, E, B = c.context, c.n_embd, c.batch_size
     t0 = time.perf_counter()
-    rng = RNG(c.seed)
-    C = np.array(rng.randn(V * E), dtype=np.float32).reshape(V, E)
-    s = 1 / math.sqrt(T * E)
-    W1 = np.array(rng.rand(H * T * E, -s, s), dtype=np.float32).reshape(H, T * E)
-    b1 = np.array(rng.rand(H, -s, s), dtype=np.float32)
-    s = 1 / math.sqrt(H)
-    W2 = np.array(rng.rand(V * H, -s, s), dtype=np.float32).reshape(V, H)
-    b2 = np.array(rng.rand(V, -s, s), dtype=np.float32)
-    params = [C, W1, b1, W2, b2]
+    tokens, params = naive_setup(lines3, tok)
+    C, W1, b1, W2, b2 = params
     m = [np.zeros_like(p) for p in params]
     v = [np.zeros_like(p) for p in params]
 
     def batches(toks):
-        pos, xs, ys = 0, [], []
-        while True:
-            xs.append(toks[pos:pos + T])
-            ys.append(toks[pos + T])
-            if len(xs) == B:
-                yield np.array(xs), np.array(ys)
-                xs, ys = [], []
-            pos += 1
-            if pos + T >= len(toks):
-                pos = 0
+        return naive_batches(toks, np.array)
 
     def forward(X, Y):
         emb = C[X].reshape(len(X), -1)
@@ -222,34 +235,15 @@ def naive_torch_run_seconds(lines3, tok, steps: int) -> tuple[float, float]:
     import torch.nn.functional as F
 
     c = CLASSIC
-    T, E, H, B, V = c.context, c.n_embd, c.n_hidden, c.batch_size, tok.vocab_size
-    tokens = {name: tok.encode("".join(line + "\n" for line in ls))
-              for name, ls in zip(data.SPLIT_NAMES, lines3)}
+    T, B = c.context, c.batch_size
     t0 = time.perf_counter()
-    rng = RNG(c.seed)
-    C = torch.tensor(rng.randn(V * E), dtype=torch.float32).view(V, E)
-    s = 1 / math.sqrt(T * E)
-    W1 = torch.tensor(rng.rand(H * T * E, -s, s), dtype=torch.float32).view(H, T * E)
-    b1 = torch.tensor(rng.rand(H, -s, s), dtype=torch.float32)
-    s = 1 / math.sqrt(H)
-    W2 = torch.tensor(rng.rand(V * H, -s, s), dtype=torch.float32).view(V, H)
-    b2 = torch.tensor(rng.rand(V, -s, s), dtype=torch.float32)
-    params = [C, W1, b1, W2, b2]
-    for p in params:
-        p.requires_grad_(True)
+    tokens, arrays = naive_setup(lines3, tok)
+    params = [torch.from_numpy(a).requires_grad_(True) for a in arrays]
+    C, W1, b1, W2, b2 = params
     opt = torch.optim.AdamW(params, lr=c.lr, weight_decay=c.weight_decay)
 
     def batches(toks):
-        pos, xs, ys = 0, [], []
-        while True:
-            xs.append(toks[pos:pos + T])
-            ys.append(toks[pos + T])
-            if len(xs) == B:
-                yield torch.tensor(xs), torch.tensor(ys)
-                xs, ys = [], []
-            pos += 1
-            if pos + T >= len(toks):
-                pos = 0
+        return naive_batches(toks, torch.tensor)
 
     def forward(emb, Y):
         h = torch.tanh(emb.view(len(Y), -1) @ W1.T + b1)

@@ -26,6 +26,7 @@ once, without a checkpoint.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import signal
 import threading
@@ -246,6 +247,7 @@ class Trainer:
         self.state = TrainState()
         self._torch = is_torch_model(model)
         self._interrupted = False
+        self._metrics_file = None
 
     # --- checkpoints ---
 
@@ -264,6 +266,7 @@ class Trainer:
         }
         tree = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
         path = save_checkpoint(self.out_dir, meta, tree)
+        self._close_metrics()
         write_jsonl(self.out_dir / METRICS_FILE, state.metrics)
         return path
 
@@ -301,7 +304,11 @@ class Trainer:
     def _record(self, record: dict) -> None:
         record = _ordered(record)
         self.state.metrics.append(record)
-        if self.out_dir is not None:
+        if self._metrics_file is not None:
+            self._metrics_file.write(json.dumps(record) + "\n")
+            if "loss" not in record:  # evaluations reach the file at once, updates in bulk
+                self._metrics_file.flush()
+        elif self.out_dir is not None:
             append_jsonl(self.out_dir / METRICS_FILE, record)
         if self.progress is not None:
             self.progress(record)
@@ -326,7 +333,10 @@ class Trainer:
         eval_bs = cfg.batch_size or len(self.splits["train"])
         committed = len(state.metrics)  # records up to here describe completed updates
         updating = False
-        with self._deferred_interrupts():
+        if self.out_dir is not None:
+            # one open file for the run: reopening it for every update costs ~0.1 ms a step
+            self._metrics_file = open(self.out_dir / METRICS_FILE, "a", encoding="utf-8")
+        with self._deferred_interrupts(), contextlib.closing(self):
             try:
                 for step in range(state.step, cfg.steps):
                     self._check_interrupt()
@@ -357,6 +367,15 @@ class Trainer:
                 raise TrainingInterrupted(state.step, self.save()) from None
         path = self.save() if self.out_dir is not None else None
         return TrainResult(cfg.steps, state.metrics, time.perf_counter() - t0, path, start)
+
+    def close(self) -> None:
+        """Close the metrics file the loop writes to (``run`` does this itself)."""
+        self._close_metrics()
+
+    def _close_metrics(self) -> None:
+        if self._metrics_file is not None:
+            self._metrics_file.close()
+            self._metrics_file = None
 
     def _check_interrupt(self) -> None:
         if self._interrupted:
