@@ -282,6 +282,10 @@ def test_cli_trains_and_diagnoses_a_wavenet(tmp_path, capsys, monkeypatch):
     assert "diagnostics at step 20" in out
     history = [json.loads(line) for line in (run / "diagnostics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in history] == [0, 5, 10, 15, 20]
+    from tinylm.runs import load_run
+
+    saved = load_run(run).model.state_dict()   # the running statistics travel with the weights
+    assert np.any(saved["layers.3.running_mean"] != 0) and np.any(saved["layers.3.running_var"] != 1)
 
     assert main(["diagnose", "-o", str(run), "--batch-size", "64"]) == 0
     out = capsys.readouterr().out
