@@ -150,3 +150,23 @@ def test_bad_prompt_is_one_line(tmp_path, small_input, capsys):
     run(capsys, "train", "-i", str(small_input), "-o", str(tmp_path), "--order", "2", "-n", "0")
     code, _, err = run(capsys, "sample", "-o", str(tmp_path), "--prompt", "xyz")
     assert code == 2 and "'x' is not in the vocabulary" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--steps", "10"], "--steps does not apply to --model ngram"),
+    (["--recipe", "mlp-classic", "--model", "ngram"], "--recipe does not apply to --model ngram"),
+    (["--model", "mlp", "--order", "3"], "--order does not apply to --model mlp"),
+    (["--model", "mlp", "--method", "kneser-ney"], "--method does not apply to --model mlp"),
+])
+def test_flags_of_the_other_model_family_are_refused(tmp_path, small_input, capsys, argv, message):
+    out_dir = tmp_path / "out"
+    code, _, err = run(capsys, "train", "-i", str(small_input), "-o", str(out_dir), *argv)
+    assert code == 2 and message in err and err.count("\n") == 1
+    assert not out_dir.exists()
+
+
+def test_a_recipe_chooses_its_model(tmp_path, capsys):
+    code, out, err = run(capsys, "train", "--recipe", "mlp-classic", "--steps", "2", "--eval-every", "1",
+                         "-o", str(tmp_path), "-n", "0")
+    assert code == 0, err
+    assert json.loads((tmp_path / "config.json").read_text())["model"] == "mlp"

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Sequence
 
 from tinylm import __version__
-from tinylm.errors import CheckpointError, TinylmError
+from tinylm.errors import CheckpointError, ConfigError, TinylmError
 
 NGRAM_MODELS = ("ngram",)
 NEURAL_MODELS = ("bigram", "mlp", "bnmlp", "wavenet")
@@ -109,8 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("-i", "--input", default=None, metavar="FILE",
                        help="UTF-8 text file, one item per line (default: the bundled names)")
     _add_run_dir(train, required=False)
-    train.add_argument("--model", default="ngram", choices=NGRAM_MODELS + NEURAL_MODELS,
-                       help="which model to train (default: ngram)")
+    train.add_argument("--model", default=None, choices=NGRAM_MODELS + NEURAL_MODELS,
+                       help="which model to train (default: the --recipe's model, else ngram)")
     train.add_argument("--loader", default=None, choices=("words", "stream"),
                        help="words: each line an independent item (default); "
                        "stream: one continuous text, for the classic reference figures")
@@ -118,9 +118,13 @@ def build_parser() -> argparse.ArgumentParser:
                        help="seed of the run's RNG (initialisation, batches, sampling)")
     train.add_argument("-n", "--num-samples", type=_nonneg_int, default=10,
                        help="samples to print at the end (default: 10)")
-    ngram_cmd.add_train_arguments(train.add_argument_group("n-gram options"))
-    neural_cmd.add_train_arguments(train.add_argument_group("neural-network options"))
-    train.set_defaults(handler=_train)
+    ngram_group = train.add_argument_group("n-gram options")
+    ngram_cmd.add_train_arguments(ngram_group)
+    neural_group = train.add_argument_group("neural-network options")
+    neural_cmd.add_train_arguments(neural_group)
+    # each family's flags, so that a flag given to the other family is refused, not ignored
+    train.set_defaults(handler=_train, family_flags={
+        "ngram": _group_flags(ngram_group), "neural": _group_flags(neural_group)})
 
     sample = sub.add_parser("sample", help="print new items from a trained run",
                             description="Load the model saved in -o DIR and print new items, "
@@ -146,12 +150,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _group_flags(group: argparse._ArgumentGroup) -> list[tuple[str, str, object]]:
+    """(dest, option string, default) of every flag in an argument group."""
+    return [(a.dest, a.option_strings[-1], a.default) for a in group._group_actions]
+
+
 def _train(args: argparse.Namespace) -> int:
     from tinylm.cli import neural, ngram
+    from tinylm.recipes import get_recipe
 
-    if args.model in NGRAM_MODELS:
-        return ngram.train(args)
-    return neural.train(args)
+    if args.model is None:
+        args.model = get_recipe(args.recipe)["model"] if args.recipe else "ngram"
+    family = "ngram" if args.model in NGRAM_MODELS else "neural"
+    other = "neural" if family == "ngram" else "ngram"
+    for dest, option, default in args.family_flags[other]:
+        if getattr(args, dest) != default:
+            raise ConfigError(f"{option} does not apply to --model {args.model}")
+    return (ngram if family == "ngram" else neural).train(args)
 
 
 def _run_kind(out_dir: str) -> str:
