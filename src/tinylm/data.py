@@ -36,7 +36,7 @@ LOADERS = ("words", "stream")
 
 
 def default_dataset() -> Path:
-    """Path of the bundled dataset: 32,032 names, one per line."""
+    """Path of the bundled dataset: 32,033 names, one per line."""
     return Path(str(resources.files("tinylm").joinpath("resources/names.txt")))
 
 
@@ -107,7 +107,7 @@ def split_lines(
 
     The first ``min(1000, len // 10)`` shuffled indices are test, the next as
     many are val, the rest train; each split keeps the shuffled order. On the
-    bundled names this is the well-known 30,032 / 1,000 / 1,000 split.
+    bundled names this is the well-known 30,033 / 1,000 / 1,000 split.
     """
     if len(lines) < MIN_LINES:
         where = f"input file {source!r}" if source else "the input"
