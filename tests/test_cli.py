@@ -170,3 +170,21 @@ def test_a_recipe_chooses_its_model(tmp_path, capsys):
                          "-o", str(tmp_path), "-n", "0")
     assert code == 0, err
     assert json.loads((tmp_path / "config.json").read_text())["model"] == "mlp"
+
+
+def test_a_closed_pipe_ends_quietly(tmp_path, small_input, capsys):
+    """`tinylm sample | head -1`: no traceback when the reader goes away."""
+    import subprocess
+    import sys
+
+    run(capsys, "train", "-i", str(small_input), "-o", str(tmp_path), "--order", "2", "-n", "0")
+    proc = subprocess.Popen([sys.executable, "-c", "import sys; from tinylm.cli import main; sys.exit(main())",
+                             "sample", "-o", str(tmp_path), "-n", "20000"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    first = proc.stdout.readline()
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    proc.wait(timeout=120)
+    assert first.startswith(b"samples")
+    assert "Traceback" not in err and err == ""
+    assert proc.returncode == 141
