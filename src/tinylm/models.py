@@ -35,6 +35,7 @@ from tinylm.errors import ConfigError
 from tinylm.rng import RNG
 
 BACKENDS = ("numpy", "torch", "torch-module", "micrograd")
+TORCH_BACKENDS = ("torch", "torch-module")
 
 _BACKEND_MODULES = {
     "numpy": "tinylm.layers.numpy_layers",

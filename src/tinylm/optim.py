@@ -25,6 +25,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from tinylm.errors import CheckpointError, ConfigError
+from tinylm.models import TORCH_BACKENDS
 
 SCHEDULES = ("constant", "cosine", "step")
 OPTIMIZERS = ("adamw", "sgd")
@@ -296,7 +297,7 @@ def make_optimizer(model: Any, kind: str = "adamw", lr: float = 1e-3, weight_dec
     _check_lr(lr)
     _check_weight_decay(weight_decay)
     params = model.parameters()
-    if getattr(model, "backend", "") in ("torch", "torch-module"):
+    if getattr(model, "backend", "") in TORCH_BACKENDS:
         import torch
 
         if kind == "adamw":

@@ -24,6 +24,7 @@ import numpy as np
 
 from tinylm.data import EOT, Tokenizer
 from tinylm.errors import ConfigError
+from tinylm.models import TORCH_BACKENDS
 from tinylm.rng import RNG
 
 # An item that never reaches end-of-text is cut here rather than run forever.
@@ -69,7 +70,7 @@ def eval_mode(model) -> Iterator[None]:
 
 
 def _no_grad(model):
-    if getattr(model, "backend", "") in ("torch", "torch-module"):
+    if getattr(model, "backend", "") in TORCH_BACKENDS:
         import torch
 
         return torch.no_grad()

@@ -39,16 +39,14 @@ import numpy as np
 
 from tinylm.batches import Batches, Split, eval_batches
 from tinylm.checkpoint import save_checkpoint
+from tinylm.data import LOADERS
 from tinylm.errors import CheckpointError, ConfigError
 from tinylm.io import append_jsonl, write_jsonl
+from tinylm.models import BACKENDS, TORCH_BACKENDS
+from tinylm.optim import OPTIMIZERS, SCHEDULES
 from tinylm.rng import RNG
 from tinylm.sample import eval_mode, logits_array
 
-BACKENDS = ("numpy", "torch", "torch-module", "micrograd")
-TORCH_BACKENDS = ("torch", "torch-module")
-OPTIMIZERS = ("adamw", "sgd")
-SCHEDULES = ("constant", "cosine", "step")
-LOADERS = ("words", "stream")
 METRICS_FILE = "metrics.jsonl"
 
 

@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from tinylm import __version__
+from tinylm import __version__, data
 from tinylm.errors import CheckpointError, ConfigError, TinylmError
 
 NGRAM_MODELS = ("ngram",)
@@ -112,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_dir(train, required=False)
     train.add_argument("--model", default=None, choices=NGRAM_MODELS + NEURAL_MODELS,
                        help="which model to train (default: the --recipe's model, else ngram)")
-    train.add_argument("--loader", default=None, choices=("words", "stream"),
+    train.add_argument("--loader", default=None, choices=data.LOADERS,
                        help="words: each line an independent item (default); "
                        "stream: one continuous text, for the classic reference figures")
     train.add_argument("--seed", type=_seed, default=None,
