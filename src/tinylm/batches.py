@@ -52,13 +52,14 @@ def make_split(
 ) -> Split:
     """The examples of ``lines`` for ``loader``; ``DataError`` if there are none."""
     if loader == "stream":
-        n_tokens = len(stream_tokens(lines, tokenizer))
         try:
             X, Y = stream_examples(lines, tokenizer, context)
         except DataError:
+            n_tokens = len(stream_tokens(lines, tokenizer))
             raise DataError(
                 f"the {name} split has {n_tokens} tokens, too few for a context of {context}"
             ) from None
+        n_tokens = len(Y) + context  # one window per start position: len(tokens) - context
     elif loader == "words":
         X, Y = word_examples(lines, tokenizer, context)
         n_tokens = len(Y)
