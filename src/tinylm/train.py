@@ -41,7 +41,7 @@ from tinylm.batches import Batches, Split, eval_batches
 from tinylm.checkpoint import save_checkpoint
 from tinylm.data import LOADERS
 from tinylm.errors import CheckpointError, ConfigError
-from tinylm.io import append_jsonl, write_jsonl
+from tinylm.io import write_jsonl
 from tinylm.models import BACKENDS, TORCH_BACKENDS
 from tinylm.optim import OPTIMIZERS, SCHEDULES
 from tinylm.rng import RNG
@@ -264,7 +264,7 @@ class Trainer:
         }
         tree = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
         path = save_checkpoint(self.out_dir, meta, tree)
-        self._close_metrics()
+        self.close()
         write_jsonl(self.out_dir / METRICS_FILE, state.metrics)
         return path
 
@@ -302,12 +302,10 @@ class Trainer:
     def _record(self, record: dict) -> None:
         record = _ordered(record)
         self.state.metrics.append(record)
-        if self._metrics_file is not None:
+        if self._metrics_file is not None:  # open while run() runs with an out-dir
             self._metrics_file.write(json.dumps(record) + "\n")
             if "loss" not in record:  # evaluations reach the file at once, updates in bulk
                 self._metrics_file.flush()
-        elif self.out_dir is not None:
-            append_jsonl(self.out_dir / METRICS_FILE, record)
         if self.progress is not None:
             self.progress(record)
 
@@ -368,9 +366,6 @@ class Trainer:
 
     def close(self) -> None:
         """Close the metrics file the loop writes to (``run`` does this itself)."""
-        self._close_metrics()
-
-    def _close_metrics(self) -> None:
         if self._metrics_file is not None:
             self._metrics_file.close()
             self._metrics_file = None
