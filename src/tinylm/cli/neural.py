@@ -157,7 +157,7 @@ class _Reporter:
             try:
                 from tqdm import tqdm
             except ImportError:
-                use_bar = False
+                pass  # plain log lines
             else:
                 self.bar = tqdm(total=total, initial=start, unit="step", dynamic_ncols=True,
                                 file=sys.stderr)
@@ -181,11 +181,12 @@ class _Reporter:
         elif "test_loss" in record:
             self.close()
 
-    def _print(self, line: str) -> None:
+    def _print(self, line: str, file=None) -> None:
+        """A line above the bar, or to ``file`` (default stdout) when there is none."""
         if self.bar is not None:
             self.bar.write(line, file=sys.stderr)
         else:
-            print(line, flush=True)
+            print(line, file=file, flush=True)
 
     def close(self) -> None:
         if self.bar is not None:
@@ -216,13 +217,10 @@ def _watched(reporter: _Reporter, config, model, train_split, out: Path, every: 
                             f"ln({vocab_size}) = {check['expected_initial_loss']:.4f} "
                             "for uniform predictions")
             if check["initial_loss_warning"]:
-                message = (f"tinylm: warning: the initial loss is "
-                           f"{check['initial_loss'] - check['expected_initial_loss']:+.2f} away from "
-                           "uniform: the network starts out confidently wrong; check its initialisation")
-                if reporter.bar is not None:
-                    reporter.bar.write(message, file=sys.stderr)
-                else:
-                    print(message, file=sys.stderr, flush=True)
+                reporter._print(f"tinylm: warning: the initial loss is "
+                                f"{check['initial_loss'] - check['expected_initial_loss']:+.2f} away from "
+                                "uniform: the network starts out confidently wrong; check its "
+                                "initialisation", file=sys.stderr)
         if recorder is not None:
             measured = recorder(record)
             if measured is not None:
@@ -249,9 +247,7 @@ def train(args: argparse.Namespace) -> int:
     if args.resume:
         # everything comes from the run directory: its checkpoint and its splits
         loaded = load_run(out)
-        config = _resumed_config(args, loaded.config)
-        if args.model != config.model:
-            raise ConfigError(f"--model {args.model} differs from the run being resumed ({config.model})")
+        config = _resumed_config(args, loaded.config)  # --model included
         if args.input is not None:
             raise ConfigError("--input cannot change on --resume: the run keeps its own splits")
         tokenizer = loaded.tokenizer
