@@ -69,6 +69,7 @@ def _one_error_line(capsys):
     (["--eval-every", "0"], "--eval-every"),
     (["--resume"], "no checkpoint"),
     (["--backend", "micrograd", "--context", "0"], "--context"),
+    (["--model", "bnmlp", "--batch-size", "1"], "BatchNorm1d"),
 ])
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, capsys, flags, message):
     run = tmp_path / "run"

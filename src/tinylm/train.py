@@ -234,6 +234,11 @@ class Trainer:
         for name in ("train", "val", "test"):
             if name not in splits:
                 raise ConfigError(f"the trainer needs a {name} split")
+        if config.batch_size == 1 and any(type(layer).__name__ == "BatchNorm1d"
+                                          for layer in getattr(model, "layers", ())):
+            # refused here, before a run directory is written, not at the first update
+            raise ConfigError("batch_size 1 cannot train a model with BatchNorm1d: "
+                              "a batch needs at least 2 examples to have a variance")
         self.config = config
         self.model = model
         self.optimizer = optimizer

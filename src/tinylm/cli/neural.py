@@ -273,9 +273,10 @@ def train(args: argparse.Namespace) -> int:
         tokenizer.encode(config.sample_prompt)  # refuse a prompt the vocabulary cannot spell, now
     optimizer = make_optimizer(config, model)
 
-    # everything is checked: from here on the run directory is written
-    out = make_out_dir(out)
     trainer = Trainer(config, model, optimizer, splits, rng, out_dir=out, run_meta=meta)
+
+    # everything is checked: from here on the run directory is written
+    make_out_dir(out)
     if args.resume:
         trainer.restore(loaded.meta, loaded.tree)
     else:
