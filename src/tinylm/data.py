@@ -201,19 +201,20 @@ def word_examples(
     """Each line an independent item: contexts padded with end-of-text tokens."""
     _check_context(context)
     eot = tokenizer.eot
-    # Pad each item on the left with `context` end-of-text tokens; every window
-    # of the padded item ending at one of its tokens is one example.
-    xs, ys = [], []
-    pad = np.full(context, eot, dtype=np.int64)
-    for line in lines:
-        ids = np.array(tokenizer.encode(line + EOT), dtype=np.int64)
-        padded = np.concatenate([pad, ids])
-        windows = np.lib.stride_tricks.sliding_window_view(padded, context + 1)
-        xs.append(windows[:, :context])
-        ys.append(windows[:, context])
-    if not xs:
+    if not lines:
         return np.zeros((0, context), dtype=np.int64), np.zeros(0, dtype=np.int64)
-    return np.concatenate(xs), np.concatenate(ys)
+    # Every token of the joined stream (each line and its end-of-text) is one
+    # target; its context is the `context` tokens before it, with those that
+    # lie before the start of its own item replaced by end-of-text padding.
+    # One pass over the whole stream: a loop over the lines took 0.4 s on the 32k names.
+    tokens = stream_tokens(lines, tokenizer)                                  # (N,)
+    lengths = np.array([len(line) + 1 for line in lines])
+    starts = np.repeat(np.cumsum(lengths) - lengths, lengths)                 # (N,) where each item begins
+    padded = np.concatenate([np.full(context, eot, dtype=np.int64), tokens])
+    windows = np.lib.stride_tricks.sliding_window_view(padded, context + 1)  # (N, context + 1)
+    positions = np.arange(len(tokens))[:, None] - context + np.arange(context)  # (N, context)
+    X = np.where(positions >= starts[:, None], windows[:, :context], eot)
+    return X, windows[:, context].copy()  # a writable array of its own, not a view
 
 
 def make_examples(
