@@ -118,3 +118,10 @@ def test_continuous_items_keep_one_tape(tok):
 
 def test_mark_known():
     assert mark_known(["emily", "zaviel"], ["anna", "emily"]) == [("emily", True), ("zaviel", False)]
+
+
+def test_a_tiny_temperature_is_greedy_not_nan():
+    from tinylm.sample import probabilities
+
+    p = probabilities(np.array([1.0, 3.0, 2.0]), temperature=1e-310)
+    assert p.tolist() == [0.0, 1.0, 0.0]

@@ -192,7 +192,8 @@ def stream_examples(
     if n <= 0:
         raise DataError(f"the text is too short for a context of {context}")
     windows = np.lib.stride_tricks.sliding_window_view(tokens, context + 1)[:n]
-    return np.ascontiguousarray(windows[:, :context]), np.ascontiguousarray(windows[:, context])
+    # copies: the windows are read-only views of the token stream
+    return windows[:, :context].copy(), windows[:, context].copy()
 
 
 def word_examples(

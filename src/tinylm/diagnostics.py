@@ -341,7 +341,7 @@ def format_table(snap: Snapshot, update_ratios: Mapping[str, float] | None = Non
 
 # --- plots --------------------------------------------------------------------------
 
-def _pyplot():
+def headless_pyplot():
     try:
         import matplotlib
     except ImportError:
@@ -359,7 +359,7 @@ def _save(fig, path: str | os.PathLike) -> Path:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
     fig.clf()
-    _pyplot().close(fig)
+    headless_pyplot().close(fig)
     path = Path(path)
     atomic_write_bytes(path, buf.getvalue())
     return path
@@ -367,7 +367,7 @@ def _save(fig, path: str | os.PathLike) -> Path:
 
 def _histogram_plot(arrays: Mapping[str, np.ndarray], path: str | os.PathLike, title: str,
                     legend: Iterable[str], bins: int = 50) -> Path:
-    plt = _pyplot()
+    plt = headless_pyplot()
     fig, ax = plt.subplots(figsize=(10, 4))
     for (name, arr), label in zip(arrays.items(), legend):
         a = np.asarray(arr, dtype=np.float64).ravel()
@@ -402,7 +402,7 @@ def plot_weight_gradient_histograms(snap: Snapshot, path: str | os.PathLike) -> 
 def plot_update_ratios(steps: Sequence[int], ratios: Mapping[str, Sequence[float]],
                        path: str | os.PathLike) -> Path:
     """log10(update:data) per weight matrix over training, with the -3 guide line."""
-    plt = _pyplot()
+    plt = headless_pyplot()
     fig, ax = plt.subplots(figsize=(10, 4))
     for name, values in ratios.items():
         ax.plot(list(steps)[: len(values)], values, label=name,
@@ -445,7 +445,7 @@ def plot_loss_curve(records: Iterable[Mapping[str, Any]], path: str | os.PathLik
     series = loss_series(records)
     if not series:
         raise ConfigError("metrics have no loss records to plot")
-    plt = _pyplot()
+    plt = headless_pyplot()
     fig, ax = plt.subplots(figsize=(10, 4))
     shown: list[float] = []  # what the y-axis must hold; single noisy batches may be cut off
     if "batch" in series:
@@ -618,6 +618,7 @@ def diagnose_run(run_dir: str | os.PathLike, plot_dir: str | os.PathLike | None 
     out = Path(plot_dir) if plot_dir is not None else run_dir / PLOT_DIR
     from tinylm.io import make_out_dir
 
+    headless_pyplot()  # refuse a missing matplotlib before the plot directory exists
     make_out_dir(out)
     plots = [plot_activation_histograms(snap, out / "activations.png"),
              plot_gradient_histograms(snap, out / "gradients.png"),

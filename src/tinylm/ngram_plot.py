@@ -22,13 +22,9 @@ def _label(ch: str) -> str:
 
 def bigram_heatmap_png(counts: np.ndarray, itos: Sequence[str]) -> bytes:
     """PNG bytes of the (V, V) count matrix with every cell labelled."""
-    try:
-        import matplotlib
+    from tinylm.diagnostics import headless_pyplot
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise ConfigError("plotting needs matplotlib: pip install 'tinylm[plot]'") from None
+    plt = headless_pyplot()
     V = len(itos)
     if counts.shape != (V, V):
         raise ConfigError(f"count matrix {counts.shape} does not match a vocabulary of {V}")
