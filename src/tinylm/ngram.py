@@ -249,9 +249,15 @@ def grid_search(
     points = []
     for order in orders:
         (Xtr, Ytr), (Xva, Yva) = examples[order]["train"], examples[order]["val"]
+        counted = None
         for a in smoothings if method == "additive" else (None,):
             config = NgramConfig(order, vocab_size, method, a if a is not None else 0.0)
-            model = NgramModel(config).fit(Xtr, Ytr)
+            model = NgramModel(config)
+            if counted is None:
+                counted = model.fit(Xtr, Ytr)
+            else:
+                # the counts do not depend on the smoothing: count each order once
+                model.tables, model.discounts = counted.tables, counted.discounts
             points.append(GridPoint(order, method, a, nll(model, Xtr, Ytr), nll(model, Xva, Yva)))
     return points
 
