@@ -177,11 +177,11 @@ class _Reporter:
                     f"train {record['train_loss']:.4f} | val {record['val_loss']:.4f}")
             if done > 0:
                 line += f" | batch loss {self.last_loss:.4f} | {rate:.0f} steps/s"
-            self._print(line)
+            self.write(line)
         elif "test_loss" in record:
             self.close()
 
-    def _print(self, line: str, file=None) -> None:
+    def write(self, line: str, file=None) -> None:
         """A line above the bar, or to ``file`` (default stdout) when there is none."""
         if self.bar is not None:
             self.bar.write(line, file=sys.stderr)
@@ -213,18 +213,18 @@ def _watched(reporter: _Reporter, config, model, train_split, out: Path, every: 
         reporter(record)
         if record.get("step") == 0 and "train_loss" in record:
             check = diagnostics.initial_loss_record(record["train_loss"], vocab_size)
-            reporter._print(f"initial loss {check['initial_loss']:.4f}, expected "
+            reporter.write(f"initial loss {check['initial_loss']:.4f}, expected "
                             f"ln({vocab_size}) = {check['expected_initial_loss']:.4f} "
                             "for uniform predictions")
             if check["initial_loss_warning"]:
-                reporter._print(f"tinylm: warning: the initial loss is "
+                reporter.write(f"tinylm: warning: the initial loss is "
                                 f"{check['initial_loss'] - check['expected_initial_loss']:+.2f} away from "
                                 "uniform: the network starts out confidently wrong; check its "
                                 "initialisation", file=sys.stderr)
         if recorder is not None:
             measured = recorder(record)
             if measured is not None:
-                reporter._print(diagnostics.summary_line(measured))
+                reporter.write(diagnostics.summary_line(measured))
 
     return progress
 
