@@ -33,13 +33,12 @@ import numpy as np
 
 from tinylm import data
 from tinylm.batches import Batches, make_split
-from tinylm.models import build_model
-from tinylm.recipes import resolve
+from tinylm.models import ModelConfig, build_model
 from tinylm.rng import RNG
-from tinylm.runs import model_config
+from tinylm.runs import resolve_configs
 from tinylm.train import TrainConfig, Trainer, make_optimizer
 
-CLASSIC = TrainConfig.from_dict(resolve("mlp", "mlp-classic", {}))
+NET, CLASSIC = resolve_configs(None, "mlp-classic", {}, vocab_size=27)
 
 
 def matmul_gflops(n: int = 1024, repeat: int = 20) -> float:
@@ -53,14 +52,14 @@ def matmul_gflops(n: int = 1024, repeat: int = 20) -> float:
 
 def step_flops(c: TrainConfig, vocab: int) -> float:
     """Multiply-adds x2 of the three matmuls per Linear (forward, d input, d weight)."""
-    B, TE, H, V = c.batch_size, c.context * c.n_embd, c.n_hidden, vocab
+    B, TE, H, V = c.batch_size, NET.context * NET.n_embd, NET.n_hidden, vocab
     return 3 * 2 * B * (TE * H + H * V)
 
 
 def step_shapes_gflops(c: TrainConfig, vocab: int, repeat: int = 300) -> float:
     """The same six matmuls a step does, alone: the ceiling for the step."""
     rng = np.random.default_rng(0)
-    B, TE, H, V = c.batch_size, c.context * c.n_embd, c.n_hidden, vocab
+    B, TE, H, V = c.batch_size, NET.context * NET.n_embd, NET.n_hidden, vocab
     x, w1 = rng.random((B, TE), dtype=np.float32), rng.random((H, TE), dtype=np.float32)
     h, w2 = rng.random((B, H), dtype=np.float32), rng.random((V, H), dtype=np.float32)
     dl, dh = rng.random((B, V), dtype=np.float32), rng.random((B, H), dtype=np.float32)
@@ -77,9 +76,9 @@ def step_shapes_gflops(c: TrainConfig, vocab: int, repeat: int = 300) -> float:
     return step_flops(c, vocab) / statistics.median(times) / 1e9
 
 
-def median_step_ms(config: TrainConfig, splits, n: int) -> float:
+def median_step_ms(config: TrainConfig, splits, n: int, net: ModelConfig = NET) -> float:
     rng = RNG(config.seed)
-    model = build_model(model_config(config, splits["tokenizer"].vocab_size), config.backend, rng)
+    model = build_model(net, config.backend, rng)
     trainer = Trainer(config, model, make_optimizer(config, model), splits["data"], rng)
     batches = Batches(splits["data"]["train"], config.batch_size, rng)
     for _ in range(10):  # warm up caches, allocator and (for torch) the autograd graph code
@@ -95,7 +94,7 @@ def median_step_ms(config: TrainConfig, splits, n: int) -> float:
 def numpy_breakdown_ms(config: TrainConfig, splits, n: int) -> dict[str, float]:
     """Median ms of each part of a numpy step."""
     rng = RNG(config.seed)
-    model = build_model(model_config(config, splits["tokenizer"].vocab_size), "numpy", rng)
+    model = build_model(NET, "numpy", rng)
     optimizer = make_optimizer(config, model)
     batches = Batches(splits["data"]["train"], config.batch_size, rng)
     parts = {"batch": [], "forward": [], "backward": [], "optimizer": []}
@@ -120,7 +119,7 @@ def load_splits(config: TrainConfig):
     tok = data.Tokenizer.from_lines(lines)
     lines3 = data.split_lines(lines, seed=42)
     return {"tokenizer": tok, "lines": lines3,
-            "data": {name: make_split(name, ls, tok, config.context, config.loader)
+            "data": {name: make_split(name, ls, tok, NET.context, config.loader)
                      for name, ls in zip(data.SPLIT_NAMES, lines3)}}
 
 
@@ -316,9 +315,9 @@ def main(argv=None) -> int:
         print(f"  {backend:<13} {step_ms[backend]:7.3f} ms   {flops / step_ms[backend] / 1e6:5.1f} GFLOP/s")
     parts = numpy_breakdown_ms(CLASSIC, splits, args.steps_timed)
     print("  numpy step by part: " + ", ".join(f"{k} {v:.3f} ms" for k, v in parts.items()))
-    tiny = TrainConfig.from_dict({**CLASSIC.to_dict(), "backend": "micrograd", "n_embd": 2,
-                                  "n_hidden": 8, "batch_size": 8})
-    ms = median_step_ms(tiny, splits, 5)
+    tiny = TrainConfig.from_dict({**CLASSIC.to_dict(), "backend": "micrograd", "batch_size": 8})
+    ms = median_step_ms(tiny, splits, 5, ModelConfig.from_dict({**NET.to_dict(), "n_embd": 2,
+                                                                "n_hidden": 8}))
     print(f"  {'micrograd':<13} {ms:7.1f} ms   (tiny config: embedding 2, hidden 8, batch 8)")
     if "torch" in step_ms:
         ratio = step_ms["numpy"] / step_ms["torch"]

@@ -107,7 +107,7 @@ def test_bad_input_files(tmp_path, capsys, case):
 @pytest.mark.parametrize("argv, message", [
     (["--order", "0"], "--order: must be a positive whole number, got 0"),
     (["--order", "-2"], "--order: must be a positive whole number, got -2"),
-    (["--order", "x"], "--order: expected a whole number, got 'x'"),
+    (["--order", "x"], "--order: expected a positive whole number, got 'x'"),
     (["--smoothing", "0"], "--smoothing: must be a positive finite number"),
     (["--smoothing", "nan"], "--smoothing: must be a positive finite number"),
     (["--model", "gpt"], "argument --model: invalid choice: 'gpt'"),

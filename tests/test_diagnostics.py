@@ -264,19 +264,19 @@ def _trainer(backend: str, progress=None):
     from tinylm.batches import make_split
     from tinylm.models import build_model
     from tinylm.rng import RNG
-    from tinylm.runs import model_config
+    from tinylm.models import ModelConfig
     from tinylm.train import TrainConfig, Trainer, make_optimizer
 
     lines = data.read_lines(data.default_dataset())
     train, val, test = data.split_lines(lines)
     tok = data.Tokenizer.from_lines(lines)
-    config = TrainConfig(model="bnmlp", backend=backend, context=4, n_embd=3, n_hidden=8,
-                         n_layers=2, batch_size=16, steps=12, optimizer="sgd", lr=0.1,
+    mconfig = ModelConfig("bnmlp", tok.vocab_size, context=4, n_embd=3, n_hidden=8, n_layers=2)
+    config = TrainConfig(backend=backend, batch_size=16, steps=12, optimizer="sgd", lr=0.1,
                          lr_schedule="step", eval_every=6, eval_train_batches=2)
     splits = {name: make_split(name, ls, tok, 4, "words")
               for name, ls in (("train", train[:300]), ("val", val[:50]), ("test", test[:50]))}
     rng = RNG(config.seed)
-    model = build_model(model_config(config, tok.vocab_size), backend, rng)
+    model = build_model(mconfig, backend, rng)
     return Trainer(config, model, make_optimizer(config, model), splits, rng, progress=progress), config
 
 

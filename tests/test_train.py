@@ -15,29 +15,39 @@ from tinylm.batches import Batches, eval_batches, make_split
 from tinylm.checkpoint import load_checkpoint
 from tinylm.models import build_model
 from tinylm.rng import RNG
-from tinylm.runs import load_run, model_config, run_meta
+from tinylm import settings
+from tinylm.models import ModelConfig
+from tinylm.runs import load_run, resolve_configs, run_meta
 from tinylm.train import TrainConfig, Trainer, TrainingInterrupted, evaluate, make_optimizer
 
 LINES = data.read_lines(data.default_dataset())
 SPLIT = data.split_lines(LINES, seed=42)
 TOKENIZER = data.Tokenizer.from_lines(LINES)
 
-SMALL = TrainConfig(model="mlp", loader="words", seed=7, context=3, n_embd=4, n_hidden=16,
-                    batch_size=32, steps=40, lr=1e-2, lr_schedule="cosine", weight_decay=1e-3,
-                    eval_every=10, eval_train_batches=5)
+# the settings of a small run, model and training together, as a recipe would hold them
+SMALL = dict(model="mlp", loader="words", seed=7, context=3, n_embd=4, n_hidden=16,
+             batch_size=32, steps=40, lr=1e-2, lr_schedule="cosine", weight_decay=1e-3,
+             eval_every=10, eval_train_batches=5)
 
 
-def splits_for(config, lines3=None):
+def configs(values):
+    """(ModelConfig, TrainConfig) of a flat dict of settings."""
+    return (settings.resolve(ModelConfig, [values], vocab_size=TOKENIZER.vocab_size),
+            settings.resolve(TrainConfig, [values]))
+
+
+def splits_for(values, lines3=None):
+    mconfig, config = configs(values)
     lines3 = lines3 or (SPLIT[0][:2000], SPLIT[1][:200], SPLIT[2][:200])
-    return {name: make_split(name, lines, TOKENIZER, config.context, config.loader)
+    return {name: make_split(name, lines, TOKENIZER, mconfig.context, config.loader)
             for name, lines in zip(data.SPLIT_NAMES, lines3)}
 
 
-def make_trainer(config, out_dir=None, progress=None, lines3=None):
+def make_trainer(values, out_dir=None, progress=None, lines3=None):
+    mconfig, config = configs(values)
     rng = RNG(config.seed)
-    mconfig = model_config(config, TOKENIZER.vocab_size)
     model = build_model(mconfig, config.backend, rng)
-    return Trainer(config, model, make_optimizer(config, model), splits_for(config, lines3), rng,
+    return Trainer(config, model, make_optimizer(config, model), splits_for(values, lines3), rng,
                    out_dir=out_dir, run_meta=run_meta(config, mconfig, TOKENIZER, None),
                    progress=progress)
 
@@ -78,7 +88,7 @@ def test_stream_evaluation_is_len_tokens_over_batch_size_fresh_batches():
 
 
 def test_words_evaluation_is_the_exact_mean_over_every_example():
-    config = dataclasses.replace(SMALL, steps=1)
+    config = dict(SMALL, steps=1)
     trainer = make_trainer(config)
     split = trainer.splits["val"]
     logits, _ = trainer.model.forward(split.X)
@@ -99,7 +109,7 @@ def _nll(model, split, n):
 
 
 def test_evaluation_leaves_the_bigram_penalty_out():
-    config = dataclasses.replace(SMALL, model="bigram", context=1, batch_size=0, optimizer="sgd",
+    config = dict(SMALL, model="bigram", context=1, batch_size=0, optimizer="sgd",
                                  lr=50.0, weight_decay=0.0, steps=1)
     trainer = make_trainer(config)
     split = trainer.splits["val"]
@@ -117,7 +127,7 @@ def test_records_and_evaluation_cadence():
     assert evals == [0, 10, 20, 30, 39]  # before the update of every 10th step and of the last
     updates = [r for r in records if "loss" in r]
     assert [r["step"] for r in updates] == list(range(40))
-    assert updates[0]["lr"] == SMALL.lr and updates[20]["lr"] == pytest.approx(SMALL.lr / 2)
+    assert updates[0]["lr"] == SMALL["lr"] and updates[20]["lr"] == pytest.approx(SMALL["lr"] / 2)
     final = records[-1]
     assert final["step"] == 40 and final["test_perplexity"] == pytest.approx(math.exp(final["test_loss"]))
     assert records[-3]["val_loss"] < records[0]["val_loss"]
@@ -148,7 +158,7 @@ def assert_same_run(a_dir, b_dir):
 def test_resume_is_bit_identical(tmp_path, backend, loader):
     if backend == "torch":
         pytest.importorskip("torch")
-    config = dataclasses.replace(SMALL, backend=backend, loader=loader)
+    config = dict(SMALL, backend=backend, loader=loader)
     straight, split_run = tmp_path / "straight", tmp_path / "split"
     straight.mkdir(), split_run.mkdir()
     make_trainer(config, straight).run()
@@ -200,10 +210,10 @@ def test_sigint_is_deferred_to_a_step_boundary(tmp_path):
 
 
 def test_extending_a_finished_run(tmp_path):
-    short = dataclasses.replace(SMALL, steps=20, lr_schedule="constant")
+    short = dict(SMALL, steps=20, lr_schedule="constant")
     make_trainer(short, tmp_path).run()
     meta, tree = load_checkpoint(tmp_path)
-    longer = dataclasses.replace(short, steps=30)
+    longer = dict(short, steps=30)
     trainer = make_trainer(longer, tmp_path)
     trainer.restore(meta, tree)
     assert "test_loss" not in trainer.state.metrics[-1]
@@ -215,10 +225,11 @@ def test_extending_a_finished_run(tmp_path):
 # --- checkpoints of real models --------------------------------------------------------------
 
 def test_checkpoint_round_trip_rebuilds_the_model(tmp_path):
-    trainer = make_trainer(dataclasses.replace(SMALL, steps=15), tmp_path)
+    trainer = make_trainer(dict(SMALL, steps=15), tmp_path)
     trainer.run()
     run = load_run(tmp_path)
-    assert run.config == trainer.config and run.tokenizer == TOKENIZER and run.step == 15
+    assert run.config == trainer.config and run.model_config == trainer.model.config
+    assert run.tokenizer == TOKENIZER and run.step == 15
     X = trainer.splits["val"].X[:50]
     trainer.model.eval()
     assert np.array_equal(run.model.forward(X)[0], trainer.model.forward(X)[0])
@@ -228,7 +239,7 @@ def test_checkpoint_round_trip_rebuilds_the_model(tmp_path):
 
 def test_a_numpy_checkpoint_loads_on_torch(tmp_path):
     pytest.importorskip("torch")
-    trainer = make_trainer(dataclasses.replace(SMALL, steps=5), tmp_path)
+    trainer = make_trainer(dict(SMALL, steps=5), tmp_path)
     trainer.run()
     run = load_run(tmp_path, backend="torch")
     X = trainer.splits["val"].X[:50]
@@ -239,10 +250,10 @@ def test_a_numpy_checkpoint_loads_on_torch(tmp_path):
 # --- every backend computes the same run -------------------------------------------------------
 
 def test_micrograd_backend_agrees_with_numpy():
-    tiny = dataclasses.replace(SMALL, n_embd=2, n_hidden=4, context=2, batch_size=4, steps=6,
+    tiny = dict(SMALL, n_embd=2, n_hidden=4, context=2, batch_size=4, steps=6,
                                eval_every=3, eval_train_batches=2, weight_decay=0.0)
     lines3 = (SPLIT[0][:20], SPLIT[1][:3], SPLIT[2][:3])
-    runs = {b: make_trainer(dataclasses.replace(tiny, backend=b), lines3=lines3).run()
+    runs = {b: make_trainer(dict(tiny, backend=b), lines3=lines3).run()
             for b in ("numpy", "micrograd")}
     assert len(runs["numpy"].metrics) == len(runs["micrograd"].metrics)
     for a, b in zip(runs["numpy"].metrics, runs["micrograd"].metrics):
@@ -254,10 +265,9 @@ def test_micrograd_backend_agrees_with_numpy():
 def test_neural_bigram_approaches_the_count_bigram():
     """Full-batch gradient descent at lr 50 on the bigram table ends near the counts' loss."""
     from tinylm.ngram import NgramConfig, NgramModel, nll
-    from tinylm.recipes import resolve
-
     lines3 = (SPLIT[0][:4000], SPLIT[1], SPLIT[2])
-    config = TrainConfig.from_dict(resolve("bigram", None, {"steps": 100, "eval_every": 100}))
+    mconfig, train_config = resolve_configs("bigram", None, {"steps": 100, "eval_every": 100})
+    config = {**dataclasses.asdict(mconfig), **dataclasses.asdict(train_config)}
     result = make_trainer(config, lines3=lines3).run()
     splits = splits_for(config, lines3)
     counts = NgramModel(NgramConfig(2, TOKENIZER.vocab_size, "additive", 1.0))

@@ -119,7 +119,7 @@ def test_initial_loss_is_close_to_uniform(config):
 def test_init_choices():
     for init in ("default", "kaiming", "noscale", "naive"):
         build_model(ModelConfig("bnmlp", vocab_size=5, init=init), "numpy", RNG(1))
-    with pytest.raises(ConfigError, match="no init"):
+    with pytest.raises(ConfigError, match="unknown init 'xavier'; choose one of default"):
         build_model(ModelConfig("wavenet", vocab_size=5, context=2, init="xavier"), "numpy", RNG(1))
 
 
@@ -246,19 +246,20 @@ def test_evaluation_and_sampling_never_change_running_statistics(backend):
 
 def test_recipes_hold_the_classic_protocols():
     from tinylm.optim import lr_at
-    from tinylm.recipes import get_recipe, resolve
+    from tinylm.recipes import get_recipe
+    from tinylm.runs import resolve_configs
 
     common = dict(loader="words", batch_size=32, steps=200_000, optimizer="sgd", lr=0.1,
                   lr_schedule="step")
-    bn = get_recipe("bnmlp-classic")
+    bn = get_recipe("bnmlp-classic").settings
     assert bn.items() >= dict(model="bnmlp", context=3, n_embd=10, n_hidden=100, n_layers=5,
                               **common).items()
-    wave = get_recipe("wavenet-classic")
+    wave = get_recipe("wavenet-classic").settings
     assert wave.items() >= dict(model="wavenet", context=8, n_embd=24, n_hidden=128, **common).items()
     assert lr_at(149_999, 200_000, 0.1, "step") == 0.1
     assert lr_at(150_000, 200_000, 0.1, "step") == pytest.approx(0.01)
     # a plain --model wavenet gets a context its levels can fuse
-    assert resolve("wavenet", None, {})["context"] == 8
+    assert resolve_configs("wavenet", None, {})[0].context == 8
 
 
 def test_cli_trains_and_diagnoses_a_wavenet(tmp_path, capsys, monkeypatch):
@@ -299,11 +300,10 @@ def test_cli_trains_and_diagnoses_a_wavenet(tmp_path, capsys, monkeypatch):
 
 
 def test_the_init_setting_reaches_the_model_and_old_configs_still_load():
-    from tinylm.runs import model_config
-    from tinylm.train import TrainConfig
+    from tinylm.runs import resolve_configs
 
-    config = TrainConfig(model="bnmlp", init="naive")
-    assert model_config(config, 27).init == "naive"
-    saved = config.to_dict()
+    mconfig, _ = resolve_configs("bnmlp", None, {"init": "naive"}, vocab_size=27)
+    assert mconfig.init == "naive" and build_model(mconfig, "numpy", RNG(1)).config.init == "naive"
+    saved = mconfig.to_dict()
     del saved["init"]   # a run saved before the setting existed
-    assert TrainConfig.from_dict(saved).init == "default"
+    assert ModelConfig.from_dict(saved).init == "default"

@@ -124,6 +124,33 @@ def split_lines(
     return train, val, test
 
 
+def read_splits(train: str | os.PathLike, val: str | os.PathLike | None = None,
+                test: str | os.PathLike | None = None, seed: int = 42
+                ) -> tuple[list[str], list[str], list[str]]:
+    """(train, val, test) lines from files already split; a missing val or test is split off train.
+
+    With neither val nor test this is ``split_lines`` of the train file. With
+    one of them missing, ``min(1000, len // 10)`` lines of the shuffled train
+    file (``random.Random(seed)``) become it, the rest stay train.
+    """
+    lines = read_lines(train)
+    given = {"val": read_lines(val) if val is not None else None,
+             "test": read_lines(test) if test is not None else None}
+    if given["val"] is None and given["test"] is None:
+        return split_lines(lines, seed=seed, source=str(train))
+    if None in given.values():
+        if len(lines) < MIN_LINES:
+            raise DataError(f"train file {str(train)!r} has {len(lines)} non-blank lines; at least "
+                            f"{MIN_LINES} are needed to split off a held-out split")
+        order = list(range(len(lines)))
+        random.Random(seed).shuffle(order)
+        n_held = split_sizes(len(lines))[1]
+        missing = "val" if given["val"] is None else "test"
+        given[missing] = [lines[i] for i in order[:n_held]]
+        lines = [lines[i] for i in order[n_held:]]
+    return lines, given["val"], given["test"]
+
+
 @dataclass(frozen=True)
 class Tokenizer:
     """Characters to token ids and back; the newline is the end-of-text token.

@@ -605,7 +605,7 @@ def diagnose_run(run_dir: str | os.PathLike, plot_dir: str | os.PathLike | None 
     run = load_run(run_dir)
     config = run.config
     train_lines = load_splits(run_dir)[0]
-    split = make_split("train", train_lines, run.tokenizer, config.context, config.loader)
+    split = make_split("train", train_lines, run.tokenizer, run.model_config.context, config.loader)
     # a larger batch than training's: smoother histograms, steadier statistics
     B = batch_size or min(len(split), DIAGNOSE_BATCH)
     if B < 2:

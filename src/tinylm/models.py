@@ -16,13 +16,13 @@ Backends:
   torch-module  idiomatic nn.Embedding / nn.Linear / nn.Sequential (float32)
   micrograd     tinylm's scalar autograd engine (Python floats): tiny models only
 
-To add a model, write a builder and decorate it with ``@register("name")``;
-new ``ModelConfig`` fields need a default so old config files still load.
+To add a model, write a builder and decorate it with ``@register("name",
+**its_defaults)``; a new architecture setting is one ``ModelConfig`` field
+(with a default, so old config files still load).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
 import math
 from dataclasses import dataclass, field
@@ -31,8 +31,10 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
+from tinylm import settings
 from tinylm.errors import ConfigError
 from tinylm.rng import RNG
+from tinylm.settings import NONNEG_FLOAT, POSITIVE_INT, REQUIRED, choice, setting
 
 BACKENDS = ("numpy", "torch", "torch-module", "micrograd")
 TORCH_BACKENDS = ("torch", "torch-module")
@@ -45,52 +47,46 @@ _BACKEND_MODULES = {
 }
 
 
+DEEP_INITS = ("default", "kaiming", "noscale", "naive")
+DEFAULT_MODEL = "mlp"  # a neural run with neither --model nor --recipe
+FIXED_WINDOW = ("mlp", "bnmlp", "wavenet")  # the models that read a context window of any size
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Everything needed to rebuild a model's architecture (saved as JSON in a run).
 
-    ``n_layers`` and ``init`` are read by the deeper models; ``reg`` is the
-    bigram's weight penalty, the neural counterpart of add-one smoothing.
+    Each field is a setting (see tinylm.settings): its default, its check,
+    its help line and the models that read it are declared here once, and
+    the ``tinylm train`` flags are made from them. A model's own defaults
+    (the bigram's context of 1...) are given where the model is registered.
     """
 
-    model: str
-    vocab_size: int
-    context: int = 3
-    n_embd: int = 10
-    n_hidden: int = 200
-    n_layers: int = 1
-    init: str = "default"
-    reg: float = 0.01
+    # not a flag of its own: ``--model`` chooses between the count and the neural models
+    model: str = setting(REQUIRED, "which neural model", choice(lambda: tuple(MODELS)), flag=False)
+    vocab_size: int = setting(REQUIRED, "tokens in the vocabulary (from the data)", POSITIVE_INT,
+                              flag=False)
+    context: int = setting(3, "tokens the model reads to predict the next", POSITIVE_INT,
+                           models=FIXED_WINDOW)
+    n_embd: int = setting(10, "embedding size per token", POSITIVE_INT, models=FIXED_WINDOW)
+    n_hidden: int = setting(200, "hidden units per layer", POSITIVE_INT, models=FIXED_WINDOW)
+    n_layers: int = setting(1, "hidden layers of the deep MLP", POSITIVE_INT, models=("bnmlp",))
+    init: str = setting("default", "initialisation of the deep models: default = kaiming (Kaiming "
+                        "gains, 0.1x output layer); noscale: without the 0.1; naive: N(0, 1) weights",
+                        choice(DEEP_INITS), models=("bnmlp", "wavenet"))
+    reg: float = setting(0.01, "weight penalty reg * mean(W**2), the neural counterpart of "
+                         "additive smoothing", NONNEG_FLOAT, models=("bigram",))
 
     def __post_init__(self) -> None:
-        if self.model not in MODELS:
-            raise ConfigError(f"unknown model {self.model!r}; choose one of {', '.join(MODELS)}")
-        for name in ("vocab_size", "context", "n_embd", "n_hidden", "n_layers"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ConfigError(f"{name} must be a whole number >= 1, got {value!r}")
-        if not isinstance(self.reg, (int, float)) or isinstance(self.reg, bool) \
-                or not math.isfinite(self.reg) or self.reg < 0:
-            raise ConfigError(f"reg must be a finite number >= 0, got {self.reg!r}")
-        if not isinstance(self.init, str):
-            raise ConfigError(f"init must be a name, got {self.init!r}")
+        settings.check(self)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return settings.to_dict(self)
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any], strict: bool = True) -> "ModelConfig":
-        """Rebuild from ``to_dict()`` output; ``strict=False`` ignores keys that are not fields."""
-        if not isinstance(d, Mapping):
-            raise ConfigError(f"a model config must be a JSON object, got {type(d).__name__}")
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if strict and unknown:
-            raise ConfigError(f"unknown model config field(s): {', '.join(unknown)}")
-        missing = [n for n in ("model", "vocab_size") if n not in d]
-        if missing:
-            raise ConfigError(f"the model config lacks {', '.join(missing)}")
-        return cls(**{k: v for k, v in d.items() if k in names})
+    def from_dict(cls, d: Mapping[str, Any]) -> "ModelConfig":
+        """Rebuild from ``to_dict()`` output; unknown keys are refused."""
+        return settings.from_dict(cls, d)
 
 
 @dataclass
@@ -111,12 +107,19 @@ class Blueprint:
 
 Builder = Callable[[ModelConfig, ModuleType, RNG], Blueprint]
 MODELS: dict[str, Builder] = {}
+# model name -> the settings (of any config class) that a plain ``--model NAME`` means
+MODEL_DEFAULTS: dict[str, dict[str, Any]] = {}
 
 
-def register(name: str) -> Callable[[Builder], Builder]:
-    """Decorator: make a builder available as ``ModelConfig(model=name)``."""
+def register(name: str, **defaults: Any) -> Callable[[Builder], Builder]:
+    """Decorator: make a builder available as ``ModelConfig(model=name)``.
+
+    ``defaults`` are the model's own defaults for any setting, model or
+    training (see tinylm.settings); explicit flags and recipes override them.
+    """
     def add(builder: Builder) -> Builder:
         MODELS[name] = builder
+        MODEL_DEFAULTS[name] = defaults
         return builder
     return add
 
@@ -154,7 +157,11 @@ def _check_init(config: ModelConfig, *choices: str) -> None:
                           f"choose one of {', '.join(choices)}")
 
 
-@register("bigram")
+# The neural bigram is the count bigram learned by gradient descent: the whole
+# train split in every step (batch_size 0) and the large learning rate plain
+# SGD needs on a one-layer softmax.
+@register("bigram", context=1, batch_size=0, steps=200, optimizer="sgd", lr=50.0,
+          lr_schedule="constant", eval_every=50)
 def bigram(config: ModelConfig, L: ModuleType, rng: RNG) -> Blueprint:
     """The neural bigram: a V x V table of logits, one row per previous token.
 
@@ -204,7 +211,6 @@ def mlp(config: ModelConfig, L: ModuleType, rng: RNG) -> Blueprint:
 
 GAINS = {"linear": 1.0, "tanh": 5.0 / 3.0, "relu": math.sqrt(2.0)}
 OUTPUT_SCALE = 0.1
-DEEP_INITS = ("default", "kaiming", "noscale", "naive")
 
 
 def gain(nonlinearity: str) -> float:
@@ -273,7 +279,9 @@ def _deep_layers(L: ModuleType, backend_name: str) -> None:
                           "use numpy, torch or torch-module for the deep models")
 
 
-@register("bnmlp")
+# The deep models train with plain SGD and a step decay, the protocol of their
+# classic recipes (tinylm.recipes), at the sizes of those recipes.
+@register("bnmlp", n_hidden=100, n_layers=5, optimizer="sgd", lr=0.1, lr_schedule="step")
 def bnmlp(config: ModelConfig, L: ModuleType, rng: RNG) -> Blueprint:
     """A deep MLP with batch normalisation (Ioffe and Szegedy, ICML 2015):
     ``Embedding -> Flatten -> n_layers x [Linear(bias=False), BatchNorm1d,
@@ -308,7 +316,8 @@ def wavenet_levels(context: int) -> int:
     return context.bit_length() - 1
 
 
-@register("wavenet")
+@register("wavenet", context=8, n_embd=24, n_hidden=128, optimizer="sgd", lr=0.1,
+          lr_schedule="step")
 def wavenet(config: ModelConfig, L: ModuleType, rng: RNG) -> Blueprint:
     """The hierarchical model of WaveNet (van den Oord et al., "WaveNet: A
     Generative Model for Raw Audio", 2016), for characters: instead of
@@ -322,7 +331,7 @@ def wavenet(config: ModelConfig, L: ModuleType, rng: RNG) -> Blueprint:
         Linear                                      (B, H) -> (B, V)
 
     BatchNorm normalises over batch and time while the time axis remains.
-    ``n_layers`` is ignored: the context fixes the depth. Initialisation as
+    The context fixes the depth, so ``n_layers`` is not read. Initialisation as
     for ``bnmlp`` (``_deep_weights``).
     """
     _deep_layers(L, L.__name__)

@@ -22,11 +22,47 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from tinylm import settings
 from tinylm.errors import ConfigError
+from tinylm.settings import POSITIVE_FLOAT, POSITIVE_INT, choice, optional, setting
 
 METHODS = ("additive", "kneser-ney")
 SMOOTHINGS = (0.01, 0.03, 0.1, 0.3, 1.0)
 ORDERS = (1, 2, 3, 4, 5, 6)
+
+
+@dataclass(frozen=True)
+class NgramSettings:
+    """What ``tinylm train --model ngram`` searches (see tinylm.settings for how fields are flags).
+
+    An axis left at None is searched on the validation split: orders
+    ``ORDERS``, smoothings ``SMOOTHINGS``. Kneser-Ney has no smoothing knob.
+    """
+
+    order: int | None = setting(
+        None, "n of the n-gram: predict from the previous n-1 characters (default: search "
+        f"{ORDERS[0]}..{ORDERS[-1]} on the validation split)",
+        optional(POSITIVE_INT, "a positive whole number"), models="ngram")
+    smoothing: float | None = setting(
+        None, "additive smoothing, a fake count added to every continuation (default: search "
+        f"{', '.join(map(str, SMOOTHINGS))})", optional(POSITIVE_FLOAT, "a positive finite number"),
+        models="ngram")
+    method: str = setting("additive", "additive smoothing, or interpolated Kneser-Ney",
+                          choice(METHODS), models="ngram")
+
+    def __post_init__(self) -> None:
+        settings.check(self)
+        if self.method == "kneser-ney" and self.smoothing is not None:
+            raise ConfigError("--smoothing applies to additive smoothing only; "
+                              "Kneser-Ney estimates its discounts")
+
+    @property
+    def orders(self) -> tuple[int, ...]:
+        return ORDERS if self.order is None else (self.order,)
+
+    @property
+    def smoothings(self) -> tuple[float, ...]:
+        return SMOOTHINGS if self.smoothing is None else (self.smoothing,)
 
 
 @dataclass(frozen=True)

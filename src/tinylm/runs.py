@@ -17,28 +17,44 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from tinylm.checkpoint import load_checkpoint
 from tinylm.data import Tokenizer
-from tinylm.errors import CheckpointError, TinylmError
+from tinylm.errors import CheckpointError, ConfigError, TinylmError
+from tinylm.models import DEFAULT_MODEL, MODEL_DEFAULTS, ModelConfig, build_model
+from tinylm.recipes import get_recipe
 from tinylm.rng import RNG
+from tinylm.settings import resolve
 from tinylm.train import TrainConfig
 
 
-def model_config(config: TrainConfig, vocab_size: int):
-    """The ``ModelConfig`` a training config describes."""
-    from tinylm.models import ModelConfig
+def resolve_configs(model: str | None, recipe: str | None, explicit: Mapping[str, Any],
+                    vocab_size: int = 1) -> tuple[ModelConfig, TrainConfig]:
+    """The configs of a new neural run: explicit > recipe > the model's defaults > defaults.
 
-    return ModelConfig(model=config.model, vocab_size=vocab_size, context=config.context,
-                       n_embd=config.n_embd, n_hidden=config.n_hidden, n_layers=config.n_layers,
-                       init=config.init)
+    ``model`` None means the recipe's model; a ``model`` that differs from
+    the recipe's is refused rather than silently mixed with its settings.
+    """
+    layers: list[Mapping[str, Any]] = []
+    if recipe is not None:
+        chosen = get_recipe(recipe)
+        if model is not None and model != chosen.model:
+            raise ConfigError(f"--model {model} differs from the model of --recipe {recipe} "
+                              f"({chosen.model}); leave --model out or choose another recipe")
+        model = chosen.model
+        layers.append(chosen.settings)
+    model = model or DEFAULT_MODEL
+    layers.insert(0, MODEL_DEFAULTS.get(model, {}))
+    layers.append({**explicit, "model": model, "recipe": recipe})
+    return (resolve(ModelConfig, layers, vocab_size=vocab_size), resolve(TrainConfig, layers))
 
 
-def run_meta(config: TrainConfig, mconfig, tokenizer: Tokenizer, source: str | None) -> dict[str, Any]:
+def run_meta(config: TrainConfig, mconfig: ModelConfig, tokenizer: Tokenizer,
+             source: str | None) -> dict[str, Any]:
     """What every checkpoint of a run repeats, and config.json holds."""
     return {
-        "model": config.model,
+        "model": mconfig.model,
         "backend": config.backend,
         "loader": config.loader,
         "model_config": mconfig.to_dict(),
@@ -54,6 +70,7 @@ class LoadedRun:
     model: Any
     tokenizer: Tokenizer
     config: TrainConfig
+    model_config: ModelConfig
     meta: dict
     tree: dict
 
@@ -64,8 +81,6 @@ class LoadedRun:
 
 def load_run(run_dir: str | Path, backend: str | None = None) -> LoadedRun:
     """Rebuild the model saved in ``run_dir`` (on its own backend unless ``backend`` is given)."""
-    from tinylm.models import ModelConfig, build_model
-
     meta, tree = load_checkpoint(run_dir)
     try:
         run = meta["run"]
@@ -82,4 +97,4 @@ def load_run(run_dir: str | Path, backend: str | None = None) -> LoadedRun:
     # the initial draw is overwritten by the saved arrays; any seed will do
     model = build_model(mconfig, backend or config.backend, RNG(1))
     model.load_state_dict(model_state)
-    return LoadedRun(model, tokenizer, config, meta, tree)
+    return LoadedRun(model, tokenizer, config, mconfig, meta, tree)

@@ -37,6 +37,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
+from tinylm import settings
 from tinylm.batches import Batches, Split, eval_batches
 from tinylm.checkpoint import save_checkpoint
 from tinylm.data import LOADERS
@@ -44,88 +45,66 @@ from tinylm.errors import CheckpointError, ConfigError
 from tinylm.io import write_jsonl
 from tinylm.models import BACKENDS, TORCH_BACKENDS
 from tinylm.optim import OPTIMIZERS, SCHEDULES
+from tinylm.recipes import recipe_names
 from tinylm.rng import RNG
 from tinylm.sample import eval_mode, logits_array
+from tinylm.settings import (
+    ALL_OR_POSITIVE, NONNEG_FLOAT, NONNEG_INT, POSITIVE_FLOAT, POSITIVE_INT, SEED, TEXT, choice,
+    optional, setting,
+)
 
 METRICS_FILE = "metrics.jsonl"
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Everything that decides what a run computes (saved in every checkpoint)."""
+    """How a neural model is trained: every setting that decides what a run computes.
 
-    model: str = "mlp"
-    backend: str = "numpy"
-    loader: str = "words"
-    seed: int = 42
-    context: int = 3
-    n_embd: int = 10
-    n_hidden: int = 200
-    n_layers: int = 1
-    init: str = "default"  # the model's initialisation scheme (see tinylm.models)
-    batch_size: int = 32  # 0: the whole train split in every step
-    steps: int = 5000
-    optimizer: str = "adamw"
-    lr: float = 1e-2
-    lr_schedule: str = "cosine"
-    weight_decay: float = 0.0
-    eval_every: int = 500
-    eval_train_batches: int | None = None  # None: the whole train split
-    sample_prompt: str = "\n"
-    sample_tokens: int = 0  # >0: write sample.txt, this many tokens after the prompt
-    sample_seed: int = 42
-    recipe: str | None = None
+    Each field is a setting (see tinylm.settings): its default, check, help
+    line and the models that read it are declared here once; the
+    ``tinylm train`` flags are made from them. ``resume=True`` marks what
+    ``--resume`` may change.
+    """
+
+    backend: str = setting("numpy", "implementation of the model", choice(BACKENDS))
+    loader: str = setting("words", "words: each line an independent item; stream: one continuous "
+                          "text, the protocol of the classic reference figures", choice(LOADERS),
+                          models=None)
+    seed: int = setting(42, "seed of the run's RNG (initialisation, batches, sampling)", SEED,
+                        models=None)
+    batch_size: int = setting(32, "examples per step, 0 = the whole train split", NONNEG_INT)
+    steps: int = setting(5000, "optimizer steps (on --resume: the step to continue to)",
+                         POSITIVE_INT, resume=True)
+    optimizer: str = setting("adamw", "the optimizer", choice(OPTIMIZERS))
+    lr: float = setting(1e-2, "(peak) learning rate", POSITIVE_FLOAT)
+    lr_schedule: str = setting("cosine", "learning-rate schedule: constant; cosine to 0; step: "
+                               "x0.1 after 75%% of the steps", choice(SCHEDULES))
+    weight_decay: float = setting(0.0, "decoupled weight decay (AdamW) or L2 term (SGD)",
+                                  NONNEG_FLOAT)
+    eval_every: int = setting(500, "evaluate every this many steps and at the last", POSITIVE_INT)
+    eval_train_batches: int | None = setting(
+        None, "batches of the train split to estimate its loss on, 0 = all", ALL_OR_POSITIVE)
+    sample_prompt: str = setting("\n", "prompt of sample.txt", TEXT)
+    sample_tokens: int = setting(0, "write sample.txt: this many tokens after the prompt "
+                                 "(0: none)", NONNEG_INT)
+    sample_seed: int = setting(42, "seed of the samples printed and saved after training", SEED)
+    diagnose_every: int = setting(0, "every N steps measure activation, gradient and update:data "
+                                  "statistics into diagnostics.jsonl, for 'tinylm diagnose' "
+                                  "(0: never); the run's numbers do not change", NONNEG_INT,
+                                  resume=True)
+    recipe: str | None = setting(None, "a published protocol; explicit flags override its "
+                                 "settings (list them: tinylm recipes)",
+                                 optional(choice(recipe_names), "a recipe name"))
 
     def __post_init__(self) -> None:
-        def need(ok: bool, message: str) -> None:
-            if not ok:
-                raise ConfigError(message)
-
-        need(self.backend in BACKENDS, f"unknown backend {self.backend!r}; choose one of {', '.join(BACKENDS)}")
-        need(self.loader in LOADERS, f"unknown loader {self.loader!r}; choose one of {', '.join(LOADERS)}")
-        need(self.optimizer in OPTIMIZERS, f"unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
-        need(self.lr_schedule in SCHEDULES, f"unknown schedule {self.lr_schedule!r}; choose one of {', '.join(SCHEDULES)}")
-        for name in ("context", "n_embd", "n_hidden", "n_layers", "steps", "eval_every"):
-            value = getattr(self, name)
-            need(_is_int(value) and value > 0, f"{name} must be a positive whole number, got {value!r}")
-        need(_is_int(self.batch_size) and self.batch_size >= 0,
-             f"batch_size must be a whole number >= 0, got {self.batch_size!r}")
-        need(self.eval_train_batches is None or (_is_int(self.eval_train_batches) and self.eval_train_batches > 0),
-             f"eval_train_batches must be a positive whole number, got {self.eval_train_batches!r}")
-        need(_is_int(self.seed) and 0 < self.seed < 2**64, f"seed must be in [1, 2**64), got {self.seed!r}")
-        need(_is_int(self.sample_seed) and 0 < self.sample_seed < 2**64,
-             f"sample_seed must be in [1, 2**64), got {self.sample_seed!r}")
-        need(_is_int(self.sample_tokens) and self.sample_tokens >= 0,
-             f"sample_tokens must be a whole number >= 0, got {self.sample_tokens!r}")
-        need(isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0,
-             f"lr must be a positive finite number, got {self.lr!r}")
-        need(isinstance(self.weight_decay, (int, float)) and math.isfinite(self.weight_decay)
-             and self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay!r}")
+        settings.check(self)
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["seed"] = str(self.seed)  # may exceed 2**53: keep JSON readers other than Python exact
-        d["sample_seed"] = str(self.sample_seed)
-        return d
+        return settings.to_dict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ConfigError(f"unknown training settings: {', '.join(unknown)}")
-        d = dict(d)
-        for key in ("seed", "sample_seed"):
-            if isinstance(d.get(key), str):
-                try:
-                    d[key] = int(d[key])
-                except ValueError:
-                    raise ConfigError(f"{key} must be a whole number, got {d[key]!r}") from None
-        return cls(**d)
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+        return settings.from_dict(cls, d)
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -234,8 +213,7 @@ class Trainer:
         for name in ("train", "val", "test"):
             if name not in splits:
                 raise ConfigError(f"the trainer needs a {name} split")
-        if config.batch_size == 1 and any(type(layer).__name__ == "BatchNorm1d"
-                                          for layer in getattr(model, "layers", ())):
+        if config.batch_size == 1 and getattr(model, "batch_statistics", False):
             # refused here, before a run directory is written, not at the first update
             raise ConfigError("batch_size 1 cannot train a model with BatchNorm1d: "
                               "a batch needs at least 2 examples to have a variance")

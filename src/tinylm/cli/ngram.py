@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import io
 import math
 import time
 from pathlib import Path
@@ -19,28 +20,19 @@ from pathlib import Path
 import numpy as np
 
 from tinylm import data
+from tinylm.cli.common import print_samples
 from tinylm.errors import CheckpointError, ConfigError, TinylmError
 from tinylm.io import atomic_write_bytes, atomic_write_text, check_out_dir, make_out_dir, read_json, write_json, write_jsonl
 from tinylm.ngram import (
-    METHODS, ORDERS, SMOOTHINGS, GridPoint, NgramConfig, NgramModel, best, bigram_counts, grid_search, nll,
+    ORDERS, GridPoint, NgramConfig, NgramModel, NgramSettings, best, bigram_counts, grid_search, nll,
 )
+from tinylm.ngram_plot import bigram_heatmap_png
+from tinylm.rng import RNG
+from tinylm.sample import mark_known, sample_items
+from tinylm.train import TrainConfig
 
 MODEL_FILE = "model.npz"
 SPLITS = data.SPLIT_NAMES
-
-
-def add_train_arguments(group: argparse._ArgumentGroup) -> None:
-    """The n-gram flags of ``tinylm train``."""
-    from tinylm.cli import _positive_float, _positive_int
-
-    group.add_argument("--order", type=_positive_int, default=None,
-                       help="n of the n-gram: predict from the previous n-1 characters "
-                       "(default: search 1..6 on the validation split)")
-    group.add_argument("--smoothing", type=_positive_float, default=None,
-                       help="additive smoothing, a fake count added to every continuation "
-                       "(default: search 0.01, 0.03, 0.1, 0.3, 1.0)")
-    group.add_argument("--method", choices=METHODS, default="additive",
-                       help="additive smoothing, or interpolated Kneser-Ney")
 
 
 def _examples(splits, tokenizer, orders, loader):
@@ -61,40 +53,37 @@ def _format_grid(points: list[GridPoint]) -> list[str]:
     return rows
 
 
-def train(args: argparse.Namespace) -> int:
-    if args.method == "kneser-ney" and args.smoothing is not None:
-        raise ConfigError("--smoothing applies to additive smoothing only; Kneser-Ney estimates its discounts")
-    path = args.input if args.input is not None else data.default_dataset()
+def train(args: argparse.Namespace, splits: tuple[list[str], list[str], list[str]], source: str,
+          search: NgramSettings, config: TrainConfig) -> int:
+    """Search, fit and save a count model; ``splits`` are the run's train/val/test lines."""
     check_out_dir(args.out_dir)
-    lines = data.read_lines(path)
-    splits = data.split_lines(lines, source=str(path))
-    tokenizer = data.Tokenizer.from_lines(lines)
-    loader = args.loader or "words"
+    tokenizer = data.Tokenizer.from_lines([line for lines in splits for line in lines])
+    loader = config.loader
     V = tokenizer.vocab_size
-    orders = (args.order,) if args.order is not None else ORDERS
-    smoothings = (args.smoothing,) if args.smoothing is not None else SMOOTHINGS
+    orders, smoothings = search.orders, search.smoothings
     for order in orders:
         NgramConfig(order, V)  # refuse an impossible order before any work
     started = time.perf_counter()
-    print(f"data: {path}: {len(lines):,} items -> train {len(splits[0]):,} / val {len(splits[1]):,} / "
-          f"test {len(splits[2]):,}; vocabulary {V} characters; loader {loader}")
+    print(f"data: {source}: {sum(map(len, splits)):,} items -> train {len(splits[0]):,} / "
+          f"val {len(splits[1]):,} / test {len(splits[2]):,}; vocabulary {V} characters; "
+          f"loader {loader}")
     examples = _examples(splits, tokenizer, orders, loader)
 
-    points = grid_search(examples, V, orders, smoothings, args.method)
+    points = grid_search(examples, V, orders, smoothings, search.method)
     if len(points) > 1:
-        label = "Kneser-Ney" if args.method == "kneser-ney" else "additive smoothing"
+        label = "Kneser-Ney" if search.method == "kneser-ney" else "additive smoothing"
         print(f"grid search, val loss ({label}):")
         for row in _format_grid(points):
             print("  " + row)
     chosen = best(points)
-    config = NgramConfig(chosen.order, V, args.method, chosen.smoothing or 0.0)
-    model = NgramModel(config).fit(*examples[chosen.order]["train"])
+    fitted = NgramConfig(chosen.order, V, search.method, chosen.smoothing or 0.0)
+    model = NgramModel(fitted).fit(*examples[chosen.order]["train"])
     test_loss = nll(model, *examples[chosen.order]["test"])
     knob = "" if chosen.smoothing is None else f", smoothing {chosen.smoothing:g}"
     print(f"best: order {chosen.order}{knob}: train {chosen.train_loss:.4f}, val {chosen.val_loss:.4f}")
     print(f"test loss {test_loss:.4f}, perplexity {math.exp(test_loss):.3f}")
     comparison = None
-    if args.method == "kneser-ney":
+    if search.method == "kneser-ney":
         every = examples if orders == ORDERS else _examples(splits, tokenizer, ORDERS, loader)
         additive = best(grid_search(every, V))
         add_model = NgramModel(NgramConfig(additive.order, V, "additive", additive.smoothing))
@@ -113,8 +102,8 @@ def train(args: argparse.Namespace) -> int:
     blob = _npz_bytes(arrays)
     atomic_write_bytes(out / MODEL_FILE, blob)
     write_json(out / "config.json", {
-        "model": "ngram", "ngram": config.to_dict(), "loader": loader, "vocab": tokenizer.to_list(),
-        "input": str(path), "split_seed": 42, "model_sha256": hashlib.sha256(blob).hexdigest(),
+        "model": "ngram", "ngram": fitted.to_dict(), "loader": loader, "vocab": tokenizer.to_list(),
+        "input": source, "split_seed": 42, "model_sha256": hashlib.sha256(blob).hexdigest(),
     })
     write_jsonl(out / "grid.jsonl", [vars(p) for p in points])
     final = {"step": 1, "test_loss": test_loss, "test_perplexity": math.exp(test_loss)}
@@ -126,7 +115,7 @@ def train(args: argparse.Namespace) -> int:
     if png is not None:
         atomic_write_bytes(out / "bigram.png", png)
         written.append("bigram.png")
-    samples = _samples(model, tokenizer, {"loader": loader}, splits[0], args.num_samples, args.seed or 42)
+    samples = _samples(model, tokenizer, {"loader": loader}, splits[0], args.num_samples, config.seed)
     atomic_write_text(out / "samples.txt", "".join(s + "\n" for s in samples))
     print(f"wrote {out}/: {', '.join(written)}, samples.txt  ({time.perf_counter() - started:.1f} s)")
     return 0
@@ -134,8 +123,6 @@ def train(args: argparse.Namespace) -> int:
 
 def _heatmap(counts: np.ndarray, tokenizer: data.Tokenizer) -> bytes | None:
     """PNG bytes, or None (with a note) when matplotlib is not installed."""
-    from tinylm.ngram_plot import bigram_heatmap_png
-
     try:
         return bigram_heatmap_png(counts, tokenizer.itos)
     except ConfigError as e:
@@ -144,8 +131,6 @@ def _heatmap(counts: np.ndarray, tokenizer: data.Tokenizer) -> bytes | None:
 
 
 def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
-    import io
-
     buf = io.BytesIO()
     np.savez(buf, **arrays)
     return buf.getvalue()
@@ -169,8 +154,6 @@ def load(out_dir: str) -> tuple[NgramModel, data.Tokenizer, dict]:
         raise CheckpointError(f"{out / MODEL_FILE} is missing") from None
     if hashlib.sha256(blob).hexdigest() != expected:
         raise CheckpointError(f"{out / MODEL_FILE} does not match its checksum: truncated or modified")
-    import io
-
     try:
         with np.load(io.BytesIO(blob), allow_pickle=False) as f:
             arrays = {k: f[k] for k in f.files}
@@ -184,10 +167,6 @@ def load(out_dir: str) -> tuple[NgramModel, data.Tokenizer, dict]:
 
 def _samples(model, tokenizer, config, train_lines, n, seed, temperature=1.0, top_k=None, prompt="") -> list[str]:
     """Sample ``n`` items and print them marked new or copied."""
-    from tinylm.cli import print_samples
-    from tinylm.rng import RNG
-    from tinylm.sample import mark_known, sample_items
-
     items = sample_items(model, tokenizer, n, RNG(seed), prompt=prompt, temperature=temperature,
                          top_k=top_k, continuous=config.get("loader") == "stream")
     print_samples(mark_known(items, train_lines))

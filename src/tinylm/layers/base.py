@@ -172,6 +172,12 @@ class LanguageModel:
                     f"the saved weight {name!r} has shape {value.shape}, the model expects {shape}")
             self._assign(own[name], value)
 
+    @property
+    def batch_statistics(self) -> bool:
+        """Whether a layer normalises with statistics of the batch (BatchNorm), so that
+        a training batch needs at least two examples."""
+        return any(getattr(layer, "batch_statistics", False) for layer in self.layers)
+
     def num_params(self) -> int:
         """How many trainable numbers the model has."""
         return sum(self._to_numpy(t).size for t in self._named_parameters().values())

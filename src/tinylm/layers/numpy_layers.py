@@ -133,6 +133,8 @@ class BatchNorm1d(Layer):
     biased variance while ``running_var`` tracks the unbiased one.
     """
 
+    batch_statistics = True  # training mode needs >= 2 examples per channel
+
     param_names = ("weight", "bias")
     buffer_names = ("running_mean", "running_var")
 

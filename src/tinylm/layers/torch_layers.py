@@ -80,6 +80,8 @@ class BatchNorm1d(Layer):
     outside the graph.
     """
 
+    batch_statistics = True  # training mode needs >= 2 examples per channel
+
     param_names = ("weight", "bias")
     buffer_names = ("running_mean", "running_var")
 

@@ -40,6 +40,8 @@ class BatchNorm1d(nn.Module):
     running_var, the names every backend shares.
     """
 
+    batch_statistics = True  # training mode needs >= 2 examples per channel
+
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1) -> None:
         super().__init__()
         self.eps = eps

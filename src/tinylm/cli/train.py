@@ -1,0 +1,136 @@
+"""``tinylm train`` and ``tinylm recipes``: flags made from the settings, then one family's run.
+
+Every model and training flag is made from a field of ``ModelConfig``,
+``TrainConfig`` or ``NgramSettings`` (tinylm.settings): its default, its
+check and its help line are declared there, once. This module decides the
+model (``--model``, else the recipe's, else ngram), refuses any flag that
+model does not read, reads the data, and hands over to ``cli.ngram`` or
+``cli.neural``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from typing import Any
+
+from tinylm import data, settings
+from tinylm.cli import neural, ngram
+from tinylm.cli.common import add_run_dir
+from tinylm.errors import ConfigError
+from tinylm.models import MODEL_DEFAULTS, MODELS, ModelConfig
+from tinylm.ngram import NgramSettings
+from tinylm.recipes import RECIPES, recipe_names
+from tinylm.train import TrainConfig
+
+SETTINGS = (ModelConfig, TrainConfig, NgramSettings)
+COUNT_MODELS = ("ngram",)
+
+
+def model_names() -> tuple[str, ...]:
+    return COUNT_MODELS + tuple(MODELS)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train", help="train a model and write the run to -o DIR",
+        description="Train a model on a text file (one item per line; default: the bundled "
+        "32,033 names), write metrics.jsonl, config.json and the model into -o DIR, "
+        "and print samples marked new or copied from the training set. A flag that the "
+        "chosen model does not read is refused.",
+        epilog="recipes (tinylm recipes NAME lists what each sets): "
+        + "; ".join(f"{name}: {RECIPES[name].about}" for name in recipe_names()),
+    )
+    inputs = p.add_argument_group("data and run directory")
+    inputs.add_argument("-i", "--input", default=None, metavar="FILE",
+                        help="UTF-8 text file, one item per line (default: the bundled names); "
+                        "split 1000/1000/rest (10%% each for small files) by a seeded shuffle")
+    inputs.add_argument("--train", default=None, metavar="FILE",
+                        help="the train split, for data that comes split (with --val/--test)")
+    inputs.add_argument("--val", default=None, metavar="FILE",
+                        help="the val split (default: split off --train)")
+    inputs.add_argument("--test", default=None, metavar="FILE",
+                        help="the test split (default: split off --train)")
+    add_run_dir(inputs, required=False)
+    inputs.add_argument("-n", "--num-samples", type=settings.NONNEG_INT.parse, default=10,
+                        metavar="N", help="samples to print at the end (default: 10)")
+    inputs.add_argument("--resume", action="store_true",
+                        help="continue the neural run saved in -o DIR, bit-identical to not "
+                        "stopping; it keeps its model and settings (--steps may extend it)")
+    inputs.add_argument("--model", default=None, choices=model_names(),
+                        help="which model to train (default: the --recipe's model, else ngram)")
+    groups = (("model settings (neural)", ModelConfig), ("training settings", TrainConfig),
+              ("n-gram settings", NgramSettings))
+    for title, cls in groups:
+        settings.add_flags(p.add_argument_group(title), cls, _default_note)
+    p.set_defaults(handler=run)
+
+
+def _default_note(f: dataclasses.Field) -> str:
+    """"(default: X; bigram: Y)": the field's default and every model's own."""
+    if "(default" in settings.spec(f)["help"]:
+        return ""
+    kind = settings.spec(f)["kind"]
+    own = {}
+    for model, defaults in MODEL_DEFAULTS.items():
+        if f.name in defaults and defaults[f.name] != f.default:
+            own.setdefault(settings.show(defaults[f.name], kind), []).append(model)
+    extra = "".join(f"; {', '.join(models)}: {value}" for value, models in own.items())
+    return f"(default: {settings.show(f.default, kind)}{extra})".replace("%", "%%")
+
+
+def run(args: argparse.Namespace) -> int:
+    explicit = settings.given(args, SETTINGS)
+    if args.resume:
+        return neural.resume(args, explicit)
+    model = args.model
+    if model is None:
+        model = RECIPES[args.recipe].model if args.recipe else "ngram"
+    settings.refuse_unread(explicit, SETTINGS, model, tuple(MODELS))
+    lines3, source = _read_data(args)
+    if model in COUNT_MODELS:
+        return ngram.train(args, lines3, source, _resolve(NgramSettings, explicit),
+                           _resolve(TrainConfig, explicit))
+    return neural.train(args, lines3, source, args.model, explicit)
+
+
+def _resolve(cls: type, explicit: dict[str, Any]) -> Any:
+    return settings.resolve(cls, [explicit])
+
+
+def _read_data(args: argparse.Namespace) -> tuple[tuple[list[str], list[str], list[str]], str]:
+    """The run's three splits and where they came from (checked before anything is written)."""
+    split_files = {"--train": args.train, "--val": args.val, "--test": args.test}
+    if args.input is not None and any(split_files.values()):
+        given = [flag for flag, path in split_files.items() if path]
+        raise ConfigError(f"-i/--input and {'/'.join(given)} exclude each other: give one file "
+                          "to split, or the files already split")
+    if args.train is None and (args.val or args.test):
+        raise ConfigError("--val and --test need --train: the file the model learns from")
+    if args.train is not None:
+        lines3 = data.read_splits(args.train, args.val, args.test)
+        parts = [f"train {args.train}"] + [f"{name} {path}" for name, path in
+                                           (("val", args.val), ("test", args.test)) if path]
+        return lines3, ", ".join(parts)
+    path = args.input if args.input is not None else data.default_dataset()
+    return data.split_lines(data.read_lines(path), source=str(path)), str(path)
+
+
+def register_recipes(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("recipes", help="list the training recipes and what each sets",
+                       description="List the named training protocols of 'tinylm train --recipe "
+                       "NAME' and every setting each of them fixes; explicit flags override them.")
+    p.add_argument("name", nargs="?", choices=recipe_names(), help="show this recipe only")
+    p.set_defaults(handler=show_recipes)
+
+
+def show_recipes(args: argparse.Namespace) -> int:
+    for name in [args.name] if args.name else recipe_names():
+        recipe = RECIPES[name]
+        print(f"{name}: {recipe.about}")
+        kinds = {f.name: settings.spec(f)["kind"] for cls in SETTINGS
+                 for f in settings.setting_fields(cls)}
+        flags = [f"{settings.flag_of(key)} {settings.show(value, kinds.get(key))}"
+                 for key, value in recipe.settings.items()]
+        print("  " + " ".join(flags))
+    return 0
