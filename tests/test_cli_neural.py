@@ -162,3 +162,119 @@ def test_the_three_large_implementations_agree_on_the_classic_recipe(tmp_path):
         assert (runs[backend] / "sample.txt").read_text() == (runs["numpy"] / "sample.txt").read_text()
     sample = (runs["numpy"] / "sample.txt").read_text()
     assert sample.startswith("\nrichard") and len(sample) == len("\nrichard") + 200 + 1
+
+
+# --- settings from one declaration ---------------------------------------------------------
+
+@pytest.mark.parametrize("flags,message", [
+    (["--model", "mlp", "--n-layers", "3"], "--n-layers does not apply to --model mlp (it is read by bnmlp)"),
+    (["--model", "wavenet", "--n-layers", "3"], "--n-layers does not apply to --model wavenet"),
+    (["--model", "bigram", "--n-hidden", "8"], "--n-hidden does not apply to --model bigram"),
+    (["--model", "bigram", "--n-embd", "8"], "--n-embd does not apply to --model bigram"),
+    (["--model", "mlp", "--reg", "0.1"], "--reg does not apply to --model mlp (it is read by bigram)"),
+    (["--model", "mlp", "--init", "naive"], "--init does not apply to --model mlp"),
+    (["--recipe", "mlp-classic", "--model", "bnmlp"], "--model bnmlp differs from the model of --recipe"),
+    (["--input", "x.txt", "--train", "y.txt"], "-i/--input and --train exclude each other"),
+    (["--val", "x.txt"], "--val and --test need --train"),
+])
+def test_a_flag_the_model_does_not_read_is_refused(tmp_path, capsys, flags, message):
+    run = tmp_path / "run"
+    assert main(["train", "-o", str(run), *flags]) == 2
+    assert message in _one_error_line(capsys)
+    assert not run.exists()
+
+
+def test_the_bigram_penalty_can_be_set(tmp_path, names, capsys):
+    runs = {}
+    for reg in ("0", "1"):
+        run = tmp_path / f"reg{reg}"
+        assert main(["train", "-i", str(names), "-o", str(run), "--model", "bigram", "--reg", reg,
+                     "--steps", "5", "-n", "0"]) == 0
+        runs[reg] = read_metrics(run)
+        assert json.loads((run / "config.json").read_text())["model_config"]["reg"] == float(reg)
+    # the penalty is part of the training loss only: the batch losses differ at the first step
+    assert runs["1"][1]["loss"] > runs["0"][1]["loss"]
+
+
+def test_help_shows_every_default_and_each_models_own(capsys):
+    assert main(["train", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--lr X (peak) learning rate (default: 0.01; bigram: 50; bnmlp, wavenet: 0.1)" in text
+    assert "--n-layers N hidden layers of the deep MLP (default: 1; bnmlp: 5)" in text
+    assert "(default: 0 = all)" not in text and "0 = all (default: 0)" in text
+    assert "mlp-classic: the MLP of Bengio et al. 2003" in text
+    assert main(["sample", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default: 20)" in text and "(default: 42)" in text and "(default: 1)" in text
+
+
+def test_recipes_lists_what_each_recipe_sets(capsys):
+    assert main(["recipes", "mlp-classic"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("mlp-classic: ")
+    assert "--loader stream --seed 1337" in out and "--eval-train-batches 20" in out
+    assert "--sample-prompt '\\nrichard'" in out
+    assert main(["recipes"]) == 0
+    assert capsys.readouterr().out.count("--model") == 3
+
+
+def test_files_already_split(tmp_path, names, capsys):
+    lines = names.read_text().split()
+    (tmp_path / "tr.txt").write_text("\n".join(lines[:30]))
+    (tmp_path / "va.txt").write_text("\n".join(["zoe", "zara"]))
+    (tmp_path / "te.txt").write_text("\n".join(["yan"]))
+    run = tmp_path / "run"
+    assert main(["train", "--train", str(tmp_path / "tr.txt"), "--val", str(tmp_path / "va.txt"),
+                 "--test", str(tmp_path / "te.txt"), "-o", str(run), "-n", "0", *SMALL]) == 0
+    assert (run / "val.txt").read_text() == "zoe\nzara\n" and (run / "test.txt").read_text() == "yan\n"
+    assert (run / "train.txt").read_text().split() == lines[:30]
+    vocab = json.loads((run / "config.json").read_text())["vocab"]
+    assert {"z", "y"} <= set(vocab)  # val and test characters are in the vocabulary
+    # a missing test split is split off the train file
+    run2 = tmp_path / "run2"
+    assert main(["train", "--train", str(tmp_path / "tr.txt"), "--val", str(tmp_path / "va.txt"),
+                 "-o", str(run2), "-n", "0", *SMALL]) == 0
+    train2, test2 = ((run2 / f"{n}.txt").read_text().split() for n in ("train", "test"))
+    assert len(test2) == 3 and sorted(train2 + test2) == sorted(lines[:30])
+
+
+def test_resume_needs_no_model_and_refuses_fewer_steps(tmp_path, names, capsys):
+    run = tmp_path / "run"
+    bigram = ["--model", "bigram", "--steps", "6", "--eval-every", "3", "-n", "0"]
+    assert main(["train", "-i", str(names), "-o", str(run), *bigram]) == 0
+    capsys.readouterr()
+    assert main(["train", "-o", str(run), "--resume", "--steps", "4"]) == 2
+    assert "--steps 4 is fewer than the 6 steps this run has done" in _one_error_line(capsys)
+    assert main(["train", "-o", str(run), "--resume", "--model", "mlp"]) == 2
+    assert "--model mlp differs from the run being resumed (bigram)" in _one_error_line(capsys)
+    assert main(["train", "-o", str(run), "--resume", "--steps", "9", "-n", "0"]) == 0
+    assert "resuming bigram (numpy, 324 parameters) at step 6 of 9" in capsys.readouterr().out
+    assert json.loads((run / "config.json").read_text())["train_config"]["steps"] == 9
+
+
+def test_parameter_counts_leave_out_batchnorm_statistics(tmp_path, names, capsys):
+    assert main(["train", "-i", str(names), "-o", str(tmp_path / "bn"), "--model", "bnmlp",
+                 "--n-layers", "2", "--n-hidden", "10", "--steps", "2", "-n", "0"]) == 0
+    out = capsys.readouterr().out
+    V, E, T, H = 18, 10, 3, 10  # 17 letters of the names and the end-of-text token
+    weights = V * E + T * E * H + 2 * H + H * H + 2 * H + H * V + V
+    assert f"bnmlp (numpy, {weights:,} parameters)" in out
+
+
+def test_a_log_without_a_terminal_hears_from_the_run_between_evaluations(tmp_path, names, capsys,
+                                                                         monkeypatch):
+    from tinylm.cli import neural
+
+    monkeypatch.setattr(neural, "QUIET_SECONDS", 0.0)
+    assert main(["train", "-i", str(names), "-o", str(tmp_path / "r"), "-n", "0", *SMALL]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    progress = [l for l in lines if l.startswith("step ") and "val" not in l]
+    assert len(progress) >= 25 and "batch loss" in progress[-1] and "steps/s" in progress[-1]
+
+
+def test_a_neural_run_draws_its_loss_curve(tmp_path, names, capsys):
+    pytest.importorskip("matplotlib")
+    run = tmp_path / "run"
+    assert main(["train", "-i", str(names), "-o", str(run), "-n", "0", *SMALL]) == 0
+    assert (run / "loss.png").read_bytes()[:4] == b"\x89PNG"
+    assert "loss.png" in capsys.readouterr().out
