@@ -34,9 +34,10 @@ import numpy as np
 from tinylm import data
 from tinylm.batches import Batches, make_split
 from tinylm.models import ModelConfig, build_model
+from tinylm.optim import make_optimizer
 from tinylm.rng import RNG
 from tinylm.runs import resolve_configs
-from tinylm.train import TrainConfig, Trainer, make_optimizer
+from tinylm.train import TrainConfig, Trainer
 
 NET, CLASSIC = resolve_configs(None, "mlp-classic", {}, vocab_size=27)
 
@@ -79,7 +80,7 @@ def step_shapes_gflops(c: TrainConfig, vocab: int, repeat: int = 300) -> float:
 def median_step_ms(config: TrainConfig, splits, n: int, net: ModelConfig = NET) -> float:
     rng = RNG(config.seed)
     model = build_model(net, config.backend, rng)
-    trainer = Trainer(config, model, make_optimizer(config, model), splits["data"], rng)
+    trainer = Trainer(config, model, splits["data"], rng)
     batches = Batches(splits["data"]["train"], config.batch_size, rng)
     for _ in range(10):  # warm up caches, allocator and (for torch) the autograd graph code
         trainer._update(batches)
@@ -95,7 +96,7 @@ def numpy_breakdown_ms(config: TrainConfig, splits, n: int) -> dict[str, float]:
     """Median ms of each part of a numpy step."""
     rng = RNG(config.seed)
     model = build_model(NET, "numpy", rng)
-    optimizer = make_optimizer(config, model)
+    optimizer = make_optimizer(model, config.optimizer, lr=config.lr, weight_decay=config.weight_decay)
     batches = Batches(splits["data"]["train"], config.batch_size, rng)
     parts = {"batch": [], "forward": [], "backward": [], "optimizer": []}
     for i in range(n + 10):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from tinylm import data
-from tinylm.errors import DataError
+from tinylm.errors import ConfigError, DataError
 
 
 def write(tmp_path, content: bytes, name="in.txt"):
@@ -145,7 +145,7 @@ def test_context_zero_and_bad_loader():
     tok = data.Tokenizer.from_lines(["ab"])
     X, Y = data.word_examples(["ab"], tok, 0)
     assert X.shape == (3, 0) and Y.tolist() == [1, 2, 0]
-    with pytest.raises(DataError, match="unknown loader"):
+    with pytest.raises(ConfigError, match="unknown loader"):
         data.make_examples(["ab"], tok, 1, "bogus")
 
 

@@ -265,7 +265,7 @@ def _trainer(backend: str, progress=None):
     from tinylm.models import build_model
     from tinylm.rng import RNG
     from tinylm.models import ModelConfig
-    from tinylm.train import TrainConfig, Trainer, make_optimizer
+    from tinylm.train import TrainConfig, Trainer
 
     lines = data.read_lines(data.default_dataset())
     train, val, test = data.split_lines(lines)
@@ -277,7 +277,7 @@ def _trainer(backend: str, progress=None):
               for name, ls in (("train", train[:300]), ("val", val[:50]), ("test", test[:50]))}
     rng = RNG(config.seed)
     model = build_model(mconfig, backend, rng)
-    return Trainer(config, model, make_optimizer(config, model), splits, rng, progress=progress), config
+    return Trainer(config, model, splits, rng, progress=progress), config
 
 
 @pytest.mark.parametrize("backend", ["numpy", "torch"])

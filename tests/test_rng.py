@@ -52,7 +52,7 @@ def test_randn_guards_u1_zero(monkeypatch):
     assert math.isfinite(z1) and math.isfinite(z2)
 
 
-@pytest.mark.parametrize("n", [0, 1, 2, 63, 64, 65, 999, 4096, 100_003])
+@pytest.mark.parametrize("n", [0, 1, 2, 63, 64, 65, 127, 128, 129, 999, 4096, 100_003])
 def test_array_path_is_bit_identical(n):
     a, b = RNG(42), RNG(42)
     assert b.random_u32_array(n).tolist() == [a.random_u32() for _ in range(n)]

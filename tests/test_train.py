@@ -18,7 +18,7 @@ from tinylm.rng import RNG
 from tinylm import settings
 from tinylm.models import ModelConfig
 from tinylm.runs import load_run, resolve_configs, run_meta
-from tinylm.train import TrainConfig, Trainer, TrainingInterrupted, evaluate, make_optimizer
+from tinylm.train import TrainConfig, Trainer, TrainingInterrupted, evaluate
 
 LINES = data.read_lines(data.default_dataset())
 SPLIT = data.split_lines(LINES, seed=42)
@@ -47,7 +47,7 @@ def make_trainer(values, out_dir=None, progress=None, lines3=None):
     mconfig, config = configs(values)
     rng = RNG(config.seed)
     model = build_model(mconfig, config.backend, rng)
-    return Trainer(config, model, make_optimizer(config, model), splits_for(values, lines3), rng,
+    return Trainer(config, model, splits_for(values, lines3), rng,
                    out_dir=out_dir, run_meta=run_meta(config, mconfig, TOKENIZER, None),
                    progress=progress)
 

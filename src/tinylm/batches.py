@@ -24,8 +24,8 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from tinylm.data import Tokenizer, stream_examples, stream_tokens, word_examples
-from tinylm.errors import ConfigError, DataError
+from tinylm.data import Tokenizer, make_examples
+from tinylm.errors import DataError
 from tinylm.rng import RNG
 
 # Forward passes of the exact evaluation use chunks of this many examples:
@@ -50,23 +50,15 @@ class Split:
 def make_split(
     name: str, lines: Sequence[str], tokenizer: Tokenizer, context: int, loader: str
 ) -> Split:
-    """The examples of ``lines`` for ``loader``; ``DataError`` if there are none."""
-    if loader == "stream":
-        try:
-            X, Y = stream_examples(lines, tokenizer, context)
-        except DataError:
-            n_tokens = len(stream_tokens(lines, tokenizer))
-            raise DataError(
-                f"the {name} split has {n_tokens} tokens, too few for a context of {context}"
-            ) from None
-        n_tokens = len(Y) + context  # one window per start position: len(tokens) - context
-    elif loader == "words":
-        X, Y = word_examples(lines, tokenizer, context)
-        n_tokens = len(Y)
-    else:
-        raise ConfigError(f"unknown loader {loader!r}; choose words or stream")
+    """The examples of ``lines`` for ``loader``; ``DataError`` naming the split if there are none."""
+    try:
+        X, Y = make_examples(lines, tokenizer, context, loader)
+    except DataError as e:
+        raise DataError(f"the {name} split: {e}") from None
     if len(Y) == 0:
         raise DataError(f"the {name} split has no examples")
+    # stream: one window per start position, len(tokens) - context of them
+    n_tokens = len(Y) + context if loader == "stream" else len(Y)
     return Split(name, loader, X, Y, n_tokens)
 
 

@@ -29,7 +29,7 @@ from typing import Sequence
 
 import numpy as np
 
-from tinylm.errors import DataError
+from tinylm.errors import ConfigError, DataError
 
 EOT = "\n"
 LOADERS = ("words", "stream")
@@ -217,7 +217,7 @@ def stream_examples(
     tokens = stream_tokens(lines, tokenizer)
     n = len(tokens) - context
     if n <= 0:
-        raise DataError(f"the text is too short for a context of {context}")
+        raise DataError(f"{len(tokens)} tokens are too few for a context of {context}")
     windows = np.lib.stride_tricks.sliding_window_view(tokens, context + 1)[:n]
     # copies: the windows are read-only views of the token stream
     return windows[:, :context].copy(), windows[:, context].copy()
@@ -253,7 +253,7 @@ def make_examples(
         return word_examples(lines, tokenizer, context)
     if loader == "stream":
         return stream_examples(lines, tokenizer, context)
-    raise DataError(f"unknown loader {loader!r}; choose one of {', '.join(LOADERS)}")
+    raise ConfigError(f"unknown loader {loader!r}; choose one of {', '.join(LOADERS)}")
 
 
 def _check_context(context: int) -> None:

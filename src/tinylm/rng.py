@@ -72,9 +72,10 @@ class RNG:
         """The next ``n`` values of ``random_u32()``, as a uint64 array."""
         if n < 0:
             raise ValueError(f"n must be >= 0, got {n}")
+        if n < _SCALAR_BELOW:
+            # a training batch's draws: the plain loop is faster than setting up lanes
+            return np.array([self.random_u32() for _ in range(n)], dtype=np.uint64)
         out = np.empty(n, dtype=np.uint64)
-        if n == 0:
-            return out
         # xorshift is linear over GF(2), so the state after k steps is a fixed
         # matrix power applied to the state; computing it serially in Python is
         # what we are avoiding. Instead we advance LANES independent copies in
@@ -136,6 +137,10 @@ class RNG:
             raise ValueError(f"invalid RNG state {state}")
         self.state = state
 
+
+# Below this many draws ``random_u32_array`` loops over the scalar path (one lane
+# would have to be jumped to and stepped serially anyway).
+_SCALAR_BELOW = 128
 
 # u1 == 0 happens once in 2**24 draws; log(0) would be -inf. Use the smallest
 # positive value the generator can produce instead, a finite radius of ~5.77.

@@ -43,8 +43,9 @@ from tinylm.checkpoint import save_checkpoint
 from tinylm.data import LOADERS
 from tinylm.errors import CheckpointError, ConfigError
 from tinylm.io import write_jsonl
-from tinylm.models import BACKENDS, TORCH_BACKENDS
-from tinylm.optim import OPTIMIZERS, SCHEDULES
+from tinylm.models import BACKENDS
+from tinylm.layers.numpy_layers import cross_entropy
+from tinylm.optim import OPTIMIZERS, SCHEDULES, lr_at, make_optimizer
 from tinylm.recipes import recipe_names
 from tinylm.rng import RNG
 from tinylm.sample import eval_mode, logits_array
@@ -134,10 +135,6 @@ class TrainResult:
 
 # --- backend-neutral helpers ---------------------------------------------------------
 
-def is_torch_model(model) -> bool:
-    return getattr(model, "backend", "") in TORCH_BACKENDS
-
-
 def loss_value(loss) -> float:
     """A model's loss as a Python float (numpy float, torch scalar, or micrograd Value)."""
     if hasattr(loss, "item"):
@@ -147,16 +144,7 @@ def loss_value(loss) -> float:
     return float(loss)
 
 
-def make_optimizer(config: TrainConfig, model):
-    """The optimizer the config names, for the model's backend (see tinylm.optim)."""
-    from tinylm.optim import make_optimizer as build
-
-    return build(model, config.optimizer, lr=config.lr, weight_decay=config.weight_decay)
-
-
 def learning_rate(config: TrainConfig, step: int) -> float:
-    from tinylm.optim import lr_at
-
     return float(lr_at(step, config.steps, config.lr, config.lr_schedule))
 
 
@@ -167,8 +155,6 @@ def evaluate(model, split: Split, batch_size: int, max_batches: int | None = Non
     (the bigram's) belong to the training objective and are left out, so
     every model is judged on the same number as the count models.
     """
-    from tinylm.layers.numpy_layers import cross_entropy
-
     total, weight = 0.0, 0
     with eval_mode(model):
         for X, Y, w in eval_batches(split, batch_size, max_batches):
@@ -199,15 +185,16 @@ def _ordered(record: dict) -> dict:
 
 
 class Trainer:
-    """Runs ``config`` on ``model`` with ``optimizer`` over ``splits`` ("train", "val", "test").
+    """Runs ``config`` on ``model`` over ``splits`` ("train", "val", "test").
 
-    ``rng`` draws the words-loader batches (it has usually just initialised
+    The optimizer is the one ``config`` names, for the model's backend
+    (``self.optimizer``, see tinylm.optim.make_optimizer). ``rng`` draws the words-loader batches (it has usually just initialised
     the model). ``run_meta`` is stored as is in every checkpoint (the model
     config and vocabulary live there). With ``out_dir`` None nothing is
     written, which is what benchmarks and most tests want.
     """
 
-    def __init__(self, config: TrainConfig, model, optimizer, splits: dict[str, Split], rng: RNG, *,
+    def __init__(self, config: TrainConfig, model, splits: dict[str, Split], rng: RNG, *,
                  out_dir: str | Path | None = None, run_meta: dict | None = None,
                  progress: Callable[[dict], None] | None = None) -> None:
         for name in ("train", "val", "test"):
@@ -219,14 +206,14 @@ class Trainer:
                               "a batch needs at least 2 examples to have a variance")
         self.config = config
         self.model = model
-        self.optimizer = optimizer
+        self.optimizer = make_optimizer(model, config.optimizer, lr=config.lr,
+                                        weight_decay=config.weight_decay)
         self.splits = splits
         self.rng = rng
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.run_meta = run_meta or {}
         self.progress = progress
         self.state = TrainState()
-        self._torch = is_torch_model(model)
         self._interrupted = False
         self._metrics_file = None
 
@@ -296,11 +283,7 @@ class Trainer:
         X, Y = batches.next()
         self.model.train()
         _, loss = self.model.forward(X, Y)
-        self.optimizer.zero_grad()
-        if self._torch:
-            loss.backward()
-        else:
-            self.model.backward()
+        self.model.backward()  # every backend's backward sets fresh gradients: nothing to zero
         self.optimizer.step()
         return loss_value(loss)
 

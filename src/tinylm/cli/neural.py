@@ -28,7 +28,7 @@ from tinylm.rng import RNG
 from tinylm.runs import load_run, resolve_configs, run_meta
 from tinylm.sample import mark_known, sample_items, sample_tokens
 from tinylm.train import (
-    TrainConfig, Trainer, TrainingInterrupted, evaluate as split_loss, learning_rate, make_optimizer,
+    TrainConfig, Trainer, TrainingInterrupted, evaluate as split_loss, learning_rate,
 )
 
 # With no terminal to draw a progress bar on, a progress line at least this often.
@@ -128,7 +128,7 @@ def _trainer(model, mconfig: ModelConfig, config: TrainConfig, lines3, tokenizer
               for name, lines in zip(data.SPLIT_NAMES, lines3)}
     if config.sample_tokens:
         tokenizer.encode(config.sample_prompt)  # refuse a prompt the vocabulary cannot spell, now
-    return Trainer(config, model, make_optimizer(config, model), splits, rng, out_dir=out,
+    return Trainer(config, model, splits, rng, out_dir=out,
                    run_meta=meta)
 
 
