@@ -12,12 +12,12 @@ import pytest
 
 from tinylm import data
 from tinylm.batches import Batches, eval_batches, make_split
-from tinylm.checkpoint import load_checkpoint
 from tinylm.models import build_model
 from tinylm.rng import RNG
 from tinylm import settings
 from tinylm.models import ModelConfig
-from tinylm.runs import load_run, resolve_configs, run_meta
+from tinylm import runs
+from tinylm.runs import open_run, resolve_configs
 from tinylm.train import TrainConfig, Trainer, TrainingInterrupted, evaluate
 
 LINES = data.read_lines(data.default_dataset())
@@ -44,12 +44,32 @@ def splits_for(values, lines3=None):
 
 
 def make_trainer(values, out_dir=None, progress=None, lines3=None):
+    """A trainer of ``values``; with ``out_dir`` a new run there, or the committed one continued."""
     mconfig, config = configs(values)
     rng = RNG(config.seed)
     model = build_model(mconfig, config.backend, rng)
-    return Trainer(config, model, splits_for(values, lines3), rng,
-                   out_dir=out_dir, run_meta=run_meta(config, mconfig, TOKENIZER, None),
-                   progress=progress)
+    lines3 = lines3 or (SPLIT[0][:2000], SPLIT[1][:200], SPLIT[2][:200])
+    trainer = Trainer(config, model, splits_for(values, lines3), rng, progress=progress)
+    if out_dir is not None:
+        base = runs.neural_settings(mconfig, config)
+        if (out_dir / runs.MANIFEST).exists():
+            lock = runs.RunLock(out_dir)
+            run = open_run(out_dir)
+            trainer.restore(run.manifest["state"], run.arrays, run.metrics)
+            trainer.store = runs.RunWriter.reopen(run, lock, base, len(trainer.state.metrics))
+        else:
+            trainer.store = runs.RunWriter.create(out_dir, [], base, TOKENIZER, None, lines3)
+            trainer.save()
+    return trainer
+
+
+def finish(trainer):
+    """Run to the end and release the run directory."""
+    try:
+        return trainer.run()
+    finally:
+        if trainer.store is not None:
+            trainer.store.close()
 
 
 # --- batches and evaluation ------------------------------------------------------------------
@@ -142,16 +162,20 @@ def _interrupt_at(step):
 
 
 def assert_same_run(a_dir, b_dir):
-    meta_a, tree_a = load_checkpoint(a_dir)
-    meta_b, tree_b = load_checkpoint(b_dir)
-    assert meta_a["metrics"] == meta_b["metrics"]  # bit-identical floats, not approximately
-    assert meta_a["rng_state"] == meta_b["rng_state"] and meta_a["step"] == meta_b["step"]
-    assert meta_a["loader_position"] == meta_b["loader_position"]
+    a, b = open_run(a_dir), open_run(b_dir)
+    assert a.metrics == b.metrics  # bit-identical floats, not approximately
+    assert a.manifest["state"] == b.manifest["state"]
     for part in ("model", "optimizer"):
-        assert tree_a[part].keys() == tree_b[part].keys()
-        for name in tree_a[part]:
-            assert np.array_equal(tree_a[part][name], tree_b[part][name]), (part, name)
+        assert a.arrays[part].keys() == b.arrays[part].keys()
+        for name in a.arrays[part]:
+            assert np.array_equal(a.arrays[part][name], b.arrays[part][name]), (part, name)
     assert (a_dir / "metrics.jsonl").read_text() == (b_dir / "metrics.jsonl").read_text()
+
+
+def interrupted(trainer):
+    with pytest.raises(TrainingInterrupted) as stopped:
+        finish(trainer)
+    return stopped.value
 
 
 @pytest.mark.parametrize("backend,loader", [("numpy", "words"), ("numpy", "stream"), ("torch", "words")])
@@ -160,18 +184,14 @@ def test_resume_is_bit_identical(tmp_path, backend, loader):
         pytest.importorskip("torch")
     config = dict(SMALL, backend=backend, loader=loader)
     straight, split_run = tmp_path / "straight", tmp_path / "split"
-    straight.mkdir(), split_run.mkdir()
-    make_trainer(config, straight).run()
+    finish(make_trainer(config, straight))
 
-    with pytest.raises(TrainingInterrupted) as stopped:
-        make_trainer(config, split_run, progress=_interrupt_at(20)).run()
-    assert stopped.value.step == 20 and stopped.value.checkpoint is not None
-    meta, tree = load_checkpoint(split_run)
-    assert meta["step"] == 20 and [r for r in meta["metrics"] if "loss" in r][-1]["step"] == 19
+    stopped = interrupted(make_trainer(config, split_run, progress=_interrupt_at(20)))
+    assert stopped.step == 20 and stopped.saved
+    run = open_run(split_run)
+    assert run.step == 20 and [r for r in run.metrics if "loss" in r][-1]["step"] == 19
 
-    resumed = make_trainer(config, split_run)
-    resumed.restore(meta, tree)
-    resumed.run()
+    finish(make_trainer(config, split_run))
     assert_same_run(straight, split_run)
 
 
@@ -180,54 +200,71 @@ def test_interrupt_during_evaluation_drops_the_partial_step(tmp_path):
         if record.get("val_loss") is not None and record["step"] == 30:
             raise KeyboardInterrupt
 
-    with pytest.raises(TrainingInterrupted) as stopped:
-        make_trainer(SMALL, tmp_path, progress=progress).run()
-    meta, tree = load_checkpoint(tmp_path)
-    assert stopped.value.step == meta["step"] == 30
-    assert meta["metrics"][-1] == {k: v for k, v in meta["metrics"][-1].items()} and \
-        "val_loss" not in meta["metrics"][-1]
-    resumed = make_trainer(SMALL, tmp_path)
-    resumed.restore(meta, tree)
-    resumed.run()
-    other = tmp_path / "straight"
-    other.mkdir()
-    make_trainer(SMALL, other).run()
-    assert_same_run(other, tmp_path)
+    stopped = interrupted(make_trainer(SMALL, tmp_path / "run", progress=progress))
+    run = open_run(tmp_path / "run")
+    assert stopped.step == run.step == 30
+    assert "val_loss" not in run.metrics[-1] and run.metrics[-1]["step"] == 29
+    finish(make_trainer(SMALL, tmp_path / "run"))
+    finish(make_trainer(SMALL, tmp_path / "straight"))
+    assert_same_run(tmp_path / "straight", tmp_path / "run")
 
 
-def test_sigint_is_deferred_to_a_step_boundary(tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_is_deferred_to_a_step_boundary(tmp_path, signum):
     def progress(record):
         if record.get("loss") is not None and record["step"] == 11:
-            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signum)
 
-    before = signal.getsignal(signal.SIGINT)
-    with pytest.raises(TrainingInterrupted) as stopped:
-        make_trainer(SMALL, tmp_path, progress=progress).run()
-    assert stopped.value.step == 12
-    assert signal.getsignal(signal.SIGINT) is before
-    meta, _ = load_checkpoint(tmp_path)
-    assert meta["step"] == 12
+    before = signal.getsignal(signum)
+    stopped = interrupted(make_trainer(SMALL, tmp_path, progress=progress))
+    assert stopped.step == 12 and stopped.signum == signum
+    assert signal.getsignal(signum) is before
+    assert open_run(tmp_path).step == 12
+
+
+def test_checkpoints_every_n_steps_and_only_the_committed_weights_stay(tmp_path):
+    commits = []
+    trainer = make_trainer(dict(SMALL, checkpoint_every=7), tmp_path)
+    commit = trainer.store.commit
+    trainer.store.commit = lambda state, arrays, name: (commits.append(state["step"]),
+                                                        commit(state, arrays, name))
+    finish(trainer)
+    assert commits == [7, 14, 21, 28, 35, 40]
+    assert sorted(p.name for p in tmp_path.glob("weights-*")) == ["weights-000000040.npz"]
 
 
 def test_extending_a_finished_run(tmp_path):
     short = dict(SMALL, steps=20, lr_schedule="constant")
-    make_trainer(short, tmp_path).run()
-    meta, tree = load_checkpoint(tmp_path)
+    finish(make_trainer(short, tmp_path))
     longer = dict(short, steps=30)
     trainer = make_trainer(longer, tmp_path)
-    trainer.restore(meta, tree)
     assert "test_loss" not in trainer.state.metrics[-1]
-    result = trainer.run()
+    result = finish(trainer)
     assert result.resumed_from == 20 and result.metrics[-1]["step"] == 30
     assert sum("test_loss" in r for r in result.metrics) == 1
+    assert open_run(tmp_path).metrics == result.metrics
+
+
+def test_a_diverging_run_stops_and_keeps_its_last_checkpoint(tmp_path):
+    from tinylm.train import TrainingDiverged
+
+    trainer = make_trainer(dict(SMALL, lr=1e30, lr_schedule="constant", checkpoint_every=1),
+                           tmp_path)
+    with pytest.raises(TrainingDiverged, match=r"(became nan|stopped being finite numbers) "
+                                               r"(at|by) step \d+"):
+        finish(trainer)
+    run = open_run(tmp_path)
+    assert run.step >= 1 and all(np.isfinite(a).all() for a in run.arrays["model"].values())
+    assert all(np.isfinite(v) for r in run.metrics for v in r.values() if isinstance(v, float))
+    assert "NaN" not in (tmp_path / "metrics.jsonl").read_text()
 
 
 # --- checkpoints of real models --------------------------------------------------------------
 
 def test_checkpoint_round_trip_rebuilds_the_model(tmp_path):
     trainer = make_trainer(dict(SMALL, steps=15), tmp_path)
-    trainer.run()
-    run = load_run(tmp_path)
+    finish(trainer)
+    run = open_run(tmp_path)
     assert run.config == trainer.config and run.model_config == trainer.model.config
     assert run.tokenizer == TOKENIZER and run.step == 15
     X = trainer.splits["val"].X[:50]
@@ -240,8 +277,8 @@ def test_checkpoint_round_trip_rebuilds_the_model(tmp_path):
 def test_a_numpy_checkpoint_loads_on_torch(tmp_path):
     pytest.importorskip("torch")
     trainer = make_trainer(dict(SMALL, steps=5), tmp_path)
-    trainer.run()
-    run = load_run(tmp_path, backend="torch")
+    finish(trainer)
+    run = open_run(tmp_path, backend="torch")
     X = trainer.splits["val"].X[:50]
     np.testing.assert_allclose(run.model.forward(X)[0].detach().numpy(), trainer.model.forward(X)[0],
                                atol=1e-5)

@@ -1,162 +1,76 @@
-"""Checkpoints that load safely: a plain .npz of arrays plus a JSON description.
+"""Arrays that load safely: a plain .npz of named arrays, checked by its SHA-256.
 
-A checkpoint in a run directory is two files:
-
-* ``checkpoint.npz``: every array (model parameters and buffers, optimizer
-  moments), read back with ``allow_pickle=False`` so loading can never run
-  code;
-* ``checkpoint.json``: the format version, the SHA-256 of the .npz, the
-  caller's metadata (config, vocabulary, step, RNG state, metrics...) and the
-  *structure* of the saved tree: which nested dicts, lists, scalars, numpy
-  arrays and torch tensors it held, with the arrays replaced by their names
-  in the .npz.
-
-The tree may be any nesting of dicts (str or int keys), lists, tuples,
-numbers, strings, None, numpy arrays and torch tensors, which covers both our
-optimizers' ``state_dict()`` and ``torch.optim``'s. Integers of any size and
-floats survive JSON exactly (Python's json writes the shortest repr that
-round-trips). The .npz is written first and the JSON last, so a crash in
-between leaves a digest mismatch, which loading refuses like any truncated or
-modified file.
+A model's weights and an optimizer's moments are a two-level tree of numpy
+arrays, ``{"model": {"layers.0.weight": ...}, "optimizer": {"step": ...}}``;
+a count model's tables are one level. ``encode`` flattens such a tree into
+the bytes of an .npz (keys ``model/layers.0.weight``...), ``decode`` reads
+them back with ``allow_pickle=False`` so that loading can never run code,
+after checking that the bytes are the ones whose SHA-256 the run's manifest
+recorded (tinylm.runs). A truncated, modified or crafted file is refused
+with a ``CheckpointError``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
-import json
 import zipfile
-from pathlib import Path
-from typing import Any
+from typing import Mapping
 
 import numpy as np
 
 from tinylm.errors import CheckpointError
-from tinylm.io import atomic_write_bytes, write_json
 
-FORMAT = "tinylm-checkpoint"
-VERSION = 1
-META_FILE = "checkpoint.json"
-ARRAYS_FILE = "checkpoint.npz"
+Tree = Mapping[str, "np.ndarray | Tree"]
 
 
-def has_checkpoint(run_dir: str | Path) -> bool:
-    return (Path(run_dir) / META_FILE).is_file()
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
-def save_checkpoint(run_dir: str | Path, meta: dict, tree: dict) -> Path:
-    """Write ``tree`` (arrays and their structure) and ``meta`` into ``run_dir``."""
-    run_dir = Path(run_dir)
+def encode(tree: Tree) -> bytes:
+    """The .npz bytes of a tree of numpy arrays (nested dicts with str keys)."""
     arrays: dict[str, np.ndarray] = {}
-    structure = _encode(tree, "", arrays)
+    _flatten(tree, "", arrays)
     buf = io.BytesIO()
-    np.savez(buf, **arrays)  # object arrays were refused above: nothing here needs pickle
-    data = buf.getvalue()
-    atomic_write_bytes(run_dir / ARRAYS_FILE, data)
-    write_json(run_dir / META_FILE, {
-        "format": FORMAT,
-        "version": VERSION,
-        "arrays_file": ARRAYS_FILE,
-        "arrays_sha256": hashlib.sha256(data).hexdigest(),
-        "meta": meta,
-        "structure": structure,
-    })
-    return run_dir / META_FILE
+    np.savez(buf, **arrays)
+    return buf.getvalue()
 
 
-def load_checkpoint(run_dir: str | Path) -> tuple[dict, dict]:
-    """(meta, tree) of the checkpoint in ``run_dir``; ``CheckpointError`` if unusable."""
-    run_dir = Path(run_dir)
-    meta_path = run_dir / META_FILE
-    if not meta_path.is_file():
-        raise CheckpointError(f"no checkpoint in {str(run_dir)!r} ({META_FILE} not found)")
-    try:
-        doc = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError):
-        raise CheckpointError(f"{str(meta_path)!r} is not valid JSON (truncated or modified?)") from None
-    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
-        raise CheckpointError(f"{str(meta_path)!r} is not a tinylm checkpoint")
-    if doc.get("version") != VERSION:
-        raise CheckpointError(
-            f"{str(meta_path)!r} has checkpoint format version {doc.get('version')!r}; "
-            f"this tinylm reads version {VERSION}"
-        )
-    arrays_path = run_dir / ARRAYS_FILE
-    try:
-        data = arrays_path.read_bytes()
-    except OSError:
-        raise CheckpointError(f"checkpoint arrays {str(arrays_path)!r} are missing or unreadable") from None
-    if hashlib.sha256(data).hexdigest() != doc.get("arrays_sha256"):
-        raise CheckpointError(
-            f"checkpoint arrays {str(arrays_path)!r} do not match the SHA-256 recorded in "
-            f"{META_FILE}: the file is truncated or was modified"
-        )
+def _flatten(tree: Tree, prefix: str, out: dict[str, np.ndarray]) -> None:
+    for key, value in tree.items():
+        if not isinstance(key, str) or not key or "/" in key:
+            raise TypeError(f"array names must be non-empty strings without '/', got {key!r}")
+        if isinstance(value, Mapping):
+            _flatten(value, f"{prefix}{key}/", out)
+            continue
+        array = np.asarray(value)
+        if array.dtype.hasobject:
+            raise TypeError(f"cannot save an array of Python objects at {prefix}{key!r} "
+                            "(it would need pickle)")
+        out[prefix + key] = array
+
+
+def decode(data: bytes, expected_sha256: str, what: str) -> dict:
+    """The tree stored in ``data``; ``CheckpointError`` unless its SHA-256 is ``expected_sha256``."""
+    if sha256(data) != expected_sha256:
+        raise CheckpointError(f"{what} does not match the SHA-256 recorded in the run's manifest: "
+                              "the file is truncated or was modified")
     try:
         with np.load(io.BytesIO(data), allow_pickle=False) as npz:
-            arrays = {name: npz[name] for name in npz.files}
-        tree = _decode(doc["structure"], arrays)
-    except (ValueError, KeyError, TypeError, OSError, zipfile.BadZipFile):
-        raise CheckpointError(f"the checkpoint in {str(run_dir)!r} is malformed") from None
-    meta = doc.get("meta")
-    if not isinstance(meta, dict):
-        raise CheckpointError(f"{str(meta_path)!r} has no metadata")
-    return meta, tree
-
-
-# --- the tree codec ------------------------------------------------------------------
-
-def _encode(obj: Any, path: str, arrays: dict[str, np.ndarray]) -> Any:
-    if isinstance(obj, np.ndarray):
-        return {"array": _store(arrays, path, obj)}
-    if _is_tensor(obj):
-        return {"tensor": _store(arrays, path, obj.detach().cpu().numpy())}
-    if isinstance(obj, np.generic):
-        return {"value": obj.item()}
-    if obj is None or isinstance(obj, (bool, int, float, str)):
-        return {"value": obj}
-    if isinstance(obj, dict):
-        items = []
-        for k, v in obj.items():
-            if not isinstance(k, (str, int)) or isinstance(k, bool):
-                raise TypeError(f"cannot save a dict key of type {type(k).__name__}")
-            items.append([k, _encode(v, f"{path}/{k}" if path else str(k), arrays)])
-        return {"dict": items}
-    if isinstance(obj, (list, tuple)):
-        kind = "list" if isinstance(obj, list) else "tuple"
-        return {kind: [_encode(v, f"{path}/{i}", arrays) for i, v in enumerate(obj)]}
-    raise TypeError(f"cannot save an object of type {type(obj).__name__} at {path!r}")
-
-
-def _store(arrays: dict[str, np.ndarray], path: str, value: np.ndarray) -> str:
-    if value.dtype.hasobject:
-        raise TypeError(f"cannot save an array of Python objects at {path!r} (it would need pickle)")
-    name = path or "root"
-    while name in arrays:
-        name += "_"
-    arrays[name] = value
-    return name
-
-
-def _decode(node: Any, arrays: dict[str, np.ndarray]) -> Any:
-    if not isinstance(node, dict) or len(node) != 1:
-        raise ValueError("bad structure node")
-    (kind, body), = node.items()
-    if kind == "value":
-        return body
-    if kind == "array":
-        return arrays[body]
-    if kind == "tensor":
-        import torch
-
-        return torch.from_numpy(np.array(arrays[body]))
-    if kind == "dict":
-        return {k: _decode(v, arrays) for k, v in body}
-    if kind == "list":
-        return [_decode(v, arrays) for v in body]
-    if kind == "tuple":
-        return tuple(_decode(v, arrays) for v in body)
-    raise ValueError(f"unknown structure node {kind!r}")
-
-
-def _is_tensor(obj: Any) -> bool:
-    return type(obj).__module__.startswith("torch") and hasattr(obj, "detach")
+            flat = {name: npz[name] for name in npz.files}
+    except (ValueError, OSError, zipfile.BadZipFile, KeyError):
+        # allow_pickle=False raises ValueError for object arrays: a crafted file stops here
+        raise CheckpointError(f"{what} is not a plain .npz of numeric arrays") from None
+    if not all(isinstance(a, np.ndarray) and a.dtype.kind in "biuf" for a in flat.values()):
+        raise CheckpointError(f"{what} is not a plain .npz of numeric arrays")
+    tree: dict = {}
+    for name, array in flat.items():
+        node = tree
+        *parents, leaf = name.split("/")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise CheckpointError(f"{what} holds clashing array names")
+        node[leaf] = array
+    return tree

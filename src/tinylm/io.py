@@ -1,8 +1,11 @@
-"""Writing run outputs safely: atomic files, JSON lines, and the out-dir.
+"""Writing run outputs safely: atomic files, strict JSON, and the out-dir.
 
 A run validates everything it can before it touches the out-dir, and every
-file is written to a temporary name and renamed into place, so a crash or a
-Ctrl-C never leaves a half-written config, checkpoint or plot behind.
+file is written to a temporary name, flushed to disk and renamed into
+place (the directory is synced too), so a crash, a kill or a full disk
+never leaves a half-written config, checkpoint or plot behind: a file is
+either the old one or the new one. JSON is strict: a NaN or an infinity is
+a bug to refuse, not a token to write.
 """
 
 from __future__ import annotations
@@ -53,6 +56,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        fsync_dir(path.parent)
     except BaseException:
         try:
             os.unlink(tmp)
@@ -61,12 +65,26 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         raise
 
 
+def fsync_dir(path: str | os.PathLike) -> None:
+    """Make a rename or a new file in ``path`` durable (the directory entry is data too)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def dumps(obj: Any, **kwargs: Any) -> str:
+    """JSON text of ``obj``; ValueError on NaN or infinity, which standard JSON cannot hold."""
+    return json.dumps(obj, allow_nan=False, **kwargs)
+
+
 def write_json(path: str | os.PathLike, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    atomic_write_text(path, dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
 def read_json(path: str | os.PathLike) -> Any:
@@ -75,13 +93,13 @@ def read_json(path: str | os.PathLike) -> Any:
 
 
 def write_jsonl(path: str | os.PathLike, records: Iterable[dict]) -> None:
-    """Write a whole metrics file at once (used on checkpoint, so it matches the weights)."""
-    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in records))
+    """Write a whole JSON-lines file at once."""
+    atomic_write_text(path, "".join(dumps(r) + "\n" for r in records))
 
 
 def append_jsonl(path: str | os.PathLike, record: dict) -> None:
     with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record) + "\n")
+        f.write(dumps(record) + "\n")
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:

@@ -1,33 +1,69 @@
-"""A neural run directory: what it holds and how to rebuild its model.
+"""A run directory: one transaction log per run, for every kind of model.
 
-Layout of ``-o DIR`` after ``tinylm train --model mlp``::
+Layout of ``-o DIR`` (the n-gram kind has ``model.npz`` and ``grid.jsonl``
+instead of weights files)::
 
-    config.json       {"model", "model_config", "train_config", "vocab", "input", ...}
-    checkpoint.json   format, SHA-256 of the arrays, step, RNG state, metrics (see checkpoint.py)
-    checkpoint.npz    model and optimizer arrays (loaded with allow_pickle=False)
-    metrics.jsonl     one record per update / evaluation, and the test loss
-    train.txt val.txt test.txt   the run's own copy of its splits
-    samples.txt       items sampled at the end; sample.txt for recipes that ask for one
+    manifest.json        the commit point: binds every part below by SHA-256
+    config.json          the run's settings and vocabulary, for people (checked against the manifest)
+    train.txt val.txt test.txt     the run's own copy of its splits
+    weights-000500.npz   model and optimizer arrays at the committed step (loaded with allow_pickle=False)
+    metrics.jsonl        an append-only log; the manifest says how many bytes of it are committed
+    samples.txt loss.png ...       outputs, made again by sample/eval/diagnose at any time
+    .lock                held by the one process that writes the directory
 
-The checkpoint is self-contained (its metadata repeats the configs and the
-vocabulary); config.json is for people and for ``tinylm``'s dispatch.
+Guarantees:
+
+* **Atomic commits.** A save writes a new weights file under a new name,
+  flushes it and the metrics log to disk, then replaces manifest.json in one
+  rename. At every instant the manifest names a complete, consistent state:
+  the previous one or the new one, whatever kills the process when.
+* **Binding.** The manifest records the SHA-256 of the splits, the weights
+  and the committed prefix of the metrics, and the settings themselves;
+  sample, eval and resume verify all of it and refuse a directory whose
+  parts disagree (an edited config.json, a swapped split, a tampered file).
+  Lines of metrics.jsonl past the committed prefix are records of steps the
+  last checkpoint does not hold: readers ignore them, resume drops them.
+* **One writer.** A second process that opens the directory for writing
+  gets one clear error; a lock left by a killed process is taken over (the
+  operating system releases ``flock`` locks when a process dies).
+* **Inputs are sacred.** A run never writes into a directory that holds
+  its input, a run of another kind, or files it did not make.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import fcntl
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
-from tinylm.checkpoint import load_checkpoint
-from tinylm.data import Tokenizer
+from tinylm import checkpoint, settings
+from tinylm.data import EOT, SPLIT_NAMES, Tokenizer
 from tinylm.errors import CheckpointError, ConfigError, TinylmError
+from tinylm.io import atomic_write_bytes, check_out_dir, dumps, fsync_dir, write_json
 from tinylm.models import DEFAULT_MODEL, MODEL_DEFAULTS, ModelConfig, build_model
+from tinylm.ngram import NgramConfig, NgramModel
 from tinylm.recipes import get_recipe
 from tinylm.rng import RNG
 from tinylm.settings import resolve
 from tinylm.train import TrainConfig
 
+FORMAT = "tinylm-run"
+VERSION = 2
+MANIFEST = "manifest.json"
+CONFIG = "config.json"
+METRICS = "metrics.jsonl"
+LOCK = ".lock"
+SPLIT_FILES = tuple(f"{name}.txt" for name in SPLIT_NAMES)
+# every name a run writes: a directory holding one of them, and no run, is not ours to write
+OWN_NAMES = {MANIFEST, CONFIG, METRICS, *SPLIT_FILES, "model.npz", "grid.jsonl", "samples.txt",
+             "sample.txt", "loss.png", "bigram.png", "diagnostics.jsonl"}
+
+
+# --- settings of a new run ------------------------------------------------------------------
 
 def resolve_configs(model: str | None, recipe: str | None, explicit: Mapping[str, Any],
                     vocab_size: int = 1) -> tuple[ModelConfig, TrainConfig]:
@@ -50,51 +86,357 @@ def resolve_configs(model: str | None, recipe: str | None, explicit: Mapping[str
     return (resolve(ModelConfig, layers, vocab_size=vocab_size), resolve(TrainConfig, layers))
 
 
-def run_meta(config: TrainConfig, mconfig: ModelConfig, tokenizer: Tokenizer,
-             source: str | None) -> dict[str, Any]:
-    """What every checkpoint of a run repeats, and config.json holds."""
-    return {
-        "model": mconfig.model,
-        "backend": config.backend,
-        "loader": config.loader,
-        "model_config": mconfig.to_dict(),
-        "vocab": tokenizer.to_list(),
-        "input": source,
-    }
+def neural_settings(mconfig: ModelConfig, config: TrainConfig) -> dict[str, Any]:
+    """What config.json and the manifest say of a neural run's settings."""
+    return {"kind": "neural", "model": mconfig.model, "model_config": mconfig.to_dict(),
+            "train_config": config.to_dict()}
 
+
+def ngram_settings(ngram: NgramConfig, loader: str, search: dict[str, Any]) -> dict[str, Any]:
+    return {"kind": "ngram", "model": "ngram", "ngram": ngram.to_dict(), "loader": loader,
+            "search": search}
+
+
+# --- the directory before a run -------------------------------------------------------------
+
+def check_new_run_dir(out: str | os.PathLike, inputs: Sequence[str | os.PathLike]) -> Path:
+    """Refuse an out-dir a new run must not write, without creating anything."""
+    out = check_out_dir(out)
+    here = out.resolve()
+    for path in inputs:
+        source = Path(path).resolve()
+        if here == source or here in source.parents:
+            raise ConfigError(f"the input {str(path)!r} is inside the out-dir {str(out)!r}; a run "
+                              "never writes beside its input: choose another -o")
+    if not out.is_dir():
+        return out
+    if (out / MANIFEST).exists():
+        kind, model = _kind_of(out)
+        hint = ("continue it with --resume or choose another -o" if kind == "neural"
+                else "choose another -o, or remove it first")
+        raise ConfigError(f"out-dir {str(out)!r} already holds a trained {model} run; {hint}")
+    if _unfinished_run(out):
+        return out  # our own files of a run that never committed: no one else's data
+    clash = sorted(name for name in os.listdir(out) if name in OWN_NAMES or _is_weights(name))
+    if clash:
+        raise ConfigError(f"out-dir {str(out)!r} holds {clash[0]}, which a run would overwrite, "
+                          "and no tinylm run: choose an empty or new directory")
+    return out
+
+
+def _is_weights(name: str) -> bool:
+    return name.startswith("weights-") and name.endswith(".npz")
+
+
+def _unfinished_run(out: Path) -> bool:
+    try:
+        return json.loads((out / CONFIG).read_text(encoding="utf-8")).get("format") == FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _kind_of(out: Path) -> tuple[str, str]:
+    manifest = read_manifest(out)
+    return manifest["kind"], manifest["model"]
+
+
+class RunLock:
+    """The one writer of a run directory: ``flock`` on DIR/.lock, released when the process ends."""
+
+    def __init__(self, out: Path) -> None:
+        self.path = out / LOCK
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(self.fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(self.fd)
+            raise ConfigError(f"run directory {str(out)!r} is in use by another tinylm process "
+                              f"(pid {holder}); wait for it to finish or choose another -o") from None
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, f"{os.getpid()}\n".encode(), 0)
+
+    def release(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)  # closing drops the flock
+            self.fd = -1
+
+
+# --- writing --------------------------------------------------------------------------------
+
+class RunWriter:
+    """A run directory opened for writing: the lock, the metrics log and atomic commits.
+
+    ``create`` starts a new run (splits and config.json, no manifest yet);
+    ``reopen`` continues a committed one. ``log`` appends metrics records
+    (buffered; they reach the disk at ``flush`` and at every commit);
+    ``commit`` makes the current state the directory's state in one rename.
+    """
+
+    def __init__(self, out: Path, lock: RunLock, base: dict[str, Any], files: dict[str, str],
+                 metrics_bytes: int, metrics_records: int, metrics_hash: "hashlib._Hash") -> None:
+        self.out, self.lock, self.base, self.files = out, lock, base, files
+        self.metrics_bytes, self.metrics_records, self._hash = metrics_bytes, metrics_records, metrics_hash
+        self.metrics = open(out / METRICS, "ab")
+        self.arrays: str | None = None  # the weights file the manifest names now
+        self.arrays_sha256 = ""
+        self._older: str | None = None  # the one before: kept while a reader may still open it
+
+    @classmethod
+    def create(cls, out: str | os.PathLike, inputs: Sequence[str | os.PathLike],
+               base: dict[str, Any], tokenizer: Tokenizer, source: str | None,
+               lines3: Sequence[Sequence[str]]) -> "RunWriter":
+        """A new run in ``out``: the lock taken, the splits and config.json written."""
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        lock = RunLock(out)
+        try:
+            check_new_run_dir(out, inputs)  # again, under the lock: a run may have landed since
+            for name in os.listdir(out):  # an unfinished run's leftovers (checked: ours)
+                if name == METRICS or _is_weights(name):
+                    os.unlink(out / name)
+            base = {**base, "vocab": tokenizer.to_list(), "input": source}
+            files = {}
+            for name, lines in zip(SPLIT_FILES, lines3):
+                data = "".join(line + EOT for line in lines).encode("utf-8")
+                atomic_write_bytes(out / name, data)
+                files[name] = checkpoint.sha256(data)
+            write_json(out / CONFIG, {"format": FORMAT, **base})
+            (out / METRICS).write_bytes(b"")
+        except BaseException:
+            lock.release()
+            raise
+        return cls(out, lock, base, files, 0, 0, hashlib.sha256())
+
+    @classmethod
+    def reopen(cls, run: "Run", lock: RunLock, base: dict[str, Any], keep: int) -> "RunWriter":
+        """Continue ``run``, read under ``lock``, with ``base`` as its settings from now on.
+
+        The run keeps its first ``keep`` committed metrics records (an
+        extended run drops its old test record); the records past the
+        commit, of steps the weights do not hold, are dropped too. The
+        manifest is switched to the kept prefix before the file is cut, so a
+        kill in between leaves a valid directory.
+        """
+        out = run.path
+        base = {**base, "vocab": run.manifest["vocab"], "input": run.manifest["input"]}
+        for name in os.listdir(out):  # weights no manifest names any more
+            if _is_weights(name) and name != run.manifest["arrays"]["file"]:
+                os.unlink(out / name)
+        with open(out / METRICS, "rb") as f:
+            lines = f.read(run.manifest["metrics"]["bytes"]).splitlines(keepends=True)[:keep]
+        kept = b"".join(lines)
+        writer = cls(out, lock, base, dict(run.manifest["files"]), len(kept), len(lines),
+                     hashlib.sha256(kept))
+        writer.arrays = run.manifest["arrays"]["file"]
+        writer.arrays_sha256 = run.manifest["arrays"]["sha256"]
+        writer.update_settings({})
+        writer.commit(run.manifest["state"], {}, writer.arrays)
+        os.truncate(out / METRICS, len(kept))
+        return writer
+
+    def update_settings(self, changes: dict[str, Any]) -> None:
+        """New or changed settings (an n-gram run's chosen model); config.json follows at once."""
+        self.base.update(changes)
+        write_json(self.out / CONFIG, {"format": FORMAT, **self.base})
+
+    def log(self, record: dict) -> None:
+        line = (dumps(record) + "\n").encode("utf-8")
+        self.metrics.write(line)
+        self._hash.update(line)
+        self.metrics_bytes += len(line)
+        self.metrics_records += 1
+
+    def flush(self) -> None:
+        self.metrics.flush()
+
+    def commit(self, state: dict[str, Any], arrays: checkpoint.Tree, name: str) -> None:
+        """Make ``state`` and ``arrays`` (saved as ``name``) the directory's committed state.
+
+        The file the manifest names now is never written over: a commit of
+        the same step reuses it (the arrays are the same), a new step gets a
+        new file, and the one before the previous is removed only after the
+        switch, so a reader that has just read the old manifest still finds
+        its file.
+        """
+        if name != self.arrays:
+            blob = checkpoint.encode(arrays)
+            atomic_write_bytes(self.out / name, blob)
+            self.arrays_sha256 = checkpoint.sha256(blob)
+        self.metrics.flush()
+        os.fsync(self.metrics.fileno())
+        manifest = {
+            "format": FORMAT, "version": VERSION, **self.base, "files": self.files,
+            "arrays": {"file": name, "sha256": self.arrays_sha256},
+            "metrics": {"records": self.metrics_records, "bytes": self.metrics_bytes,
+                        "sha256": self._hash.hexdigest()},
+            "state": state,
+        }
+        write_json(self.out / MANIFEST, manifest)  # the commit: one atomic rename
+        previous = self.arrays
+        if self._older is not None and self._older not in (name, previous):
+            _unlink(self.out / self._older)
+        if previous != name:
+            self._older, self.arrays = previous, name
+
+    def close(self) -> None:
+        """Release the directory; of the weights files only the committed one stays."""
+        if not self.metrics.closed:
+            self.metrics.close()
+        if self._older is not None:
+            _unlink(self.out / self._older)
+            self._older = None
+        self.lock.release()
+
+
+def _unlink(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def weights_name(step: int) -> str:
+    return f"weights-{step:09d}.npz"
+
+
+# --- reading --------------------------------------------------------------------------------
 
 @dataclass
-class LoadedRun:
-    """A run directory's checkpoint, decoded: the model is built and loaded."""
+class Run:
+    """A committed run directory, verified: settings, vocabulary, splits, arrays and metrics."""
 
-    model: Any
+    path: Path
+    manifest: dict
     tokenizer: Tokenizer
-    config: TrainConfig
-    model_config: ModelConfig
-    meta: dict
-    tree: dict
+    lines3: tuple[list[str], list[str], list[str]]
+    arrays: dict
+    metrics: list[dict]
+    model_config: ModelConfig | None = None  # neural runs
+    config: TrainConfig | None = None
+    ngram: NgramConfig | None = None  # count runs
+    model: Any = field(default=None, repr=False)
+
+    @property
+    def kind(self) -> str:
+        return self.manifest["kind"]
 
     @property
     def step(self) -> int:
-        return int(self.meta["step"])
+        return int(self.manifest["state"].get("step", 0))
+
+    @property
+    def loader(self) -> str:
+        return self.config.loader if self.config is not None else self.manifest["loader"]
 
 
-def load_run(run_dir: str | Path, backend: str | None = None) -> LoadedRun:
-    """Rebuild the model saved in ``run_dir`` (on its own backend unless ``backend`` is given)."""
-    meta, tree = load_checkpoint(run_dir)
+def read_manifest(out: str | os.PathLike) -> dict:
+    out = Path(out)
+    if not out.is_dir():
+        raise CheckpointError(f"run directory {str(out)!r} does not exist")
+    path = out / MANIFEST
     try:
-        run = meta["run"]
-        config = TrainConfig.from_dict(meta["train_config"])
-        mconfig = ModelConfig.from_dict(run["model_config"])
-        tokenizer = Tokenizer.from_list(run["vocab"])
-        model_state = tree["model"]
-    except (KeyError, TypeError) as e:
-        raise CheckpointError(f"the checkpoint in {str(run_dir)!r} lacks {e}") from None
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CheckpointError(f"no run in {str(out)!r} ({MANIFEST} not found: no checkpoint was "
+                              "ever committed there)") from None
+    except (OSError, ValueError, UnicodeDecodeError):
+        raise CheckpointError(f"{str(path)!r} is not valid JSON (truncated or modified?)") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        if isinstance(manifest, dict) and manifest.get("model") == "micrograd":
+            raise CheckpointError(f"{str(out)!r} holds a micrograd demo run: it has no language "
+                                  "model (see its metrics.jsonl, regions.png and graph.svg)")
+        raise CheckpointError(f"{str(path)!r} is not a tinylm run manifest")
+    if manifest.get("version") != VERSION:
+        raise CheckpointError(f"{str(path)!r} has run format version {manifest.get('version')!r}; "
+                              f"this tinylm reads version {VERSION}")
+    if manifest.get("kind") not in ("neural", "ngram"):
+        raise CheckpointError(f"{str(path)!r} names an unknown kind of run")
+    return manifest
+
+
+def open_run(out: str | os.PathLike, backend: str | None = None) -> Run:
+    """The committed run in ``out``, every part verified, its model built (on ``backend``)."""
+    out = Path(out)
+    manifest = read_manifest(out)
+    try:
+        files, arrays_entry, committed = (manifest["files"], manifest["arrays"],
+                                          manifest["metrics"])
+        tokenizer = Tokenizer.from_list(manifest["vocab"])
+        lines3 = tuple(_read_split(out, name, files[name]) for name in SPLIT_FILES)
+        _check_config_file(out, manifest)
+        arrays = checkpoint.decode(_read(out / arrays_entry["file"]), arrays_entry["sha256"],
+                                   f"{arrays_entry['file']} in {str(out)!r}")
+        metrics = _read_metrics(out, committed)
+        run = Run(out, manifest, tokenizer, lines3, arrays, metrics)  # type: ignore[arg-type]
+        if run.kind == "neural":
+            run.model_config = ModelConfig.from_dict(manifest["model_config"])
+            run.config = TrainConfig.from_dict(manifest["train_config"])
+            if run.model_config.vocab_size != tokenizer.vocab_size:
+                raise CheckpointError("the model and the vocabulary disagree")
+            # the initial draw is overwritten by the saved arrays; any seed will do
+            run.model = build_model(run.model_config, backend or run.config.backend, RNG(1))
+            run.model.load_state_dict(arrays["model"])
+        else:
+            run.ngram = NgramConfig(**manifest["ngram"])
+            if run.ngram.vocab_size != tokenizer.vocab_size:
+                raise CheckpointError("the model and the vocabulary disagree")
+            run.model = NgramModel.from_arrays(run.ngram, arrays)
+    except CheckpointError as e:
+        raise CheckpointError(f"the run in {str(out)!r} cannot be used: {e}") from None
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"the run in {str(out)!r} has a malformed manifest ({e})") from None
     except TinylmError as e:
-        raise CheckpointError(f"the checkpoint in {str(run_dir)!r} is invalid: {e}") from None
-    if mconfig.vocab_size != tokenizer.vocab_size:
-        raise CheckpointError(f"the checkpoint in {str(run_dir)!r}: model and vocabulary disagree")
-    # the initial draw is overwritten by the saved arrays; any seed will do
-    model = build_model(mconfig, backend or config.backend, RNG(1))
-    model.load_state_dict(model_state)
-    return LoadedRun(model, tokenizer, config, mconfig, meta, tree)
+        raise CheckpointError(f"the run in {str(out)!r} is invalid: {e}") from None
+    return run
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError:
+        raise CheckpointError(f"{path.name} is missing or unreadable") from None
+
+
+def _read_split(out: Path, name: str, expected: str) -> list[str]:
+    data = _read(out / name)
+    if checkpoint.sha256(data) != expected:
+        raise CheckpointError(f"{name} is not the split the run was trained on (modified?)")
+    return [line for line in data.decode("utf-8").split(EOT) if line]
+
+
+def _check_config_file(out: Path, manifest: dict) -> None:
+    """config.json must say what the manifest says, but for what --resume may change."""
+    try:
+        said = json.loads((out / CONFIG).read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError):
+        raise CheckpointError(f"{CONFIG} is missing or not valid JSON") from None
+    free = {f.name for f in settings.setting_fields(TrainConfig) if settings.spec(f)["resume"]}
+
+    def fixed(d: Any) -> Any:
+        if not isinstance(d, dict):
+            return d
+        d = {k: v for k, v in d.items() if k not in ("format", "version", "files", "arrays",
+                                                      "metrics", "state")}
+        if isinstance(d.get("train_config"), dict):
+            d["train_config"] = {k: v for k, v in d["train_config"].items() if k not in free}
+        return d
+
+    if fixed(said) != fixed(manifest):
+        raise CheckpointError(f"{CONFIG} says other settings than the run was trained with "
+                              f"({MANIFEST}): it was edited; tinylm never changes a trained run "
+                              "through it; restore it, or train a new run")
+
+
+def _read_metrics(out: Path, committed: dict) -> list[dict]:
+    try:
+        with open(out / METRICS, "rb") as f:
+            data = f.read(committed["bytes"])
+    except OSError:
+        raise CheckpointError(f"{METRICS} is missing or unreadable") from None
+    if len(data) != committed["bytes"] or checkpoint.sha256(data) != committed["sha256"]:
+        raise CheckpointError(f"{METRICS} does not hold the records the run committed (modified?)")
+    records = [json.loads(line) for line in data.decode("utf-8").splitlines() if line]
+    if len(records) != committed["records"]:
+        raise CheckpointError(f"{METRICS} does not hold the records the run committed")
+    return records

@@ -17,10 +17,13 @@ they are made (the CLI prints them) and, with an out-dir, to metrics.jsonl.
 Resuming is bit-identical because a checkpoint holds everything the loop
 reads: model arrays, optimizer state with its step count, the RNG state, the
 loader position and the metrics so far. Checkpoints are only ever taken
-between two updates: a Ctrl-C (SIGINT) only raises a flag that the loop
-checks before each step, then the trainer saves and raises
-``TrainingInterrupted`` (a ``KeyboardInterrupt``). A second Ctrl-C aborts at
-once, without a checkpoint.
+between two updates: every ``checkpoint_every`` steps (or once a minute), at
+the end, and on Ctrl-C or SIGTERM, which only raise a flag that the loop
+checks before each step; the trainer then saves and raises
+``TrainingInterrupted`` (a ``KeyboardInterrupt``). A second signal acts at
+once; the store's commits being atomic, a kill at any moment leaves the last
+committed checkpoint (tinylm.runs). A loss that stops being finite stops the
+run with ``TrainingDiverged``, keeping its last checkpoint.
 """
 
 from __future__ import annotations
@@ -39,10 +42,8 @@ import numpy as np
 
 from tinylm import settings
 from tinylm.batches import Batches, Split, eval_batches
-from tinylm.checkpoint import save_checkpoint
 from tinylm.data import LOADERS
-from tinylm.errors import CheckpointError, ConfigError
-from tinylm.io import write_jsonl
+from tinylm.errors import CheckpointError, ConfigError, TinylmError
 from tinylm.models import BACKENDS
 from tinylm.layers.numpy_layers import cross_entropy
 from tinylm.optim import OPTIMIZERS, SCHEDULES, lr_at, make_optimizer
@@ -53,8 +54,6 @@ from tinylm.settings import (
     ALL_OR_POSITIVE, NONNEG_FLOAT, NONNEG_INT, POSITIVE_FLOAT, POSITIVE_INT, SEED, TEXT, choice,
     optional, setting,
 )
-
-METRICS_FILE = "metrics.jsonl"
 
 
 @dataclass(frozen=True)
@@ -89,6 +88,9 @@ class TrainConfig:
     sample_tokens: int = setting(0, "write sample.txt: this many tokens after the prompt "
                                  "(0: none)", NONNEG_INT)
     sample_seed: int = setting(42, "seed of the samples printed and saved after training", SEED)
+    checkpoint_every: int = setting(0, "commit a checkpoint every N steps (0: at least once a "
+                                    "minute); a kill loses no more than that", NONNEG_INT,
+                                    resume=True)
     diagnose_every: int = setting(0, "every N steps measure activation, gradient and update:data "
                                   "statistics into diagnostics.jsonl, for 'tinylm diagnose' "
                                   "(0: never); the run's numbers do not change", NONNEG_INT,
@@ -109,12 +111,17 @@ class TrainConfig:
 
 
 class TrainingInterrupted(KeyboardInterrupt):
-    """Ctrl-C during training; ``checkpoint`` is where the run was saved (None: not saved)."""
+    """Ctrl-C or SIGTERM during training; ``saved``: whether a checkpoint holds the run's state."""
 
-    def __init__(self, step: int, checkpoint: Path | None) -> None:
-        super().__init__(step, checkpoint)
+    def __init__(self, step: int, saved: bool, signum: int = signal.SIGINT) -> None:
+        super().__init__(step, saved, signum)
         self.step = step
-        self.checkpoint = checkpoint
+        self.saved = saved
+        self.signum = signum
+
+
+class TrainingDiverged(TinylmError):
+    """The loss stopped being a finite number: the run stops, its last checkpoint kept."""
 
 
 @dataclass
@@ -122,7 +129,6 @@ class TrainResult:
     steps: int
     metrics: list[dict]
     seconds: float
-    checkpoint: Path | None = None
     resumed_from: int = 0
 
     def last(self, key: str) -> float | None:
@@ -131,6 +137,11 @@ class TrainResult:
             if key in record:
                 return record[key]
         return None
+
+
+def perplexity(loss: float) -> float | None:
+    """exp(loss), or None where it would overflow (a loss over 709 nats)."""
+    return math.exp(loss) if loss < 709 else None
 
 
 # --- backend-neutral helpers ---------------------------------------------------------
@@ -177,6 +188,9 @@ class TrainState:
 
 _KEY_ORDER = ("step", "loss", "lr", "train_loss", "val_loss", "test_loss", "test_perplexity")
 
+# Without --checkpoint-every, a checkpoint at least this often: a kill loses at most this much.
+CHECKPOINT_SECONDS = 60.0
+
 
 def _ordered(record: dict) -> dict:
     """One key order for a record, whether just made or read back from sorted JSON."""
@@ -188,15 +202,15 @@ class Trainer:
     """Runs ``config`` on ``model`` over ``splits`` ("train", "val", "test").
 
     The optimizer is the one ``config`` names, for the model's backend
-    (``self.optimizer``, see tinylm.optim.make_optimizer). ``rng`` draws the words-loader batches (it has usually just initialised
-    the model). ``run_meta`` is stored as is in every checkpoint (the model
-    config and vocabulary live there). With ``out_dir`` None nothing is
-    written, which is what benchmarks and most tests want.
+    (``self.optimizer``, see tinylm.optim.make_optimizer). ``rng`` draws the
+    words-loader batches (it has usually just initialised the model).
+    ``store`` is where the run is kept (a ``tinylm.runs.RunWriter``: it logs
+    metrics records and commits checkpoints atomically); with None nothing
+    is written, which is what benchmarks and most tests want.
     """
 
     def __init__(self, config: TrainConfig, model, splits: dict[str, Split], rng: RNG, *,
-                 out_dir: str | Path | None = None, run_meta: dict | None = None,
-                 progress: Callable[[dict], None] | None = None) -> None:
+                 store: Any = None, progress: Callable[[dict], None] | None = None) -> None:
         for name in ("train", "val", "test"):
             if name not in splits:
                 raise ConfigError(f"the trainer needs a {name} split")
@@ -210,46 +224,37 @@ class Trainer:
                                         weight_decay=config.weight_decay)
         self.splits = splits
         self.rng = rng
-        self.out_dir = Path(out_dir) if out_dir is not None else None
-        self.run_meta = run_meta or {}
+        self.store = store
         self.progress = progress
         self.state = TrainState()
-        self._interrupted = False
-        self._metrics_file = None
+        self._signal: int | None = None
+        self._saved_at = time.monotonic()
 
     # --- checkpoints ---
 
-    def save(self) -> Path:
-        """Checkpoint the run as it is between two updates."""
-        if self.out_dir is None:
-            raise ConfigError("this trainer has no out-dir to save into")
-        state = self.state
-        meta = {
-            "run": self.run_meta,
-            "train_config": self.config.to_dict(),
-            "step": state.step,
-            "rng_state": str(self.rng.get_state()),
-            "loader_position": state.position,
-            "metrics": state.metrics,
-        }
-        tree = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
-        path = save_checkpoint(self.out_dir, meta, tree)
-        self.close()
-        write_jsonl(self.out_dir / METRICS_FILE, state.metrics)
-        return path
+    def save(self) -> None:
+        """Commit the run as it is between two updates (an atomic switch in the store)."""
+        if self.store is None:
+            raise ConfigError("this trainer has no run directory to save into")
+        state = {"step": self.state.step, "rng_state": str(self.rng.get_state()),
+                 "loader_position": self.state.position}
+        arrays = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
+        if not all(np.isfinite(a).all() for a in arrays["model"].values()):
+            raise TrainingDiverged(f"the weights stopped being finite numbers by step "
+                                   f"{self.state.step}: the learning rate ({self.optimizer.lr:g}) "
+                                   "is probably too large; the run keeps its last checkpoint")
+        self.store.commit(state, arrays, f"weights-{self.state.step:09d}.npz")
+        self._saved_at = time.monotonic()
 
-    def restore(self, meta: dict, tree: dict) -> None:
-        """Continue from a checkpoint loaded with ``checkpoint.load_checkpoint``."""
+    def restore(self, state: dict, arrays: dict, metrics: list[dict]) -> None:
+        """Continue from a committed checkpoint: its ``state``, ``arrays`` and ``metrics``."""
         try:
-            step = int(meta["step"])
-            rng_state = int(meta["rng_state"])
-            position = int(meta["loader_position"])
-            metrics = [_ordered(r) for r in meta["metrics"]]
-            model_state, optim_state = tree["model"], tree["optimizer"]
+            step = int(state["step"])
+            rng_state = int(state["rng_state"])
+            position = int(state["loader_position"])
+            model_state, optim_state = arrays["model"], arrays["optimizer"]
         except (KeyError, TypeError, ValueError):
             raise CheckpointError("the checkpoint lacks the training state needed to resume") from None
-        if not isinstance(model_state, dict):
-            raise CheckpointError("the checkpoint holds no model arrays")
         self.model.load_state_dict(model_state)  # CheckpointError on any name or shape mismatch
         try:
             self.optimizer.load_state_dict(optim_state)
@@ -259,33 +264,51 @@ class Trainer:
             self.rng.set_state(rng_state)
         except ValueError:
             raise CheckpointError(f"the checkpoint's RNG state {rng_state} is invalid") from None
+        if not 0 <= step <= self.config.steps:
+            raise CheckpointError(f"the checkpoint's step {step} is outside the run's 0..{self.config.steps}")
+        metrics = [_ordered(r) for r in metrics]
         if step < self.config.steps:
             # a finished run being extended: its test record belongs to the old end
             while metrics and "test_loss" in metrics[-1]:
                 metrics.pop()
         self.state = TrainState(step=step, position=position, metrics=metrics)
-        if self.out_dir is not None:
-            write_jsonl(self.out_dir / METRICS_FILE, metrics)
 
     # --- the loop ---
 
-    def _record(self, record: dict) -> None:
+    def _record(self, record: dict, log: bool = True) -> None:
         record = _ordered(record)
         self.state.metrics.append(record)
-        if self._metrics_file is not None:  # open while run() runs with an out-dir
-            self._metrics_file.write(json.dumps(record) + "\n")
-            if "loss" not in record:  # evaluations reach the file at once, updates in bulk
-                self._metrics_file.flush()
+        if self.store is not None and log:
+            self.store.log(record)
         if self.progress is not None:
             self.progress(record)
 
-    def _update(self, batches: Batches) -> float:
+    def _update(self, batches: Batches, step: int) -> float:
         X, Y = batches.next()
         self.model.train()
         _, loss = self.model.forward(X, Y)
+        value = loss_value(loss)
+        if not math.isfinite(value):
+            # the weights are still the last finite ones, but the run is lost from here on
+            raise TrainingDiverged(
+                f"the training loss became {value} at step {step}: the learning rate "
+                f"({self.optimizer.lr:g}) is probably too large; the run keeps its last checkpoint")
         self.model.backward()  # every backend's backward sets fresh gradients: nothing to zero
         self.optimizer.step()
-        return loss_value(loss)
+        return value
+
+    def _evaluate(self, step: int, split: str, batch_size: int, limit: int | None = None) -> float:
+        value = evaluate(self.model, self.splits[split], batch_size, limit)
+        if not math.isfinite(value):
+            raise TrainingDiverged(f"the {split} loss became {value} at step {step}; the run "
+                                   "keeps its last checkpoint")
+        return value
+
+    def _checkpoint_due(self, step: int) -> bool:
+        every = self.config.checkpoint_every
+        if every:
+            return step % every == 0
+        return time.monotonic() - self._saved_at >= CHECKPOINT_SECONDS
 
     def run(self) -> TrainResult:
         """Train from the current state to ``config.steps``; then test. Returns the result."""
@@ -293,67 +316,79 @@ class Trainer:
         start, t0 = state.step, time.perf_counter()
         batches = Batches(self.splits["train"], cfg.batch_size, self.rng, state.position)
         eval_bs = cfg.batch_size or len(self.splits["train"])
-        committed = len(state.metrics)  # records up to here describe completed updates
-        updating = False
-        if self.out_dir is not None:
-            # one open file for the run: reopening it for every update costs ~0.1 ms a step
-            self._metrics_file = open(self.out_dir / METRICS_FILE, "a", encoding="utf-8")
-        with self._deferred_interrupts(), contextlib.closing(self):
+        # overflow on the way to a divergence is caught as a non-finite loss, not warned about
+        with self._deferred_signals(), np.errstate(over="ignore", invalid="ignore"):
+            updating = False
             try:
                 for step in range(state.step, cfg.steps):
-                    self._check_interrupt()
+                    self._check_signal()
+                    if self.store is not None and step > start and self._checkpoint_due(step):
+                        self.save()
                     lr = learning_rate(cfg, step)
                     self.optimizer.lr = lr
+                    evaluation = None
                     if step % cfg.eval_every == 0 or step == cfg.steps - 1:
-                        train_loss = evaluate(self.model, self.splits["train"], eval_bs,
-                                              cfg.eval_train_batches)
-                        val_loss = evaluate(self.model, self.splits["val"], eval_bs)
-                        self._record({"step": step, "train_loss": train_loss, "val_loss": val_loss})
-                        self._check_interrupt()
+                        train_loss = self._evaluate(step, "train", eval_bs, cfg.eval_train_batches)
+                        val_loss = self._evaluate(step, "val", eval_bs)
+                        evaluation = {"step": step, "train_loss": train_loss, "val_loss": val_loss}
+                        # logged with the update it precedes: a checkpoint never holds an
+                        # evaluation of a step it has not taken
+                        self._record(evaluation, log=False)
+                        self._check_signal()
                     updating = True
-                    loss = self._update(batches)
+                    loss = self._update(batches, step)
                     state.step, state.position = step + 1, batches.position
                     updating = False
-                    committed = len(state.metrics) + 1
+                    if evaluation is not None and self.store is not None:
+                        self.store.log(_ordered(evaluation))
+                        self.store.flush()  # evaluations reach the file at once, updates in bulk
                     self._record({"step": step, "loss": loss, "lr": lr})
                 if not state.metrics or "test_loss" not in state.metrics[-1]:
-                    test_loss = evaluate(self.model, self.splits["test"], eval_bs)
+                    test_loss = self._evaluate(cfg.steps, "test", eval_bs)
+                    self._check_signal()
                     self._record({"step": cfg.steps, "test_loss": test_loss,
-                                  "test_perplexity": math.exp(test_loss)})
-                    self._check_interrupt()
+                                  "test_perplexity": perplexity(test_loss)})
+                if self.store is not None:
+                    self.save()
             except KeyboardInterrupt:
-                if updating or self.out_dir is None:
+                signum = self._signal or signal.SIGINT
+                if updating or self.store is None:
                     # stopped inside an update: the arrays are half-stepped, nothing to save
-                    raise TrainingInterrupted(state.step, None) from None
-                del state.metrics[committed:]  # an evaluation of a step that did not happen
-                raise TrainingInterrupted(state.step, self.save()) from None
-        path = self.save() if self.out_dir is not None else None
-        return TrainResult(cfg.steps, state.metrics, time.perf_counter() - t0, path, start)
+                    raise TrainingInterrupted(state.step, False, signum) from None
+                if state.metrics and "val_loss" in state.metrics[-1] \
+                        and state.metrics[-1]["step"] == state.step:
+                    state.metrics.pop()  # an evaluation of a step that did not happen
+                self.save()
+                raise TrainingInterrupted(state.step, True, signum) from None
+        return TrainResult(cfg.steps, state.metrics, time.perf_counter() - t0, start)
 
-    def close(self) -> None:
-        """Close the metrics file the loop writes to (``run`` does this itself)."""
-        if self._metrics_file is not None:
-            self._metrics_file.close()
-            self._metrics_file = None
-
-    def _check_interrupt(self) -> None:
-        if self._interrupted:
+    def _check_signal(self) -> None:
+        if self._signal is not None:
             raise KeyboardInterrupt
 
     @contextlib.contextmanager
-    def _deferred_interrupts(self) -> Iterator[None]:
-        """Turn the first SIGINT into a flag the loop checks between updates."""
-        self._interrupted = False
+    def _deferred_signals(self) -> Iterator[None]:
+        """Turn the first SIGINT or SIGTERM into a flag the loop checks between updates.
+
+        The handlers stay in place until the final checkpoint is committed; a
+        second signal of the same kind then acts at once (Ctrl-C raises
+        KeyboardInterrupt, SIGTERM ends the process), and the commits being
+        atomic, the directory keeps its last complete state either way.
+        """
+        self._signal = None
         if threading.current_thread() is not threading.main_thread():
             yield
             return
+        previous = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
 
         def handler(signum, frame):
-            self._interrupted = True
-            signal.signal(signal.SIGINT, previous)  # a second Ctrl-C aborts at once
+            self._signal = signum
+            signal.signal(signum, previous[signum])
 
-        previous = signal.signal(signal.SIGINT, handler)
+        for signum in previous:
+            signal.signal(signum, handler)
         try:
             yield
         finally:
-            signal.signal(signal.SIGINT, previous)
+            for signum, old in previous.items():
+                signal.signal(signum, old)

@@ -18,17 +18,16 @@ Subcommands:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
-from pathlib import Path
 from typing import Sequence
 
-from tinylm import __version__, settings
+from tinylm import __version__, runs, settings
 from tinylm.cli import micrograd, neural, ngram, train
-from tinylm.cli.common import Parser, UsageError, add_run_dir
-from tinylm.errors import CheckpointError, TinylmError
-from tinylm.models import MODELS
+from tinylm.cli.common import Parser, UsageError, add_run_dir, print_samples
+from tinylm.errors import TinylmError
+from tinylm.rng import RNG
+from tinylm.sample import mark_known, sample_items
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -72,34 +71,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _run_kind(out_dir: str) -> str:
-    """The model family a run directory holds, from its config.json."""
-    path = Path(out_dir) / "config.json"
-    if not Path(out_dir).is_dir():
-        raise CheckpointError(f"run directory {out_dir!r} does not exist")
-    if not path.is_file():
-        raise CheckpointError(f"{str(path)!r} not found: is {out_dir!r} a tinylm run directory?")
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-        model = config["model"]
-    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
-        raise CheckpointError(f"{str(path)!r} is not a valid tinylm config") from None
-    if model in train.COUNT_MODELS:
-        return "ngram"
-    if model in MODELS:
-        return "neural"
-    if model == "micrograd":
-        raise CheckpointError(f"{out_dir!r} holds a micrograd demo run: it has no language model "
-                              "to sample or evaluate (see its metrics.jsonl, regions.png and graph.svg)")
-    raise CheckpointError(f"{str(path)!r} names an unknown model {model!r}")
-
-
 def _sample(args: argparse.Namespace) -> int:
-    return (ngram if _run_kind(args.out_dir) == "ngram" else neural).sample(args)
+    run = runs.open_run(args.out_dir)
+    run.tokenizer.encode(args.prompt)  # DataError naming a character the model never saw
+    items = sample_items(run.model, run.tokenizer, args.num_samples, RNG(args.seed),
+                         prompt=args.prompt, temperature=args.temperature, top_k=args.top_k,
+                         continuous=run.loader == "stream")
+    print_samples(mark_known(items, run.lines3[0]))
+    return 0
 
 
 def _eval(args: argparse.Namespace) -> int:
-    return (ngram if _run_kind(args.out_dir) == "ngram" else neural).evaluate(args)
+    run = runs.open_run(args.out_dir)
+    (ngram if run.kind == "ngram" else neural).evaluate(run)
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -113,6 +98,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except TinylmError as e:
         print(f"tinylm: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a full disk, a permission, a path too long: the run keeps its last commit
+        where = f" {e.filename!r}" if e.filename else ""
+        print(f"tinylm: error: cannot write or read{where}: {e.strerror or e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("tinylm: interrupted", file=sys.stderr)

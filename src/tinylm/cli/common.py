@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Sequence
 
+from tinylm.train import perplexity
+
 
 class UsageError(Exception):
     """A command line that cannot be parsed: printed as one line, exit code 2."""
@@ -32,3 +34,9 @@ def print_samples(marked: Sequence[tuple[str, bool]]) -> None:
     print(f"samples ({new} of {len(marked)} new, not in the training set):")
     for item, known in marked:
         print(f"  {item:<{width}}  {'(copy of a training item)' if known else '(new)'}")
+
+
+def print_loss(name: str, loss: float) -> None:
+    """One split's line of ``tinylm eval``."""
+    ppl = perplexity(loss)
+    print(f"{name:>5}: loss {loss:.4f}, perplexity {'over 1e300' if ppl is None else f'{ppl:.3f}'}")

@@ -11,24 +11,22 @@ from it bit-identically.
 from __future__ import annotations
 
 import argparse
-import math
+import signal
 import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
 
-from tinylm import data, diagnostics, settings
+from tinylm import data, diagnostics, runs, settings
 from tinylm.batches import make_split
-from tinylm.checkpoint import has_checkpoint
-from tinylm.cli.common import add_run_dir, print_samples
+from tinylm.cli.common import add_run_dir, print_loss, print_samples
 from tinylm.errors import ConfigError
-from tinylm.io import atomic_write_text, check_out_dir, make_out_dir, write_json
+from tinylm.io import atomic_write_text, check_out_dir
 from tinylm.models import ModelConfig, build_model
 from tinylm.rng import RNG
-from tinylm.runs import load_run, resolve_configs, run_meta
 from tinylm.sample import mark_known, sample_items, sample_tokens
 from tinylm.train import (
-    TrainConfig, Trainer, TrainingInterrupted, evaluate as split_loss, learning_rate,
+    TrainConfig, Trainer, TrainingInterrupted, evaluate as split_loss, learning_rate, perplexity,
 )
 
 # With no terminal to draw a progress bar on, a progress line at least this often.
@@ -67,29 +65,30 @@ def _diagnose(args: argparse.Namespace) -> int:
 # --- train ---------------------------------------------------------------------------
 
 def train(args: argparse.Namespace, lines3: tuple[list[str], list[str], list[str]], source: str,
-          model_name: str | None, explicit: dict[str, Any]) -> int:
+          inputs: list[str], model_name: str | None, explicit: dict[str, Any]) -> int:
     """A new neural run: settings resolved, everything checked, then the run directory written."""
-    out = check_out_dir(args.out_dir)
-    if has_checkpoint(out):
-        raise ConfigError(f"out-dir {str(out)!r} already holds a trained run; "
-                          "continue it with --resume or choose another -o")
+    out = runs.check_new_run_dir(args.out_dir, inputs)
     tokenizer = data.Tokenizer.from_lines([line for lines in lines3 for line in lines])
-    mconfig, config = resolve_configs(model_name, explicit.get("recipe"), explicit,
-                                      tokenizer.vocab_size)
+    mconfig, config = runs.resolve_configs(model_name, explicit.get("recipe"), explicit,
+                                           tokenizer.vocab_size)
     rng = RNG(config.seed)
     model = build_model(mconfig, config.backend, rng)
-    meta = run_meta(config, mconfig, tokenizer, source)
-    trainer = _trainer(model, mconfig, config, lines3, tokenizer, rng, out, meta)
+    trainer = _trainer(model, mconfig, config, lines3, tokenizer, rng)
     # everything is checked: from here on the run directory is written
-    make_out_dir(out)
-    data.save_splits(out, lines3)
-    write_json(out / "config.json", {**meta, "train_config": config.to_dict()})
-    print(f"training {_what(model, mconfig, config)}: {config.steps} steps, batch "
-          f"{config.batch_size or 'all'}, {config.optimizer} lr {config.lr:g} {config.lr_schedule}, "
-          f"loader {config.loader}" + (f", recipe {config.recipe}" if config.recipe else ""))
-    sizes = " / ".join(f"{name} {len(s):,}" for name, s in trainer.splits.items())
-    print(f"data: {source}: examples {sizes}; vocabulary {tokenizer.vocab_size}")
-    return _run(trainer, model, mconfig, config, tokenizer, lines3, out, args.num_samples)
+    store = runs.RunWriter.create(out, inputs, runs.neural_settings(mconfig, config), tokenizer,
+                                  source, lines3)
+    trainer.store = store
+    try:
+        trainer.save()  # step 0: a kill before the first periodic checkpoint resumes from here
+        print(f"training {_what(model, mconfig, config)}: {config.steps} steps, batch "
+              f"{config.batch_size or 'all'}, {config.optimizer} lr {config.lr:g} "
+              f"{config.lr_schedule}, loader {config.loader}"
+              + (f", recipe {config.recipe}" if config.recipe else ""))
+        sizes = " / ".join(f"{name} {len(s):,}" for name, s in trainer.splits.items())
+        print(f"data: {source}: examples {sizes}; vocabulary {tokenizer.vocab_size}")
+        return _run(trainer, model, mconfig, config, tokenizer, lines3, out, args.num_samples)
+    finally:
+        store.close()
 
 
 def resume(args: argparse.Namespace, explicit: dict[str, Any]) -> int:
@@ -99,23 +98,35 @@ def resume(args: argparse.Namespace, explicit: dict[str, Any]) -> int:
                         ("--test", args.test)):
         if value is not None:
             raise ConfigError(f"{flag} cannot be given with --resume: the run keeps its own splits")
-    loaded = load_run(out)
-    if args.model is not None and args.model != loaded.model_config.model:
-        raise ConfigError(f"--model {args.model} differs from the run being resumed "
-                          f"({loaded.model_config.model})")
-    mconfig, config = settings.merge_resumed([loaded.model_config, loaded.config], explicit)
-    if config.steps < loaded.step:
-        raise ConfigError(f"--steps {config.steps} is fewer than the {loaded.step} steps this run "
-                          "has done; give more steps to extend it")
-    lines3 = data.load_splits(out)
-    tokenizer, model = loaded.tokenizer, loaded.model
-    rng = RNG(config.seed)
-    meta = loaded.meta["run"]
-    trainer = _trainer(model, mconfig, config, lines3, tokenizer, rng, out, meta)
-    trainer.restore(loaded.meta, loaded.tree)
-    write_json(out / "config.json", {**meta, "train_config": config.to_dict()})
-    print(f"resuming {_what(model, mconfig, config)} at step {trainer.state.step} of {config.steps}")
-    return _run(trainer, model, mconfig, config, tokenizer, lines3, out, args.num_samples)
+    runs.read_manifest(out)  # a missing or foreign directory is refused before it is locked
+    lock = runs.RunLock(out)
+    try:
+        run = runs.open_run(out)
+        if run.kind != "neural":
+            raise ConfigError(f"{str(out)!r} holds an n-gram run: it has nothing to resume")
+        if args.model is not None and args.model != run.model_config.model:
+            raise ConfigError(f"--model {args.model} differs from the run being resumed "
+                              f"({run.model_config.model})")
+        mconfig, config = settings.merge_resumed([run.model_config, run.config], explicit)
+        if config.steps < run.step:
+            raise ConfigError(f"--steps {config.steps} is fewer than the {run.step} steps this "
+                              "run has done; give more steps to extend it")
+        model, tokenizer = run.model, run.tokenizer
+        rng = RNG(config.seed)
+        trainer = _trainer(model, mconfig, config, run.lines3, tokenizer, rng)
+        trainer.restore(run.manifest["state"], run.arrays, run.metrics)
+        store = runs.RunWriter.reopen(run, lock, runs.neural_settings(mconfig, config),
+                                      keep=len(trainer.state.metrics))
+    except BaseException:
+        lock.release()
+        raise
+    trainer.store = store
+    try:
+        print(f"resuming {_what(model, mconfig, config)} at step {trainer.state.step} of "
+              f"{config.steps}")
+        return _run(trainer, model, mconfig, config, tokenizer, run.lines3, out, args.num_samples)
+    finally:
+        store.close()
 
 
 def _what(model, mconfig: ModelConfig, config: TrainConfig) -> str:
@@ -123,34 +134,36 @@ def _what(model, mconfig: ModelConfig, config: TrainConfig) -> str:
 
 
 def _trainer(model, mconfig: ModelConfig, config: TrainConfig, lines3, tokenizer: data.Tokenizer,
-             rng: RNG, out: Path, meta: dict) -> Trainer:
+             rng: RNG) -> Trainer:
     splits = {name: make_split(name, lines, tokenizer, mconfig.context, config.loader)
               for name, lines in zip(data.SPLIT_NAMES, lines3)}
     if config.sample_tokens:
         tokenizer.encode(config.sample_prompt)  # refuse a prompt the vocabulary cannot spell, now
-    return Trainer(config, model, splits, rng, out_dir=out,
-                   run_meta=meta)
+    return Trainer(config, model, splits, rng)
 
 
 def _run(trainer: Trainer, model, mconfig: ModelConfig, config: TrainConfig,
          tokenizer: data.Tokenizer, lines3, out: Path, num_samples: int) -> int:
     reporter = _Reporter(config.steps, trainer.state.step, sys.stderr.isatty())
-    trainer.progress = _watched(reporter, config, model, trainer.splits["train"], out,
-                                config.diagnose_every, tokenizer.vocab_size)
+    trainer.progress = _watched(reporter, config, trainer, out, tokenizer.vocab_size)
     try:
         result = trainer.run()
     except TrainingInterrupted as e:
         reporter.close()
-        if e.checkpoint is not None:
-            print(f"tinylm: stopped before step {e.step}; checkpoint saved in {e.checkpoint}; "
+        what = "stopped" if e.signum == signal.SIGINT else f"stopped by {signal.Signals(e.signum).name}"
+        if e.saved:
+            print(f"tinylm: {what} before step {e.step}; checkpoint saved in {out}; "
                   f"continue with: tinylm train -o {out} --resume", file=sys.stderr)
+        if e.signum != signal.SIGINT:
+            raise SystemExit(128 + e.signum) from None
         raise
     finally:
         reporter.close()
     val = result.last("val_loss")
     test = result.last("test_loss")
+    ppl = perplexity(test)
     print(f"done in {result.seconds:.1f} s: val loss {val:.4f}, test loss {test:.4f} "
-          f"(perplexity {math.exp(test):.3f})")
+          f"(perplexity {'over 1e300' if ppl is None else f'{ppl:.3f}'})")
     _finish(model, tokenizer, config, lines3[0], out, num_samples, result.metrics)
     return 0
 
@@ -218,9 +231,10 @@ class _Reporter:
             self.bar = None
 
 
-def _watched(reporter: _Reporter, config: TrainConfig, model, train_split, out: Path, every: int,
+def _watched(reporter: _Reporter, config: TrainConfig, trainer: Trainer, out: Path,
              vocab_size: int) -> Callable[[dict], None]:
     """The reporter, plus the initial-loss check and the --diagnose-every measurements."""
+    model, train_split, every = trainer.model, trainer.splits["train"], config.diagnose_every
     recorder = None
     if every:
         # its own RNG, so the run's batches are the same with or without diagnostics
@@ -253,7 +267,7 @@ def _watched(reporter: _Reporter, config: TrainConfig, model, train_split, out: 
 def _finish(model, tokenizer: data.Tokenizer, config: TrainConfig, train_lines: list[str],
             out: Path, n: int, metrics: list[dict]) -> None:
     """Samples at the end of training (the ones ``tinylm sample -n N`` prints) and loss.png."""
-    written = ["config.json", "checkpoint.json", "checkpoint.npz", "metrics.jsonl", "train/val/test.txt"]
+    written = ["manifest.json", "config.json", "weights", "metrics.jsonl", "train/val/test.txt"]
     if config.sample_tokens:
         text = sample_tokens(model, tokenizer, config.sample_prompt, config.sample_tokens,
                              RNG(config.sample_seed))
@@ -278,25 +292,11 @@ def _finish(model, tokenizer: data.Tokenizer, config: TrainConfig, train_lines: 
 
 # --- sample and eval -----------------------------------------------------------------
 
-def sample(args: argparse.Namespace) -> int:
-    run = load_run(args.out_dir)
-    run.tokenizer.encode(args.prompt)  # DataError naming a character the model never saw
-    train_lines, _, _ = data.load_splits(args.out_dir)
-    items = sample_items(run.model, run.tokenizer, args.num_samples, RNG(args.seed), prompt=args.prompt,
-                         temperature=args.temperature, top_k=args.top_k,
-                         continuous=run.config.loader == "stream")
-    print_samples(mark_known(items, train_lines))
-    return 0
-
-
-def evaluate(args: argparse.Namespace) -> int:
-    run = load_run(args.out_dir)
+def evaluate(run: runs.Run) -> None:
     config = run.config
     splits = {name: make_split(name, lines, run.tokenizer, run.model_config.context, config.loader)
-              for name, lines in zip(data.SPLIT_NAMES, data.load_splits(args.out_dir))}
+              for name, lines in zip(data.SPLIT_NAMES, run.lines3)}
     batch = config.batch_size or len(splits["train"])
     print(f"{run.model_config.model} ({config.backend}) at step {run.step}, loader {config.loader}")
     for name, split in splits.items():
-        loss = split_loss(run.model, split, batch)
-        print(f"{name:>5}: loss {loss:.4f}, perplexity {math.exp(loss):.3f}")
-    return 0
+        print_loss(name, split_loss(run.model, split, batch))

@@ -87,19 +87,20 @@ def run(args: argparse.Namespace) -> int:
     if model is None:
         model = RECIPES[args.recipe].model if args.recipe else "ngram"
     settings.refuse_unread(explicit, SETTINGS, model, tuple(MODELS))
-    lines3, source = _read_data(args)
+    lines3, source, inputs = _read_data(args)
     if model in COUNT_MODELS:
-        return ngram.train(args, lines3, source, _resolve(NgramSettings, explicit),
+        return ngram.train(args, lines3, source, inputs, _resolve(NgramSettings, explicit),
                            _resolve(TrainConfig, explicit))
-    return neural.train(args, lines3, source, args.model, explicit)
+    return neural.train(args, lines3, source, inputs, args.model, explicit)
 
 
 def _resolve(cls: type, explicit: dict[str, Any]) -> Any:
     return settings.resolve(cls, [explicit])
 
 
-def _read_data(args: argparse.Namespace) -> tuple[tuple[list[str], list[str], list[str]], str]:
-    """The run's three splits and where they came from (checked before anything is written)."""
+def _read_data(args: argparse.Namespace
+               ) -> tuple[tuple[list[str], list[str], list[str]], str, list[str]]:
+    """The run's three splits, a description of their source and the input files."""
     split_files = {"--train": args.train, "--val": args.val, "--test": args.test}
     if args.input is not None and any(split_files.values()):
         given = [flag for flag, path in split_files.items() if path]
@@ -109,11 +110,11 @@ def _read_data(args: argparse.Namespace) -> tuple[tuple[list[str], list[str], li
         raise ConfigError("--val and --test need --train: the file the model learns from")
     if args.train is not None:
         lines3 = data.read_splits(args.train, args.val, args.test)
-        parts = [f"train {args.train}"] + [f"{name} {path}" for name, path in
-                                           (("val", args.val), ("test", args.test)) if path]
-        return lines3, ", ".join(parts)
+        given = [("train", args.train), ("val", args.val), ("test", args.test)]
+        return (lines3, ", ".join(f"{name} {path}" for name, path in given if path),
+                [path for _, path in given if path])
     path = args.input if args.input is not None else data.default_dataset()
-    return data.split_lines(data.read_lines(path), source=str(path)), str(path)
+    return data.split_lines(data.read_lines(path), source=str(path)), str(path), [str(path)]
 
 
 def register_recipes(sub: argparse._SubParsersAction) -> None:
