@@ -22,6 +22,7 @@ drawn so the rest of tinylm never needs matplotlib.
 
 from __future__ import annotations
 
+import io
 import math
 import os
 from dataclasses import asdict, dataclass
@@ -30,7 +31,13 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from tinylm.batches import Batches, make_split
+from tinylm.data import load_splits
 from tinylm.errors import ConfigError
+from tinylm.io import append_jsonl, atomic_write_bytes, make_out_dir, read_jsonl
+from tinylm.rng import RNG
+from tinylm.runs import load_run
+from tinylm.train import METRICS_FILE, learning_rate
 
 SATURATION_THRESHOLD = 0.97
 UPDATE_RATIO_GUIDE = -3.0  # log10 of the 1e-3 guide line
@@ -353,9 +360,6 @@ def headless_pyplot():
 
 
 def _save(fig, path: str | os.PathLike) -> Path:
-    from tinylm.io import atomic_write_bytes
-    import io
-
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
     fig.clf()
@@ -479,8 +483,6 @@ DIAGNOSE_BATCH = 512
 
 def read_history(path: str | os.PathLike) -> list[dict[str, Any]]:
     """diagnostics.jsonl records by step; a step measured twice (a resumed run) keeps the last."""
-    from tinylm.io import read_jsonl
-
     p = Path(path)
     if not p.is_file():
         return []
@@ -523,9 +525,6 @@ class Recorder:
 
     def __init__(self, model: Any, split: Any, every: int, lr_at: Any,
                  path: str | os.PathLike | None, seed: int, batch_size: int = 32) -> None:
-        from tinylm.batches import Batches
-        from tinylm.rng import RNG
-
         if every < 1:
             raise ConfigError(f"--diagnose-every must be >= 1, got {every}")
         self.model = model
@@ -548,8 +547,6 @@ class Recorder:
         snap, ratios = measure(self.model, X, Y, lr)
         out = diagnostics_record(done, lr, snap, ratios)
         if self.path is not None:
-            from tinylm.io import append_jsonl
-
             append_jsonl(self.path, out)
         return out
 
@@ -594,13 +591,6 @@ def diagnose_run(run_dir: str | os.PathLike, plot_dir: str | os.PathLike | None 
     training if the run was trained with --diagnose-every, else the final
     ratios alone) and the loss curve from metrics.jsonl.
     """
-    from tinylm.batches import Batches, make_split
-    from tinylm.data import load_splits
-    from tinylm.io import read_jsonl
-    from tinylm.rng import RNG
-    from tinylm.runs import load_run
-    from tinylm.train import METRICS_FILE, learning_rate
-
     run_dir = Path(run_dir)
     run = load_run(run_dir)
     config = run.config
@@ -616,8 +606,6 @@ def diagnose_run(run_dir: str | os.PathLike, plot_dir: str | os.PathLike | None 
     snap, ratios = measure(run.model, X, Y, lr)
 
     out = Path(plot_dir) if plot_dir is not None else run_dir / PLOT_DIR
-    from tinylm.io import make_out_dir
-
     headless_pyplot()  # refuse a missing matplotlib before the plot directory exists
     make_out_dir(out)
     plots = [plot_activation_histograms(snap, out / "activations.png"),
