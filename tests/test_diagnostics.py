@@ -239,6 +239,35 @@ def test_measure_on_the_scalar_engine():
     assert snap.gradient_stats[0].std == pytest.approx(ref.gradient_stats[0].std, rel=1e-4)
 
 
+@pytest.mark.parametrize("backend", ["numpy", "torch", "torch-module", "micrograd"])
+def test_activation_layers_are_found_by_type(backend):
+    from tinylm.layers.base import Layer
+    from tinylm.models import ModelConfig, build_model, layer_module
+    from tinylm.rng import RNG
+
+    if backend.startswith("torch"):
+        torch = pytest.importorskip("torch")
+    model = build_model(ModelConfig("mlp", vocab_size=7, context=2, n_embd=2, n_hidden=4), backend, RNG(2))
+    L = layer_module(backend)
+    found = dg.activation_layers(model)
+    assert [(name, kind) for name, _, kind in found] == [("layers.3 (tanh)", "tanh")]
+    assert found[0][1] is model.layers[3] and isinstance(model.layers[3], L.Tanh)
+    if backend == "torch-module":
+        assert isinstance(found[0][1], torch.nn.Tanh)
+    if backend != "numpy":
+        return
+
+    class Squash(L.Tanh):   # a tanh under another name is still a tanh
+        pass
+
+    class Tanh(Layer):      # ...and a lookalike name alone is not
+        pass
+
+    model.layers[3].__class__ = Squash
+    model.layers[1] = Tanh()
+    assert [name for name, _, _ in dg.activation_layers(model)] == ["layers.3 (squash)"]
+
+
 def test_initial_loss_record():
     ok = dg.initial_loss_record(3.31, 27)
     assert ok["expected_initial_loss"] == pytest.approx(math.log(27))

@@ -35,6 +35,7 @@ from tinylm.batches import Batches, make_split
 from tinylm.data import load_splits
 from tinylm.errors import ConfigError
 from tinylm.io import append_jsonl, atomic_write_bytes, make_out_dir, read_jsonl
+from tinylm.models import layer_module
 from tinylm.rng import RNG
 from tinylm.runs import load_run
 from tinylm.train import METRICS_FILE, learning_rate
@@ -215,6 +216,8 @@ def snapshot_from_arrays(activations: Mapping[str, np.ndarray],
     )
 
 
+# The nonlinearities by the name every backend module exports them under (see
+# tinylm.layers), with the kind of statistics their outputs get.
 NONLINEARITIES = {"Tanh": "tanh", "ReLU": "relu"}
 
 
@@ -249,11 +252,15 @@ def _data_of(x: Any) -> np.ndarray:
 
 def activation_layers(model: Any) -> list[tuple[str, Any, str]]:
     """(name, layer, kind) of each nonlinearity in ``model.layers``: where saturation matters."""
+    L = layer_module(model.backend)
+    # by type, so a subclass or a backend's alias (torch-module's Tanh is nn.Tanh) still counts
+    types = [(getattr(L, name), kind) for name, kind in NONLINEARITIES.items() if hasattr(L, name)]
     found = []
     for i, layer in enumerate(model.layers):
-        kind = NONLINEARITIES.get(type(layer).__name__)
-        if kind is not None:
-            found.append((f"layers.{i} ({type(layer).__name__.lower()})", layer, kind))
+        for cls, kind in types:
+            if isinstance(layer, cls):
+                found.append((f"layers.{i} ({type(layer).__name__.lower()})", layer, kind))
+                break
     return found
 
 
