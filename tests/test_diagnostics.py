@@ -80,13 +80,14 @@ def test_grad_and_weight_stats():
 
 def test_update_ratio_is_log10_of_std_ratio():
     rng = np.random.default_rng(4)
-    data = rng.standard_normal((30, 30))
-    grad = rng.standard_normal((30, 30)) * 0.05
-    lr = 0.1
-    expected = math.log10(statistics.pstdev([lr * float(v) for v in grad.ravel()])
-                          / statistics.pstdev([float(v) for v in data.ravel()]))
-    assert dg.update_ratio(data, grad, lr) == pytest.approx(expected, rel=1e-10)
-    assert dg.update_ratio(data, np.zeros_like(grad), lr) == -math.inf
+    before = rng.standard_normal((30, 30))
+    after = before - 0.1 * rng.standard_normal((30, 30)) * 0.05
+    expected = math.log10(statistics.pstdev([float(a - b) for a, b in zip(after.ravel(), before.ravel())])
+                          / statistics.pstdev([float(v) for v in before.ravel()]))
+    assert dg.update_ratio(before, after) == pytest.approx(expected, rel=1e-10)
+    assert dg.update_ratio(before, before.copy()) == -math.inf
+    with pytest.raises(ConfigError):
+        dg.update_ratio(before, after[:, :3])
 
 
 def test_smooth_is_trailing_mean():
@@ -159,22 +160,14 @@ def _small_batch(context: int, B: int = 24):
     return rs.randint(0, 9, size=(B, context)), rs.randint(0, 9, size=B)
 
 
-def test_measure_matches_an_independent_torch_computation():
-    """A 2-layer BatchNorm MLP recomputed from its state dict with torch autograd (float64)."""
-    torch = pytest.importorskip("torch")
-    from tinylm.models import ModelConfig, build_model
-    from tinylm.rng import RNG
+def _torch_bnmlp(state, X, Y):
+    """A 2-layer BatchNorm MLP recomputed from its state dict with torch autograd (float64).
 
-    config = ModelConfig("bnmlp", n_layers=2, **SMALL)
-    model = build_model(config, "numpy", RNG(3))
-    X, Y = _small_batch(4)
-    before = model.state_dict()
-    snap, ratios = dg.measure(model, X, Y, lr=0.05)
-    for name, value in model.state_dict().items():   # measuring changed nothing
-        np.testing.assert_array_equal(value, before[name])
-    assert model.training
+    Returns the parameters (with their .grad) by state-dict name and the two tanh outputs.
+    """
+    import torch
 
-    s = {k: torch.tensor(v, dtype=torch.float64, requires_grad=True) for k, v in before.items()}
+    s = {k: torch.tensor(v, dtype=torch.float64, requires_grad=True) for k, v in state.items()}
     h = s["layers.0.weight"][torch.from_numpy(X)].reshape(len(X), -1)   # (B, T*E)
     tanhs = []
     for lin, bn in ((2, 3), (5, 6)):
@@ -186,7 +179,37 @@ def test_measure_matches_an_independent_torch_computation():
         tanhs.append(h)
     logits = h @ s["layers.8.weight"].T + s["layers.8.bias"]
     torch.nn.functional.cross_entropy(logits, torch.from_numpy(Y)).backward()
+    return s, tanhs
 
+
+def _bnmlp(seed: int = 3):
+    from tinylm.models import ModelConfig, build_model
+    from tinylm.rng import RNG
+
+    return build_model(ModelConfig("bnmlp", n_layers=2, **SMALL), "numpy", RNG(seed))
+
+
+def _assert_states_equal(a, b):
+    assert set(a) == set(b)
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name])
+
+
+def test_measure_matches_an_independent_torch_computation():
+    """Every statistic, and for plain SGD the update:data ratio is log10(std(lr * grad) / std(data))."""
+    pytest.importorskip("torch")
+    from tinylm.optim import make_optimizer
+
+    model = _bnmlp()
+    optimizer = make_optimizer(model, "sgd", lr=0.3)
+    X, Y = _small_batch(4)
+    before, optimizer_before = model.state_dict(), optimizer.state_dict()
+    snap, ratios = dg.measure(model, X, Y, optimizer, lr=0.05)
+    _assert_states_equal(model.state_dict(), before)   # measuring changed nothing
+    _assert_states_equal(optimizer.state_dict(), optimizer_before)
+    assert model.training and optimizer.lr == 0.3
+
+    s, tanhs = _torch_bnmlp(before, X, Y)
     assert [a.name for a in snap.activation_stats] == ["layers.4 (tanh)", "layers.7 (tanh)"]
     for a, g, t in zip(snap.activation_stats, snap.gradient_stats, tanhs):
         v = t.detach()
@@ -208,16 +231,73 @@ def test_measure_matches_an_independent_torch_computation():
             abs=1e-4)
 
 
+def test_measure_adamw_ratio_is_one_torch_adamw_step():
+    """With AdamW the ratio is that of its real update: decay, moments, bias correction and all."""
+    torch = pytest.importorskip("torch")
+    from tinylm.optim import make_optimizer
+
+    model = _bnmlp()
+    optimizer = make_optimizer(model, "adamw", lr=0.01, weight_decay=0.1)
+    for seed in (1, 2, 3):   # a few updates first, so the moments are not zero
+        rs = np.random.RandomState(seed)
+        model.forward(rs.randint(0, 9, size=(24, 4)), rs.randint(0, 9, size=24))
+        model.backward()
+        optimizer.step()
+    X, Y = _small_batch(4)
+    before, moments = model.state_dict(), optimizer.state_dict()
+    snap, ratios = dg.measure(model, X, Y, optimizer, lr=0.02)
+    _assert_states_equal(model.state_dict(), before)
+    _assert_states_equal(optimizer.state_dict(), moments)
+    assert optimizer.lr == 0.01
+
+    s, _ = _torch_bnmlp(before, X, Y)
+    index = {name: i for i, name in enumerate(model._named_parameters())}
+    assert [id(p) for p in model.parameters()] == [id(p) for p in model._named_parameters().values()]
+    weights = [name for name, value in before.items() if name in index and value.ndim == 2]
+    assert set(ratios) == set(weights) == {w.name for w in snap.weight_stats}
+    params = {name: s[name].detach().clone() for name in weights}
+    reference = torch.optim.AdamW(list(params.values()), lr=0.02, weight_decay=0.1, foreach=False)
+    for name, p in params.items():
+        p.grad = s[name].grad
+        reference.state[p] = {"step": torch.tensor(3.0),
+                              **{buf: torch.tensor(moments[f"{buf}.{index[name]}"], dtype=torch.float64)
+                                 for buf in ("exp_avg", "exp_avg_sq")}}
+    reference.step()
+    for name, p in params.items():
+        data = s[name].detach()
+        expected = math.log10((p - data).std(unbiased=False).item() / data.std(unbiased=False).item())
+        assert ratios[name] == pytest.approx(expected, abs=1e-5), name
+        # ...which is not what lr * grad would have said
+        assert abs(expected - math.log10((0.02 * s[name].grad).std(unbiased=False).item()
+                                         / data.std(unbiased=False).item())) > 0.1
+
+
+def test_measure_needs_the_optimizer_for_update_ratios():
+    model = _bnmlp()
+    X, Y = _small_batch(4)
+    snap, ratios = dg.measure(model, X, Y)
+    assert ratios == {} and len(snap.weight_stats) == 4
+    with pytest.raises(ConfigError):
+        dg.measure(model, X, Y, lr=0.1)
+
+
 @pytest.mark.parametrize("backend", ["torch", "torch-module"])
 def test_measure_agrees_across_backends(backend):
     pytest.importorskip("torch")
     from tinylm.models import ModelConfig, build_model
+    from tinylm.optim import make_optimizer
     from tinylm.rng import RNG
 
     config = ModelConfig("wavenet", **SMALL)
     X, Y = _small_batch(4)
-    ref, ref_ratios = dg.measure(build_model(config, "numpy", RNG(4)), X, Y, lr=0.1)
-    snap, ratios = dg.measure(build_model(config, backend, RNG(4)), X, Y, lr=0.1)
+
+    def measured(backend):
+        model = build_model(config, backend, RNG(4))
+        return dg.measure(model, X, Y, make_optimizer(model, "adamw", lr=0.1, weight_decay=0.01))
+
+    ref, ref_ratios = measured("numpy")
+    snap, ratios = measured(backend)
+    assert set(ratios) == set(ref_ratios) and len(ratios) == 4
     for a, b in zip(snap.activation_stats, ref.activation_stats):
         assert (a.name, a.dead, a.units) == (b.name, b.dead, b.units)
         assert a.std == pytest.approx(b.std, rel=1e-4)
@@ -231,12 +311,24 @@ def test_measure_on_the_scalar_engine():
     from tinylm.models import ModelConfig, build_model
     from tinylm.rng import RNG
 
+    from tinylm.optim import make_optimizer
+
     config = ModelConfig("mlp", vocab_size=7, context=2, n_embd=2, n_hidden=4)
     X, Y = np.array([[0, 1], [2, 3], [4, 5], [6, 0]]), np.array([1, 2, 3, 4])
-    ref, _ = dg.measure(build_model(config, "numpy", RNG(2)), X, Y)
-    snap, _ = dg.measure(build_model(config, "micrograd", RNG(2)), X, Y)
+    results = {}
+    for backend in ("numpy", "micrograd"):
+        model = build_model(config, backend, RNG(2))
+        optimizer = make_optimizer(model, "adamw", lr=0.05)
+        before, moments = model.state_dict(), optimizer.state_dict()
+        results[backend] = dg.measure(model, X, Y, optimizer)
+        _assert_states_equal(model.state_dict(), before)
+        _assert_states_equal(optimizer.state_dict(), moments)
+    (ref, ref_ratios), (snap, ratios) = results["numpy"], results["micrograd"]
     assert snap.activation_stats[0].std == pytest.approx(ref.activation_stats[0].std, rel=1e-5)
     assert snap.gradient_stats[0].std == pytest.approx(ref.gradient_stats[0].std, rel=1e-4)
+    assert set(ratios) == set(ref_ratios) == {"layers.0.weight", "layers.2.weight", "layers.4.weight"}
+    for name in ref_ratios:
+        assert ratios[name] == pytest.approx(ref_ratios[name], abs=1e-4)
 
 
 @pytest.mark.parametrize("backend", ["numpy", "torch", "torch-module", "micrograd"])
@@ -288,49 +380,99 @@ def test_history_keeps_the_last_record_of_each_step(tmp_path):
 
 # --- during training --------------------------------------------------------------------
 
-def _trainer(backend: str, progress=None):
+def _trainer(backend: str, optimizer: str = "sgd", out_dir=None):
     from tinylm import data
     from tinylm.batches import make_split
     from tinylm.models import build_model
     from tinylm.rng import RNG
+    from tinylm import runs
     from tinylm.models import ModelConfig
     from tinylm.train import TrainConfig, Trainer
 
     lines = data.read_lines(data.default_dataset())
     train, val, test = data.split_lines(lines)
     tok = data.Tokenizer.from_lines(lines)
+    lr, weight_decay = (0.1, 0.0) if optimizer == "sgd" else (0.01, 0.1)
     mconfig = ModelConfig("bnmlp", tok.vocab_size, context=4, n_embd=3, n_hidden=8, n_layers=2)
-    config = TrainConfig(backend=backend, batch_size=16, steps=12, optimizer="sgd", lr=0.1,
-                         lr_schedule="step", eval_every=6, eval_train_batches=2)
+    config = TrainConfig(backend=backend, batch_size=16, steps=12, optimizer=optimizer, lr=lr,
+                         weight_decay=weight_decay, lr_schedule="step", eval_every=6,
+                         eval_train_batches=2)
+    lines3 = (train[:300], val[:50], test[:50])
     splits = {name: make_split(name, ls, tok, 4, "words")
-              for name, ls in (("train", train[:300]), ("val", val[:50]), ("test", test[:50]))}
+              for name, ls in zip(("train", "val", "test"), lines3)}
     rng = RNG(config.seed)
     model = build_model(mconfig, backend, rng)
-    return Trainer(config, model, splits, rng, progress=progress), config
+    trainer = Trainer(config, model, splits, rng)
+    if out_dir is not None:
+        trainer.store = runs.RunWriter.create(out_dir, [], runs.neural_settings(mconfig, config),
+                                              tok, None, lines3)
+    return trainer, config
 
 
-@pytest.mark.parametrize("backend", ["numpy", "torch"])
-def test_recorder_measures_without_changing_the_run(tmp_path, backend):
-    if backend == "torch":
+BNMLP_WEIGHTS = {"layers.0.weight", "layers.2.weight", "layers.5.weight", "layers.8.weight"}
+
+
+@pytest.mark.parametrize("backend,optimizer", [("numpy", "sgd"), ("torch", "sgd"),
+                                               ("numpy", "adamw"), ("torch", "adamw"),
+                                               ("torch-module", "adamw")])
+def test_recorder_measures_without_changing_the_run(tmp_path, backend, optimizer):
+    if backend != "numpy":
         pytest.importorskip("torch")
     from tinylm.train import learning_rate
 
-    plain, _ = _trainer(backend)
+    plain, _ = _trainer(backend, optimizer)
     plain_result = plain.run()
-    watched, config = _trainer(backend)
+    watched, config = _trainer(backend, optimizer)
     recorder = dg.Recorder(watched.model, watched.splits["train"], 5,
-                           lambda s: learning_rate(config, s), tmp_path / dg.DIAGNOSTICS_FILE, seed=3)
+                           lambda s: learning_rate(config, s), tmp_path / dg.DIAGNOSTICS_FILE, seed=3,
+                           optimizer=watched.optimizer)
     made = []
     watched.progress = lambda r: made.append(recorder(r))
     result = watched.run()
     assert result.metrics == plain_result.metrics   # exactly the same floats
-    for name, value in plain.model.state_dict().items():
-        np.testing.assert_array_equal(watched.model.state_dict()[name], value)
+    _assert_states_equal(watched.model.state_dict(), plain.model.state_dict())
+    _assert_states_equal(watched.optimizer.state_dict(), plain.optimizer.state_dict())
     history = dg.read_history(tmp_path / dg.DIAGNOSTICS_FILE)
     assert [r["step"] for r in history] == [0, 5, 10]
     assert [r for r in made if r is not None] == history
     steps, series = dg.update_ratio_series(history)
-    assert steps == [0, 5, 10] and set(series) == {"layers.0.weight", "layers.2.weight",
-                                                    "layers.5.weight", "layers.8.weight"}
-    assert history[2]["lr"] == pytest.approx(0.1 * 0.1)   # step 10 of 12 is past the 75 % drop
+    assert steps == [0, 5, 10] and set(series) == BNMLP_WEIGHTS
+    assert all(math.isfinite(v) and -6 < v < 1 for values in series.values() for v in values)
+    assert history[2]["lr"] == pytest.approx(config.lr * 0.1)   # step 10 of 12 is past the 75 % drop
     assert "diagnostics at step 5" in dg.summary_line(history[1])
+
+
+def test_diagnose_run_takes_one_step_of_the_saved_adamw(tmp_path):
+    """The final ratios are one more AdamW step from the checkpoint's moments, by hand."""
+    from tinylm.batches import Batches, make_split
+    from tinylm.rng import RNG
+    from tinylm.runs import open_run
+
+    run = tmp_path / "run"
+    trainer, config = _trainer("numpy", "adamw", out_dir=run)
+    trainer.run()
+    trainer.store.close()
+    saved = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    result = dg.diagnose_run(run, tmp_path / "plots", batch_size=64, seed=5)
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == saved
+    assert result.step == 12 and set(result.update_ratios) == BNMLP_WEIGHTS
+    assert [p.name for p in result.plots] == ["activations.png", "gradients.png", "weight_gradients.png",
+                                              "update_ratios.png", "loss.png"]
+
+    loaded = open_run(run)
+    split = make_split("train", loaded.lines3[0], loaded.tokenizer, 4, "words")
+    X, Y = Batches(split, 64, RNG(5)).next()
+    loaded.model.forward(X, Y)
+    loaded.model.backward()
+    moments, t = loaded.arrays["optimizer"], int(loaded.arrays["optimizer"]["step"]) + 1
+    assert t == 13
+    lr, wd, (beta1, beta2), eps = config.lr * 0.1, config.weight_decay, (0.9, 0.999), 1e-8
+    for i, (name, p) in enumerate(loaded.model._named_parameters().items()):
+        if name not in BNMLP_WEIGHTS:
+            continue
+        w, g = p.data.astype(np.float64), p.grad.astype(np.float64)
+        m = beta1 * moments[f"exp_avg.{i}"] + (1 - beta1) * g
+        v = beta2 * moments[f"exp_avg_sq.{i}"] + (1 - beta2) * g * g
+        after = w * (1 - lr * wd) - lr * (m / (1 - beta1**t)) / (np.sqrt(v / (1 - beta2**t)) + eps)
+        expected = math.log10(np.std(after - w) / np.std(w))
+        assert result.update_ratios[name] == pytest.approx(expected, abs=1e-4), name

@@ -10,9 +10,11 @@ gradient and update statistics" used to debug deep tanh networks:
 * gradients at each activation: mean and std, which should be of similar
   size in every layer (no vanishing or exploding through depth);
 * weight matrices: gradient mean and std and the grad:data std ratio;
-* the update:data ratio ``log10(std(lr * grad) / std(data))`` over training,
-  which for a well-tuned learning rate hovers around -3 (updates change each
-  weight by about a thousandth of its size per step).
+* the update:data ratio ``log10(std(update) / std(data))`` over training,
+  where the update is what one step of the run's own optimizer (SGD or
+  AdamW, at the run's learning rate) does to each weight matrix; for a
+  well-tuned learning rate it hovers around -3 (updates change each weight
+  by about a thousandth of its size per step).
 
 The statistics are plain functions of numpy arrays, so they are identical for
 every backend; ``snapshot`` gathers them from a model's ``layers``. The plots
@@ -27,18 +29,18 @@ import math
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
 from tinylm.batches import Batches, make_split
-from tinylm.data import load_splits
-from tinylm.errors import ConfigError
+from tinylm.errors import CheckpointError, ConfigError
 from tinylm.io import append_jsonl, atomic_write_bytes, make_out_dir, read_jsonl
 from tinylm.models import layer_module
+from tinylm.optim import make_optimizer
 from tinylm.rng import RNG
-from tinylm.runs import load_run
-from tinylm.train import METRICS_FILE, learning_rate
+from tinylm.runs import open_run
+from tinylm.train import learning_rate
 
 SATURATION_THRESHOLD = 0.97
 UPDATE_RATIO_GUIDE = -3.0  # log10 of the 1e-3 guide line
@@ -140,12 +142,17 @@ def _ratio(num: float, den: float) -> float:
     return num / den if den > 0 else math.inf
 
 
-def update_ratio(data: np.ndarray, grad: np.ndarray, lr: float) -> float:
-    """``log10(std(lr * grad) / std(data))`` for one plain SGD step (-inf if nothing moves)."""
-    d = np.asarray(data, dtype=np.float64)
-    g = np.asarray(grad, dtype=np.float64)
-    num = float((lr * g).std())
-    den = float(d.std())
+def update_ratio(before: np.ndarray, after: np.ndarray) -> float:
+    """``log10(std(after - before) / std(before))``: one step's update of a weight matrix.
+
+    -inf if the step left the weights as they were.
+    """
+    b = np.asarray(before, dtype=np.float64)
+    a = np.asarray(after, dtype=np.float64)
+    if a.shape != b.shape:
+        raise ConfigError(f"the weights changed shape in a step: {b.shape} -> {a.shape}")
+    num = float((a - b).std())
+    den = float(b.std())
     if den == 0.0:
         return math.inf if num > 0 else math.nan
     if num == 0.0:
@@ -229,7 +236,8 @@ def _array(x: Any) -> np.ndarray:
         return x.detach().cpu().numpy().astype(np.float64)
     if isinstance(x, list):
         return np.array(_nested(x, "data"), dtype=np.float64)
-    return np.asarray(x, dtype=np.float64)
+    # a copy even of float64: weights read before an optimizer step must not follow it
+    return np.array(x, dtype=np.float64)
 
 
 def _nested(x: Any, attr: str) -> Any:
@@ -264,19 +272,29 @@ def activation_layers(model: Any) -> list[tuple[str, Any, str]]:
     return found
 
 
-def measure(model: Any, X: np.ndarray, Y: np.ndarray, lr: float | None = None
-            ) -> tuple[Snapshot, dict[str, float]]:
+def measure(model: Any, X: np.ndarray, Y: np.ndarray, optimizer: Any = None,
+            lr: float | None = None) -> tuple[Snapshot, dict[str, float]]:
     """Statistics of one training-mode forward and backward pass on (X, Y).
 
     Works for every backend: numpy layers record the gradient at their
     output during ``backward``; PyTorch outputs are asked to retain theirs.
-    The model is left as it was found: its arrays and BatchNorm running
-    statistics are restored and its train/eval mode put back, so measuring
-    in the middle of a run does not change what the run computes. Returns
-    the snapshot and, with ``lr``, the update:data ratio of each weight
-    matrix (log10, for a plain SGD step of that learning rate).
+    With ``optimizer`` (the run's, from tinylm.optim), the gradients of the
+    batch then drive one real ``optimizer.step()`` at learning rate ``lr``
+    (default: the optimizer's own), and the update:data ratio of each
+    weight matrix is ``update_ratio`` of its weights before and after that
+    step: the update the run would make, whatever the optimizer's rule.
+    Model and optimizer are left as they were found: arrays, BatchNorm
+    running statistics, optimizer state and learning rate are restored and
+    the train/eval mode put back, so measuring in the middle of a run does
+    not change what the run computes. Returns the snapshot and the ratios
+    by parameter name (empty without an optimizer).
     """
+    if optimizer is None and lr is not None:
+        raise ConfigError("the update:data ratio needs the run's optimizer, not only its learning rate")
     saved, was_training = model.state_dict(), model.training
+    # state_dict() gives copies: the step below can neither reach nor change them
+    saved_optimizer = optimizer.state_dict() if optimizer is not None else None
+    saved_lr = optimizer.lr if optimizer is not None else None
     try:
         model.train()
         _, loss = model.forward(X, Y)
@@ -296,10 +314,20 @@ def measure(model: Any, X: np.ndarray, Y: np.ndarray, lr: float | None = None
             if data.ndim == 2 and grad is not None:
                 weights[name] = (data, grad)
         snap = snapshot_from_arrays(outputs, grads, weights, {n: k for n, _, k in acts})
-        ratios = ({name: update_ratio(d, g, lr) for name, (d, g) in weights.items()}
-                  if lr is not None else {})
+        ratios = {}
+        if optimizer is not None:
+            if lr is not None:
+                optimizer.lr = lr
+            optimizer.step()
+            # numpy optimizers put new arrays in .data, torch's write in place: read anew
+            params = model._named_parameters()
+            ratios = {name: update_ratio(before, _data_of(params[name]))
+                      for name, (before, _) in weights.items()}
     finally:
         model.load_state_dict(saved)
+        if optimizer is not None:
+            optimizer.load_state_dict(saved_optimizer)
+            optimizer.lr = saved_lr
         model.train(was_training)
     return snap, ratios
 
@@ -524,17 +552,23 @@ class Recorder:
     It is a progress callback: the evaluation record of step 0 (before any
     update) and the update record of every step s with (s + 1) % every == 0
     trigger a ``measure`` of the model as it then is, after s + 1 updates.
-    The batch comes from the train split through the recorder's own RNG,
-    and ``measure`` restores everything it touches, so a run with
-    diagnostics computes exactly what it computes without them. Each
-    measurement is appended to ``path`` (diagnostics.jsonl) and returned.
+    The update:data ratios are those of one step of ``optimizer`` (the
+    run's own, in its current state) at ``lr_at(s + 1)``, the learning rate
+    of the run's next update; without an optimizer only activations and
+    gradients are recorded. The batch comes from the train split through
+    the recorder's own RNG, and ``measure`` restores everything it touches,
+    so a run with diagnostics computes exactly what it computes without
+    them. Each measurement is appended to ``path`` (diagnostics.jsonl) and
+    returned.
     """
 
-    def __init__(self, model: Any, split: Any, every: int, lr_at: Any,
-                 path: str | os.PathLike | None, seed: int, batch_size: int = 32) -> None:
+    def __init__(self, model: Any, split: Any, every: int, lr_at: Callable[[int], float],
+                 path: str | os.PathLike | None, seed: int, batch_size: int = 32, *,
+                 optimizer: Any = None) -> None:
         if every < 1:
             raise ConfigError(f"--diagnose-every must be >= 1, got {every}")
         self.model = model
+        self.optimizer = optimizer
         self.every = every
         self.lr_at = lr_at  # step -> the learning rate of that update
         self.path = Path(path) if path is not None else None
@@ -551,7 +585,8 @@ class Recorder:
             return None
         X, Y = self.batches.next()
         lr = float(self.lr_at(done))
-        snap, ratios = measure(self.model, X, Y, lr)
+        snap, ratios = measure(self.model, X, Y, self.optimizer,
+                               lr if self.optimizer is not None else None)
         out = diagnostics_record(done, lr, snap, ratios)
         if self.path is not None:
             append_jsonl(self.path, out)
@@ -592,17 +627,21 @@ def diagnose_run(run_dir: str | os.PathLike, plot_dir: str | os.PathLike | None 
     """Measure a trained run on one training batch and write its plots.
 
     The batch is drawn from the run's own train split (``batch_size``
-    examples, default 512) with an RNG of ``seed``. Plots
+    examples, default 512) with an RNG of ``seed``. The update:data ratios
+    are those of one more step of the run's optimizer, rebuilt from the
+    checkpoint with its saved state, at the learning rate of the run's
+    next update (of its last, once it is finished). Plots
     go to ``plot_dir`` (default ``run_dir/diagnostics``): activation,
     gradient and weight-gradient histograms, the update:data ratios (over
     training if the run was trained with --diagnose-every, else the final
     ratios alone) and the loss curve from metrics.jsonl.
     """
     run_dir = Path(run_dir)
-    run = load_run(run_dir)
+    run = open_run(run_dir)
+    if run.kind != "neural":
+        raise ConfigError(f"{str(run_dir)!r} holds an n-gram run: it has no layers to diagnose")
     config = run.config
-    train_lines = load_splits(run_dir)[0]
-    split = make_split("train", train_lines, run.tokenizer, run.model_config.context, config.loader)
+    split = make_split("train", run.lines3[0], run.tokenizer, run.model_config.context, config.loader)
     # a larger batch than training's: smoother histograms, steadier statistics
     B = batch_size or min(len(split), DIAGNOSE_BATCH)
     if B < 2:
@@ -610,7 +649,13 @@ def diagnose_run(run_dir: str | os.PathLike, plot_dir: str | os.PathLike | None 
     X, Y = Batches(split, B, RNG(seed)).next()
     step = run.step
     lr = learning_rate(config, min(step, config.steps - 1))
-    snap, ratios = measure(run.model, X, Y, lr)
+    optimizer = make_optimizer(run.model, config.optimizer, lr=lr, weight_decay=config.weight_decay)
+    try:
+        optimizer.load_state_dict(run.arrays["optimizer"])
+    except (KeyError, ValueError, TypeError, IndexError) as e:
+        raise CheckpointError(f"the checkpoint in {str(run_dir)!r} has no optimizer state "
+                              f"that fits: {e}") from None
+    snap, ratios = measure(run.model, X, Y, optimizer, lr)
 
     out = Path(plot_dir) if plot_dir is not None else run_dir / PLOT_DIR
     headless_pyplot()  # refuse a missing matplotlib before the plot directory exists
@@ -625,9 +670,6 @@ def diagnose_run(run_dir: str | os.PathLike, plot_dir: str | os.PathLike | None 
         for name in ratios:
             series.setdefault(name, [math.nan] * (len(steps) - 1)).append(ratios[name])
     plots.append(plot_update_ratios(steps, series, out / "update_ratios.png"))
-    metrics = run_dir / METRICS_FILE
-    if metrics.is_file():
-        records = read_jsonl(metrics)
-        if loss_series(records):
-            plots.append(plot_loss_curve(records, out / "loss.png"))
+    if loss_series(run.metrics):
+        plots.append(plot_loss_curve(run.metrics, out / "loss.png"))
     return Diagnosis(step, snap, ratios, len(history), plots)
