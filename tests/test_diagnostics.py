@@ -126,24 +126,97 @@ def test_snapshot_and_table():
     assert "layers.5" in table and "16x30" in table and "-3.01" in table
 
 
+@pytest.fixture
+def figures():
+    """Close what a test drew: figures that are returned, not saved, stay open."""
+    plt = dg.headless_pyplot()
+    yield
+    plt.close("all")
+
+
+def _lines(fig) -> dict[str, tuple[str, str]]:
+    """label -> (linestyle, marker) of every line drawn, the guide line included."""
+    return {line.get_label(): (line.get_linestyle(), line.get_marker()) for line in fig.axes[0].lines}
+
+
+MARKERS_ONLY = ("None", "o")
+
+
 @pytest.mark.parametrize("plot", ["activation", "gradient", "weight"])
 def test_histogram_plots_write_png(tmp_path, plot):
     snap = _snapshot()
     fn = {"activation": dg.plot_activation_histograms, "gradient": dg.plot_gradient_histograms,
           "weight": dg.plot_weight_gradient_histograms}[plot]
-    path = fn(snap, tmp_path / f"{plot}.png")
+    path = fn(snap, tmp_path / f"{plot}.png", step=7, run="r")
     assert path.stat().st_size > 1000
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_histograms_say_what_they_show_and_when(figures):
+    snap = _snapshot()
+    for figure, xlabel, what, names in (
+            (dg.activation_figure, "activation value", "activations", ["layers.2", "layers.5"]),
+            (dg.gradient_figure, "gradient value", "gradient of the loss w.r.t. the activations",
+             ["layers.2"]),
+            (dg.weight_gradient_figure, "weight gradient value",
+             "gradient of the loss w.r.t. the weight matrices", ["layers.0.weight"])):
+        ax = figure(snap, step=7, run="runs/deep").axes[0]
+        assert (ax.get_xlabel(), ax.get_ylabel()) == (xlabel, "density")
+        assert ax.get_title().startswith(f"runs/deep: {what}") and ax.get_title().endswith(" at step 7")
+        assert [line.get_label().split(":")[0].split(" ")[0] for line in ax.lines] == names
+        assert what in figure(snap).axes[0].get_title() and "step" not in figure(snap).axes[0].get_title()
+
+
+def test_update_ratio_plot_names_the_real_update(figures):
+    steps = list(range(0, 100, 10))
+    fig = dg.update_ratio_figure(steps, {"a": [-2.5] * 10, "b": [-3.2]}, run="r")
+    ax = fig.axes[0]
+    assert "optimizer update" in ax.get_ylabel() and ax.get_xlabel() == "step"
+    assert ax.get_title().startswith("r: update:data ratio")
+    lines = _lines(fig)
+    assert lines["a"] == ("-", "o") and lines["b"] == MARKERS_ONLY   # one point: no trend to draw
+    assert lines["1e-3 guide"][0] == "--"
+
+
+def test_loss_plot_of_a_two_step_run_draws_no_trend(figures):
+    records = [{"step": 0, "train_loss": 3.30, "val_loss": 3.31}, {"step": 0, "loss": 3.28},
+               {"step": 1, "train_loss": 3.20, "val_loss": 3.25}, {"step": 1, "loss": 3.22},
+               {"step": 2, "test_loss": 3.24}]
+    fig = dg.loss_figure(records, run="tiny")
+    # a window of 1 smooths nothing: the batch loss is drawn once, not twice under two names
+    assert _lines(fig) == {"batch loss": MARKERS_ONLY, "train loss": MARKERS_ONLY,
+                           "val loss": MARKERS_ONLY}
+    ax = fig.axes[0]
+    assert ax.get_title() == "tiny: batch, train and val loss"
+    assert (ax.get_xlabel(), ax.get_ylabel()) == ("step", "loss (nats per character)")
+    lo, hi = ax.get_ylim()
+    assert lo < 3.20 and hi > 3.31
+    fig.canvas.draw()
+    assert [t for t in ax.get_xticks() if 0 <= t <= 1] == [0, 1]   # no step 0.5
+
+
+def test_loss_plot_smooths_long_runs_and_clamps_the_window(figures):
+    records = [{"step": i, "loss": 3.3 - i * 0.01} for i in range(100)]
+    records += [{"step": 0, "val_loss": 3.3}, {"step": 50, "val_loss": 2.9}, {"step": 99, "val_loss": 2.5}]
+    fig = dg.loss_figure(records)
+    assert _lines(fig) == {"batch loss": ("-", "None"), "batch loss (mean of 2)": ("-", "None"),
+                           "val loss": ("-", "o")}
+    assert fig.axes[0].get_title() == "batch (mean of 2) and val loss"
+    short = [{"step": i, "loss": 3.0 + (i % 2) * 0.1} for i in range(10)]
+    assert "batch loss (mean of 10)" in _lines(dg.loss_figure(short, window=50))
+    assert dg.loss_figure(short[:1], window=50).axes[0].get_title() == "batch loss"
+    with pytest.raises(ConfigError):
+        dg.loss_figure(short, window=0)
 
 
 def test_update_ratio_and_loss_plots_write_png(tmp_path):
     steps = list(range(0, 100, 10))
     ratios = {"layers.0.weight": [-2.5 - 0.05 * i for i in range(10)]}
-    p = dg.plot_update_ratios(steps, ratios, tmp_path / "update.png")
+    p = dg.plot_update_ratios(steps, ratios, tmp_path / "update.png", run="r")
     assert p.stat().st_size > 1000
     records = [{"step": i, "loss": 3.3 - i * 0.01} for i in range(100)]
     records += [{"step": 99, "train_loss": 2.4, "val_loss": 2.5}]
-    p = dg.plot_loss_curve(records, tmp_path / "loss.png")
+    p = dg.plot_loss_curve(records, tmp_path / "loss.png", run="r")
     assert p.read_bytes()[:4] == b"\x89PNG"
     assert not list(tmp_path.glob(".*.tmp"))   # written atomically
     with pytest.raises(ConfigError):
@@ -442,7 +515,7 @@ def test_recorder_measures_without_changing_the_run(tmp_path, backend, optimizer
     assert "diagnostics at step 5" in dg.summary_line(history[1])
 
 
-def test_diagnose_run_takes_one_step_of_the_saved_adamw(tmp_path):
+def test_diagnose_run_takes_one_step_of_the_saved_adamw(tmp_path, monkeypatch):
     """The final ratios are one more AdamW step from the checkpoint's moments, by hand."""
     from tinylm.batches import Batches, make_split
     from tinylm.rng import RNG
@@ -453,8 +526,17 @@ def test_diagnose_run_takes_one_step_of_the_saved_adamw(tmp_path):
     trainer.run()
     trainer.store.close()
     saved = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    titles, save = [], dg._save
+
+    def saving(fig, path):
+        titles.append(fig.axes[0].get_title())
+        return save(fig, path)
+
+    monkeypatch.setattr(dg, "_save", saving)
     result = dg.diagnose_run(run, tmp_path / "plots", batch_size=64, seed=5)
     assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == saved
+    assert all(t.startswith("run: ") for t in titles) and len(titles) == 5
+    assert all(t.endswith(" at step 12") for t in titles[:3])
     assert result.step == 12 and set(result.update_ratios) == BNMLP_WEIGHTS
     assert [p.name for p in result.plots] == ["activations.png", "gradients.png", "weight_gradients.png",
                                               "update_ratios.png", "loss.png"]

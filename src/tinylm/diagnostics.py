@@ -382,6 +382,13 @@ def format_table(snap: Snapshot, update_ratios: Mapping[str, float] | None = Non
 
 
 # --- plots --------------------------------------------------------------------------
+#
+# Each plot is drawn by a ``*_figure`` function, which returns the matplotlib
+# Figure (for a caller that wants to look at it, or test it, before saving),
+# and saved by the matching ``plot_*`` function, which returns the PNG's path.
+
+MIN_LINE_POINTS = 3  # fewer points of a series are drawn as markers: no trend was measured
+
 
 def headless_pyplot():
     try:
@@ -404,8 +411,29 @@ def _save(fig, path: str | os.PathLike) -> Path:
     return path
 
 
-def _histogram_plot(arrays: Mapping[str, np.ndarray], path: str | os.PathLike, title: str,
-                    legend: Iterable[str], bins: int = 50) -> Path:
+def _title(what: str, step: int | None = None, run: str | None = None) -> str:
+    """"<run>: <what> at step <step>", leaving out what is not known."""
+    title = what if step is None else f"{what} at step {step}"
+    return title if run is None else f"{run}: {title}"
+
+
+def _step_axis(ax) -> None:
+    """Label the x axis as steps, ticked at whole steps only (a short run has no step 0.5)."""
+    from matplotlib.ticker import MaxNLocator
+
+    ax.set_xlabel("step")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def _series_style(n: int) -> dict[str, Any]:
+    """Line style for a series of n points: a line only when there is a trend to draw."""
+    if n < MIN_LINE_POINTS:
+        return {"linestyle": "none", "marker": "o"}
+    return {"marker": "o" if n < 30 else None}
+
+
+def _histogram_figure(arrays: Mapping[str, np.ndarray], title: str, xlabel: str,
+                      legend: Iterable[str], bins: int = 50):
     plt = headless_pyplot()
     fig, ax = plt.subplots(figsize=(10, 4))
     for (name, arr), label in zip(arrays.items(), legend):
@@ -415,43 +443,69 @@ def _histogram_plot(arrays: Mapping[str, np.ndarray], path: str | os.PathLike, t
         hy, hx = np.histogram(a, bins=bins, density=True)
         ax.plot(0.5 * (hx[:-1] + hx[1:]), hy, label=label)
     ax.set_title(title)
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("density")
     if arrays:
         ax.legend(fontsize="small")
-    return _save(fig, path)
+    return fig
 
 
-def plot_activation_histograms(snap: Snapshot, path: str | os.PathLike) -> Path:
+def activation_figure(snap: Snapshot, step: int | None = None, run: str | None = None):
+    """Histogram of each nonlinearity's output, one curve per layer."""
     legend = [f"{s.name}: mean {s.mean:+.2f}, std {s.std:.2f}, saturated {s.saturation:.1f}%"
               for s in snap.activation_stats]
-    return _histogram_plot(snap.activations, path, "activation distribution", legend)
+    title = _title("activations (nonlinearity outputs)", step, run)
+    return _histogram_figure(snap.activations, title, "activation value", legend)
 
 
-def plot_gradient_histograms(snap: Snapshot, path: str | os.PathLike) -> Path:
+def gradient_figure(snap: Snapshot, step: int | None = None, run: str | None = None):
+    """Histogram of the loss gradient at each nonlinearity's output."""
     legend = [f"{g.name}: mean {g.mean:+.2e}, std {g.std:.2e}" for g in snap.gradient_stats]
-    return _histogram_plot(snap.gradients, path, "gradient distribution at activations", legend)
+    title = _title("gradient of the loss w.r.t. the activations", step, run)
+    return _histogram_figure(snap.gradients, title, "gradient value", legend)
 
 
-def plot_weight_gradient_histograms(snap: Snapshot, path: str | os.PathLike) -> Path:
+def weight_gradient_figure(snap: Snapshot, step: int | None = None, run: str | None = None):
+    """Histogram of the loss gradient of each weight matrix."""
     legend = [f"{w.name} {'x'.join(map(str, w.shape))}: grad:data {w.grad_data_ratio:.2e}"
               for w in snap.weight_stats]
-    return _histogram_plot(snap.weight_grads, path, "weight gradient distribution", legend)
+    title = _title("gradient of the loss w.r.t. the weight matrices", step, run)
+    return _histogram_figure(snap.weight_grads, title, "weight gradient value", legend)
 
 
-def plot_update_ratios(steps: Sequence[int], ratios: Mapping[str, Sequence[float]],
-                       path: str | os.PathLike) -> Path:
+def plot_activation_histograms(snap: Snapshot, path: str | os.PathLike, step: int | None = None,
+                               run: str | None = None) -> Path:
+    return _save(activation_figure(snap, step, run), path)
+
+
+def plot_gradient_histograms(snap: Snapshot, path: str | os.PathLike, step: int | None = None,
+                             run: str | None = None) -> Path:
+    return _save(gradient_figure(snap, step, run), path)
+
+
+def plot_weight_gradient_histograms(snap: Snapshot, path: str | os.PathLike, step: int | None = None,
+                                    run: str | None = None) -> Path:
+    return _save(weight_gradient_figure(snap, step, run), path)
+
+
+def update_ratio_figure(steps: Sequence[int], ratios: Mapping[str, Sequence[float]],
+                        run: str | None = None):
     """log10(update:data) per weight matrix over training, with the -3 guide line."""
     plt = headless_pyplot()
     fig, ax = plt.subplots(figsize=(10, 4))
     for name, values in ratios.items():
-        ax.plot(list(steps)[: len(values)], values, label=name,
-                marker="o" if len(values) < 30 else None)
+        ax.plot(list(steps)[: len(values)], values, label=name, **_series_style(len(values)))
     ax.axhline(UPDATE_RATIO_GUIDE, color="k", linestyle="--", label="1e-3 guide")
-    ax.set_title("update:data ratio")
-    ax.set_xlabel("step")
-    ax.set_ylabel("log10(std(lr*grad) / std(data))")
+    ax.set_title(_title("update:data ratio per weight matrix (one step of the run's optimizer)", run=run))
+    _step_axis(ax)
+    ax.set_ylabel("log10(std(optimizer update) / std(weights))")
     ax.legend(fontsize="small")
-    return _save(fig, path)
+    return fig
+
+
+def plot_update_ratios(steps: Sequence[int], ratios: Mapping[str, Sequence[float]],
+                       path: str | os.PathLike, run: str | None = None) -> Path:
+    return _save(update_ratio_figure(steps, ratios, run), path)
 
 
 def loss_series(records: Iterable[Mapping[str, Any]]) -> dict[str, tuple[list[int], list[float]]]:
@@ -474,12 +528,22 @@ def loss_series(records: Iterable[Mapping[str, Any]]) -> dict[str, tuple[list[in
     return series
 
 
-def plot_loss_curve(records: Iterable[Mapping[str, Any]], path: str | os.PathLike,
-                    window: int | None = None) -> Path:
+def _smoothing_window(n: int, window: int | None = None) -> int:
+    """The batch-loss window for n points: ``window``, or 1/50 of them, never more than n."""
+    if window is not None and window < 1:
+        raise ConfigError(f"smoothing window must be >= 1, got {window}")
+    return max(1, min(window or n // 50, n))
+
+
+def loss_figure(records: Iterable[Mapping[str, Any]], window: int | None = None,
+                run: str | None = None):
     """Train/val loss from metrics.jsonl records; the batch loss is smoothed.
 
     ``window`` defaults to 1/50 of the number of batch-loss points, so the
-    curve reads the same for short and long runs.
+    curve reads the same for short and long runs; a window of 1 (any run
+    under 100 steps) smooths nothing, so the batch loss is then drawn once,
+    as measured. A series of fewer than MIN_LINE_POINTS points gets markers
+    and no joining line.
     """
     series = loss_series(records)
     if not series:
@@ -487,26 +551,40 @@ def plot_loss_curve(records: Iterable[Mapping[str, Any]], path: str | os.PathLik
     plt = headless_pyplot()
     fig, ax = plt.subplots(figsize=(10, 4))
     shown: list[float] = []  # what the y-axis must hold; single noisy batches may be cut off
+    curves = []
     if "batch" in series:
         steps, values = series["batch"]
-        w = window or max(1, len(values) // 50)
-        smoothed = smooth(values, w)
-        ax.plot(steps, values, color="0.85", linewidth=0.5, label="batch loss")
-        ax.plot(steps, smoothed, label=f"batch loss (mean of {w})")
-        shown += smoothed.tolist()
+        w = _smoothing_window(len(values), window)
+        if w == 1:
+            ax.plot(steps, values, label="batch loss", **_series_style(len(values)))
+            shown += values
+            curves.append("batch")
+        else:
+            smoothed = smooth(values, w)
+            ax.plot(steps, values, color="0.85", linewidth=0.5, label="batch loss")
+            ax.plot(steps, smoothed, label=f"batch loss (mean of {w})")
+            shown += smoothed.tolist()
+            curves.append(f"batch (mean of {w})")
     for label in ("train", "val"):
         if label in series:
             steps, values = series[label]
-            ax.plot(steps, values, marker="o" if len(values) < 30 else None, label=f"{label} loss")
+            ax.plot(steps, values, label=f"{label} loss", **_series_style(len(values)))
             shown += values
+            curves.append(label)
     lo, hi = min(shown), max(shown)
     pad = 0.05 * (hi - lo) or 0.05
     ax.set_ylim(lo - pad, hi + pad)
-    ax.set_xlabel("step")
+    _step_axis(ax)
     ax.set_ylabel("loss (nats per character)")
-    ax.set_title("loss")
+    names = ", ".join(curves[:-1]) + (" and " if len(curves) > 1 else "") + curves[-1]
+    ax.set_title(_title(f"{names} loss", run=run))
     ax.legend(fontsize="small")
-    return _save(fig, path)
+    return fig
+
+
+def plot_loss_curve(records: Iterable[Mapping[str, Any]], path: str | os.PathLike,
+                    window: int | None = None, run: str | None = None) -> Path:
+    return _save(loss_figure(records, window, run), path)
 
 
 # --- a whole run ----------------------------------------------------------------------
@@ -660,16 +738,17 @@ def diagnose_run(run_dir: str | os.PathLike, plot_dir: str | os.PathLike | None 
     out = Path(plot_dir) if plot_dir is not None else run_dir / PLOT_DIR
     headless_pyplot()  # refuse a missing matplotlib before the plot directory exists
     make_out_dir(out)
-    plots = [plot_activation_histograms(snap, out / "activations.png"),
-             plot_gradient_histograms(snap, out / "gradients.png"),
-             plot_weight_gradient_histograms(snap, out / "weight_gradients.png")]
+    run_name = run_dir.resolve().name  # what the plot titles call the run
+    plots = [plot_activation_histograms(snap, out / "activations.png", step, run_name),
+             plot_gradient_histograms(snap, out / "gradients.png", step, run_name),
+             plot_weight_gradient_histograms(snap, out / "weight_gradients.png", step, run_name)]
     history = read_history(run_dir / DIAGNOSTICS_FILE)
     steps, series = update_ratio_series(history)
     if not steps or steps[-1] != step:
         steps.append(step)
         for name in ratios:
             series.setdefault(name, [math.nan] * (len(steps) - 1)).append(ratios[name])
-    plots.append(plot_update_ratios(steps, series, out / "update_ratios.png"))
+    plots.append(plot_update_ratios(steps, series, out / "update_ratios.png", run_name))
     if loss_series(run.metrics):
-        plots.append(plot_loss_curve(run.metrics, out / "loss.png"))
+        plots.append(plot_loss_curve(run.metrics, out / "loss.png", run=run_name))
     return Diagnosis(step, snap, ratios, len(history), plots)
