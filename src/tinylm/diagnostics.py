@@ -17,9 +17,10 @@ gradient and update statistics" used to debug deep tanh networks:
   by about a thousandth of its size per step).
 
 The statistics are plain functions of numpy arrays, so they are identical for
-every backend; ``snapshot`` gathers them from a model's ``layers``. The plots
-use matplotlib with the headless Agg backend, imported only when a plot is
-drawn so the rest of tinylm never needs matplotlib.
+every backend; ``measure`` gathers them from a model's ``layers`` into a
+``Snapshot``. The plots use matplotlib with the headless Agg backend,
+imported only when a plot is drawn so the rest of tinylm never needs
+matplotlib.
 """
 
 from __future__ import annotations
