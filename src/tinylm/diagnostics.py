@@ -30,7 +30,7 @@ import math
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -42,6 +42,9 @@ from tinylm.optim import make_optimizer
 from tinylm.rng import RNG
 from tinylm.runs import open_run
 from tinylm.train import learning_rate
+
+if TYPE_CHECKING:  # matplotlib is optional: only for the annotations
+    from matplotlib.figure import Figure
 
 SATURATION_THRESHOLD = 0.97
 UPDATE_RATIO_GUIDE = -3.0  # log10 of the 1e-3 guide line
@@ -402,7 +405,7 @@ def headless_pyplot():
     return plt
 
 
-def _save(fig, path: str | os.PathLike) -> Path:
+def _save(fig: Figure, path: str | os.PathLike) -> Path:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
     fig.clf()
@@ -434,7 +437,7 @@ def _series_style(n: int) -> dict[str, Any]:
 
 
 def _histogram_figure(arrays: Mapping[str, np.ndarray], title: str, xlabel: str,
-                      legend: Iterable[str], bins: int = 50):
+                      legend: Iterable[str], bins: int = 50) -> Figure:
     plt = headless_pyplot()
     fig, ax = plt.subplots(figsize=(10, 4))
     for (name, arr), label in zip(arrays.items(), legend):
@@ -451,7 +454,7 @@ def _histogram_figure(arrays: Mapping[str, np.ndarray], title: str, xlabel: str,
     return fig
 
 
-def activation_figure(snap: Snapshot, step: int | None = None, run: str | None = None):
+def activation_figure(snap: Snapshot, step: int | None = None, run: str | None = None) -> Figure:
     """Histogram of each nonlinearity's output, one curve per layer."""
     legend = [f"{s.name}: mean {s.mean:+.2f}, std {s.std:.2f}, saturated {s.saturation:.1f}%"
               for s in snap.activation_stats]
@@ -459,14 +462,14 @@ def activation_figure(snap: Snapshot, step: int | None = None, run: str | None =
     return _histogram_figure(snap.activations, title, "activation value", legend)
 
 
-def gradient_figure(snap: Snapshot, step: int | None = None, run: str | None = None):
+def gradient_figure(snap: Snapshot, step: int | None = None, run: str | None = None) -> Figure:
     """Histogram of the loss gradient at each nonlinearity's output."""
     legend = [f"{g.name}: mean {g.mean:+.2e}, std {g.std:.2e}" for g in snap.gradient_stats]
     title = _title("gradient of the loss w.r.t. the activations", step, run)
     return _histogram_figure(snap.gradients, title, "gradient value", legend)
 
 
-def weight_gradient_figure(snap: Snapshot, step: int | None = None, run: str | None = None):
+def weight_gradient_figure(snap: Snapshot, step: int | None = None, run: str | None = None) -> Figure:
     """Histogram of the loss gradient of each weight matrix."""
     legend = [f"{w.name} {'x'.join(map(str, w.shape))}: grad:data {w.grad_data_ratio:.2e}"
               for w in snap.weight_stats]
@@ -490,7 +493,7 @@ def plot_weight_gradient_histograms(snap: Snapshot, path: str | os.PathLike, ste
 
 
 def update_ratio_figure(steps: Sequence[int], ratios: Mapping[str, Sequence[float]],
-                        run: str | None = None):
+                        run: str | None = None) -> Figure:
     """log10(update:data) per weight matrix over training, with the -3 guide line."""
     plt = headless_pyplot()
     fig, ax = plt.subplots(figsize=(10, 4))
@@ -537,7 +540,7 @@ def _smoothing_window(n: int, window: int | None = None) -> int:
 
 
 def loss_figure(records: Iterable[Mapping[str, Any]], window: int | None = None,
-                run: str | None = None):
+                run: str | None = None) -> Figure:
     """Train/val loss from metrics.jsonl records; the batch loss is smoothed.
 
     ``window`` defaults to 1/50 of the number of batch-loss points, so the
