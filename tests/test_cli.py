@@ -46,9 +46,9 @@ def test_train_sample_eval_ngram(tmp_path, small_input, capsys):
 
 
 def test_sampling_is_reproducible(tmp_path, small_input, capsys):
-    run(capsys, "train", "-i", str(small_input), "-o", str(tmp_path), "--order", "2", "-n", "0")
-    first = run(capsys, "sample", "-o", str(tmp_path), "-n", "5", "--seed", "7")[1]
-    second = run(capsys, "sample", "-o", str(tmp_path), "-n", "5", "--seed", "7")[1]
+    run(capsys, "train", "-i", str(small_input), "-o", str(tmp_path / "run"), "--order", "2", "-n", "0")
+    first = run(capsys, "sample", "-o", str(tmp_path / "run"), "-n", "5", "--seed", "7")[1]
+    second = run(capsys, "sample", "-o", str(tmp_path / "run"), "-n", "5", "--seed", "7")[1]
     assert first == second
 
 
@@ -60,7 +60,7 @@ def test_reference_figure_through_the_cli(tmp_path, capsys):
 
 
 def test_kneser_ney_reports_its_margin(tmp_path, small_input, capsys):
-    code, out, _ = run(capsys, "train", "-i", str(small_input), "-o", str(tmp_path),
+    code, out, _ = run(capsys, "train", "-i", str(small_input), "-o", str(tmp_path / "run"),
                        "--method", "kneser-ney", "-n", "0")
     assert code == 0 and "Kneser-Ney beats the best additive model" in out
 
@@ -135,20 +135,20 @@ def test_sample_and_eval_need_a_run_directory(tmp_path, capsys):
     code, _, err = run(capsys, "sample", "-o", str(tmp_path / "none"))
     assert code == 2 and "does not exist" in err
     code, _, err = run(capsys, "eval", "-o", str(tmp_path))
-    assert code == 2 and "a tinylm run directory?" in err
+    assert code == 2 and "manifest.json not found" in err
 
 
 def test_tampered_ngram_model_is_refused(tmp_path, small_input, capsys):
-    run(capsys, "train", "-i", str(small_input), "-o", str(tmp_path), "--order", "2", "-n", "0")
-    blob = (tmp_path / "model.npz").read_bytes()
-    (tmp_path / "model.npz").write_bytes(blob[: len(blob) // 2])
-    code, _, err = run(capsys, "sample", "-o", str(tmp_path))
-    assert code == 2 and "truncated or modified" in err and err.count("\n") == 1
+    run(capsys, "train", "-i", str(small_input), "-o", str(tmp_path / "run"), "--order", "2", "-n", "0")
+    blob = (tmp_path / "run" / "model.npz").read_bytes()
+    (tmp_path / "run" / "model.npz").write_bytes(blob[: len(blob) // 2])
+    code, _, err = run(capsys, "sample", "-o", str(tmp_path / "run"))
+    assert code == 2 and "truncated or was modified" in err and err.count("\n") == 1
 
 
 def test_bad_prompt_is_one_line(tmp_path, small_input, capsys):
-    run(capsys, "train", "-i", str(small_input), "-o", str(tmp_path), "--order", "2", "-n", "0")
-    code, _, err = run(capsys, "sample", "-o", str(tmp_path), "--prompt", "xyz")
+    run(capsys, "train", "-i", str(small_input), "-o", str(tmp_path / "run"), "--order", "2", "-n", "0")
+    code, _, err = run(capsys, "sample", "-o", str(tmp_path / "run"), "--prompt", "xyz")
     assert code == 2 and "'x' is not in the vocabulary" in err and err.count("\n") == 1
 
 
@@ -177,9 +177,9 @@ def test_a_closed_pipe_ends_quietly(tmp_path, small_input, capsys):
     import subprocess
     import sys
 
-    run(capsys, "train", "-i", str(small_input), "-o", str(tmp_path), "--order", "2", "-n", "0")
+    run(capsys, "train", "-i", str(small_input), "-o", str(tmp_path / "run"), "--order", "2", "-n", "0")
     proc = subprocess.Popen([sys.executable, "-c", "import sys; from tinylm.cli import main; sys.exit(main())",
-                             "sample", "-o", str(tmp_path), "-n", "20000"],
+                             "sample", "-o", str(tmp_path / "run"), "-n", "20000"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     first = proc.stdout.readline()
     proc.stdout.close()

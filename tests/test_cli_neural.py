@@ -31,9 +31,10 @@ def test_train_sample_eval(tmp_path, names, capsys):
     out = capsys.readouterr().out
     assert "training mlp (numpy" in out and "test loss" in out
     assert "(new)" in out or "(copy of a training item)" in out
-    for name in ("config.json", "checkpoint.json", "checkpoint.npz", "metrics.jsonl", "samples.txt",
-                 "train.txt", "val.txt", "test.txt"):
+    for name in ("manifest.json", "config.json", "weights-000000030.npz", "metrics.jsonl",
+                 "samples.txt", "train.txt", "val.txt", "test.txt"):
         assert (run / name).is_file(), name
+    assert len(list(run.glob("weights-*"))) == 1
     config = json.loads((run / "config.json").read_text())
     assert config["model"] == "mlp" and config["vocab"][0] == "\n"
     final = read_metrics(run)[-1]
@@ -67,7 +68,7 @@ def _one_error_line(capsys):
     (["--recipe", "nope"], "--recipe"),
     (["-i", "/no/such/file.txt"], "does not exist"),
     (["--eval-every", "0"], "--eval-every"),
-    (["--resume"], "no checkpoint"),
+    (["--resume"], "does not exist"),
     (["--backend", "micrograd", "--context", "0"], "--context"),
     (["--model", "bnmlp", "--batch-size", "1"], "BatchNorm1d"),
 ])
@@ -94,8 +95,8 @@ def test_sample_and_eval_of_a_missing_or_damaged_run(tmp_path, names, capsys):
     capsys.readouterr()
     assert main(["sample", "-o", str(run), "--prompt", "Q"]) == 2
     assert "'Q'" in _one_error_line(capsys)
-    blob = (run / "checkpoint.npz").read_bytes()
-    (run / "checkpoint.npz").write_bytes(blob[:-10])
+    blob = (run / "weights-000000030.npz").read_bytes()
+    (run / "weights-000000030.npz").write_bytes(blob[:-10])
     assert main(["eval", "-o", str(run)]) == 2
     assert "truncated or was modified" in _one_error_line(capsys)
 
@@ -136,7 +137,8 @@ def test_ctrl_c_saves_and_resume_continues_bit_identically(tmp_path, names, caps
     assert main(["train", "-o", str(stopped), "-n", "2", "--model", "mlp", "--resume"]) == 0
     assert (straight / "metrics.jsonl").read_text() == (stopped / "metrics.jsonl").read_text()
     assert (straight / "samples.txt").read_text() == (stopped / "samples.txt").read_text()
-    with np.load(straight / "checkpoint.npz") as a, np.load(stopped / "checkpoint.npz") as b:
+    with np.load(straight / "weights-000000030.npz") as a, \
+            np.load(stopped / "weights-000000030.npz") as b:
         assert a.files == b.files and all(np.array_equal(a[k], b[k]) for k in a.files)
 
 

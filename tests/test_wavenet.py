@@ -283,9 +283,9 @@ def test_cli_trains_and_diagnoses_a_wavenet(tmp_path, capsys, monkeypatch):
     assert "diagnostics at step 20" in out
     history = [json.loads(line) for line in (run / "diagnostics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in history] == [0, 5, 10, 15, 20]
-    from tinylm.runs import load_run
+    from tinylm.runs import open_run
 
-    saved = load_run(run).model.state_dict()   # the running statistics travel with the weights
+    saved = open_run(run).model.state_dict()   # the running statistics travel with the weights
     assert np.any(saved["layers.3.running_mean"] != 0) and np.any(saved["layers.3.running_var"] != 1)
 
     assert main(["diagnose", "-o", str(run), "--batch-size", "64"]) == 0
@@ -296,7 +296,7 @@ def test_cli_trains_and_diagnoses_a_wavenet(tmp_path, capsys, monkeypatch):
         assert png.stat().st_size > 1000 and png.read_bytes()[:4] == b"\x89PNG", name
 
     assert main(["diagnose", "-o", str(tmp_path / "missing")]) == 2
-    assert "no checkpoint" in capsys.readouterr().err
+    assert "does not exist" in capsys.readouterr().err
 
 
 def test_the_init_setting_reaches_the_model_and_old_configs_still_load():

@@ -338,8 +338,18 @@ def measure(model: Any, X: np.ndarray, Y: np.ndarray, optimizer: Any = None,
 
 def diagnostics_record(step: int, lr: float, snap: Snapshot, ratios: Mapping[str, float]
                        ) -> dict[str, Any]:
-    """One line of a run's diagnostics.jsonl."""
-    return {"step": step, "lr": lr, **snap.to_record(), "update_ratios": dict(ratios)}
+    """One line of a run's diagnostics.jsonl (standard JSON: an infinite ratio becomes null)."""
+    return _json_safe({"step": step, "lr": lr, **snap.to_record(), "update_ratios": dict(ratios)})
+
+
+def _json_safe(x: Any) -> Any:
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, dict):
+        return {k: _json_safe(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_json_safe(v) for v in x]
+    return x
 
 
 INITIAL_LOSS_TOLERANCE = 0.5

@@ -99,10 +99,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TinylmError as e:
         print(f"tinylm: error: {e}", file=sys.stderr)
         return 2
-    except OSError as e:  # a full disk, a permission, a path too long: the run keeps its last commit
-        where = f" {e.filename!r}" if e.filename else ""
-        print(f"tinylm: error: cannot write or read{where}: {e.strerror or e}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("tinylm: interrupted", file=sys.stderr)
         return 130
@@ -111,6 +107,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         # point stdout at devnull so the interpreter's final flush cannot fail again
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
+    except OSError as e:  # a full disk, a permission, a path too long: the run keeps its last commit
+        where = f" {e.filename!r}" if e.filename else ""
+        print(f"tinylm: error: cannot write or read{where}: {e.strerror or e}", file=sys.stderr)
+        return 2
     except SystemExit as e:  # --help and --version
         return e.code if isinstance(e.code, int) else 0
 

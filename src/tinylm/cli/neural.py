@@ -238,11 +238,12 @@ def _watched(reporter: _Reporter, config: TrainConfig, trainer: Trainer, out: Pa
     recorder = None
     if every:
         # its own RNG, so the run's batches are the same with or without diagnostics
+        # the measurement after the last update uses that update's learning rate
         recorder = diagnostics.Recorder(model, train_split, every,
-                                        lambda step: learning_rate(config, step),
+                                        lambda step: learning_rate(config, min(step, config.steps - 1)),
                                         out / diagnostics.DIAGNOSTICS_FILE,
                                         seed=diagnostics.recorder_seed(config.seed),
-                                        batch_size=config.batch_size)
+                                        batch_size=config.batch_size, optimizer=trainer.optimizer)
 
     def progress(record: dict) -> None:
         reporter(record)
