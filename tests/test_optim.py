@@ -10,6 +10,7 @@ import torch
 
 from tinylm.errors import CheckpointError, ConfigError
 from tinylm.layers.numpy_layers import Parameter
+from tinylm.micrograd import nn
 from tinylm.micrograd.engine import Value
 from tinylm.models import ModelConfig, build_model
 from tinylm.optim import SGD, AdamW, TorchOptimizer, lr_at, make_optimizer
@@ -101,6 +102,31 @@ def test_adamw_on_values_matches_torch_float64():
     np.testing.assert_allclose([v.data for v in values], ref.detach().numpy(), rtol=0, atol=1e-14)
     opt.zero_grad()
     assert all(v.grad == 0.0 for v in values)
+
+
+def test_value_adamw_gives_the_numbers_of_the_numpy_adamw():
+    """tinylm.micrograd.nn.AdamW is the numpy AdamW's float64 update to the bit: over
+    many steps, with weight decay, gradients from 1e-6 to 100 (some exactly 0), and
+    the learning rate changed before every step as the trainer does."""
+    rs = np.random.RandomState(3)
+    start = rs.randn(50)
+    values, through_optim = [Value(float(x)) for x in start], [Value(float(x)) for x in start]
+    param = Parameter(start.copy())
+    settings = dict(lr=1e-2, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)
+    ours = nn.AdamW(values, **settings)
+    ref, ref_values = AdamW([param], **settings), AdamW(through_optim, **settings)
+    for step in range(1000):
+        ours.lr = ref.lr = ref_values.lr = lr_at(step, 1000, 1e-2, "cosine")
+        g = rs.randn(50) * 10.0 ** rs.uniform(-6, 2, size=50)
+        g[:3] = 0.0
+        param.grad = g
+        for v, w, x in zip(values, through_optim, g.tolist()):
+            v.grad = w.grad = x
+        ours.step()
+        ref.step()
+        ref_values.step()
+    assert [v.data for v in values] == param.data.tolist() == [v.data for v in through_optim]
+    assert ours.m == ref.exp_avg[0].tolist() and ours.v == ref.exp_avg_sq[0].tolist()
 
 
 @pytest.mark.parametrize("wd", [0.0, 0.01])
