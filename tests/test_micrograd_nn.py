@@ -8,8 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from tinylm.errors import CheckpointError, ConfigError
 from tinylm.micrograd.engine import Value
-from tinylm.micrograd.nn import MLP, AdamW, Layer, Module, Neuron, cross_entropy
+from tinylm.micrograd.nn import MLP, SGD, AdamW, Layer, Module, Neuron, cross_entropy
 from tinylm.rng import RNG
 
 
@@ -166,11 +167,84 @@ def test_adamw_leaves_grad_alone():
 
 
 @pytest.mark.parametrize(
-    "kwargs", [dict(lr=-1.0), dict(lr=float("nan")), dict(betas=(1.0, 0.9)), dict(eps=-1.0)]
+    "kwargs",
+    [dict(lr=-1.0), dict(lr=float("nan")), dict(lr=float("inf")), dict(betas=(1.0, 0.9)),
+     dict(eps=-1.0), dict(weight_decay=-1.0)],
 )
 def test_adamw_refuses_bad_hyperparameters(kwargs):
-    with pytest.raises(ValueError):
+    with pytest.raises(ConfigError):
         AdamW([Value(1.0)], **kwargs)
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 0.1])
+def test_sgd_matches_torch(weight_decay):
+    start = [0.5, -1.25, 2.0, 0.0, 1e-3]
+    params = [Value(x) for x in start]
+    ours = SGD(params, lr=0.3, weight_decay=weight_decay)
+    tparams = torch.tensor(start, dtype=torch.float64, requires_grad=True)
+    theirs = torch.optim.SGD([tparams], lr=0.3, weight_decay=weight_decay)
+    rng = RNG(6)
+    for _ in range(25):
+        grads = [rng.uniform(-2, 2) for _ in start]
+        for p, g in zip(params, grads):
+            p.grad = g
+        tparams.grad = torch.tensor(grads, dtype=torch.float64)
+        ours.step()
+        theirs.step()
+    # PyTorch fuses lr * grad into the addition, one rounding less
+    assert [p.data for p in params] == pytest.approx(tparams.tolist(), rel=1e-14, abs=1e-15)
+    assert ours.steps == 25 and params[0].grad == grads[0]
+    with pytest.raises(ConfigError):
+        SGD(params, lr=0.1, weight_decay=float("nan"))
+
+
+def _run(opt, params, grads):
+    for g in grads:
+        for p, x in zip(params, g):
+            p.grad = x
+        opt.step()
+
+
+@pytest.mark.parametrize("make", [lambda ps: AdamW(ps, lr=0.05, weight_decay=0.1),
+                                  lambda ps: SGD(ps, lr=0.05, weight_decay=0.1)])
+def test_state_dict_resumes_exactly(make):
+    rng = RNG(8)
+    start = [rng.uniform(-1, 1) for _ in range(6)]
+    grads = [[rng.uniform(-1, 1) for _ in start] for _ in range(20)]
+    straight = [Value(x) for x in start]
+    _run(make(straight), straight, grads)
+
+    first = [Value(x) for x in start]
+    opt = make(first)
+    _run(opt, first, grads[:10])
+    state = opt.state_dict()
+    assert state["step"] == 10 and opt.steps == 10
+    resumed = [Value(p.data) for p in first]
+    opt2 = make(resumed)
+    opt2.load_state_dict(state)
+    _run(opt2, resumed, grads[10:])
+    assert [p.data for p in resumed] == [p.data for p in straight]
+    if "exp_avg" in state:  # a copy: stepping on does not change what was saved
+        saved = list(state["exp_avg"])
+        _run(opt, first, grads[10:11])
+        assert state["exp_avg"] == saved != opt.state_dict()["exp_avg"]
+
+
+def test_load_state_dict_refuses_another_optimizers_state():
+    opt = AdamW([Value(1.0), Value(2.0)])
+    with pytest.raises(CheckpointError):
+        opt.load_state_dict({"step": 3, "exp_avg": [0.0], "exp_avg_sq": [0.0]})
+    with pytest.raises(CheckpointError):
+        opt.load_state_dict(SGD([Value(1.0), Value(2.0)], lr=0.1).state_dict())
+    assert opt.steps == 0 and opt.m == [0.0, 0.0]
+
+
+def test_optimizer_zero_grad_clears_its_parameters():
+    params = [Value(1.0), Value(2.0)]
+    (params[0] * params[1]).backward()
+    opt = AdamW(params)
+    opt.zero_grad()
+    assert [p.grad for p in params] == [0.0, 0.0]
 
 
 def test_a_few_steps_fit_a_tiny_problem():

@@ -130,6 +130,27 @@ def test_value_adamw_gives_the_numbers_of_the_numpy_adamw():
 
 
 @pytest.mark.parametrize("wd", [0.0, 0.01])
+def test_value_sgd_gives_the_numbers_of_the_numpy_sgd(wd):
+    rs = np.random.RandomState(4)
+    start = rs.randn(50)
+    values, through_optim = [Value(float(x)) for x in start], [Value(float(x)) for x in start]
+    param = Parameter(start.copy())
+    ours = nn.SGD(values, lr=0.5, weight_decay=wd)
+    ref, ref_values = SGD([param], lr=0.5, weight_decay=wd), SGD(through_optim, lr=0.5, weight_decay=wd)
+    for step in range(300):
+        ours.lr = ref.lr = ref_values.lr = lr_at(step, 300, 0.5, "step")
+        g = rs.randn(50) * 10.0 ** rs.uniform(-6, 1, size=50)
+        param.grad = g
+        for v, w, x in zip(values, through_optim, g.tolist()):
+            v.grad = w.grad = x
+        ours.step()
+        ref.step()
+        ref_values.step()
+    assert [v.data for v in values] == param.data.tolist() == [v.data for v in through_optim]
+    assert values[0].data != start[0]
+
+
+@pytest.mark.parametrize("wd", [0.0, 0.01])
 def test_sgd_matches_torch_to_the_bit(wd):
     rs = np.random.RandomState(2)
     ours = Parameter(rs.randn(500).astype(np.float32))

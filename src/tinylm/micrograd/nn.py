@@ -2,16 +2,18 @@
 
 ``MLP(nin, nouts)`` is a stack of ``Layer``s of ``Neuron``s, tanh everywhere
 but the last layer, which gives raw scores (logits). ``cross_entropy`` turns
-the logits and the right class into a loss, and ``AdamW`` moves the weights
-downhill. Every random number comes from the ``tinylm.rng.RNG`` passed in,
-so a model built in the same order from the same seed is the same model.
+the logits and the right class into a loss, and ``AdamW`` (or plain ``SGD``)
+moves the weights downhill. Every random number comes from the
+``tinylm.rng.RNG`` passed in, so a model built in the same order from the
+same seed is the same model.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
+from tinylm.errors import CheckpointError, ConfigError
 from tinylm.micrograd.engine import Number, Value, weighted_sum
 from tinylm.rng import RNG
 
@@ -122,7 +124,69 @@ def cross_entropy(logits: Sequence[Value], target: int) -> Value:
     return Value(loss, tuple(logits), "cross_entropy", local)
 
 
-class AdamW:
+class Optimizer:
+    """What ``SGD`` and ``AdamW`` share: the parameters, ``lr``, the step count, the state.
+
+    ``lr`` may be changed between steps (a schedule does). ``state_dict()``
+    is what a resumed run needs besides the weights: the step count and any
+    running means, one number per parameter, in the order of ``params``.
+    """
+
+    def __init__(self, params: Iterable[Value], lr: float) -> None:
+        if not 0 <= lr < math.inf:
+            raise ConfigError(f"lr must be a finite number >= 0, got {lr}")
+        self.params = list(params)
+        self.lr = lr
+        self.steps = 0  # updates so far
+
+    def zero_grad(self) -> None:
+        """Leaves accumulate gradients (see ``engine``): clear them before each backward."""
+        for p in self.params:
+            p.grad = 0.0
+
+    def step(self) -> None:
+        raise NotImplementedError
+
+    def _buffers(self) -> dict[str, list[float]]:
+        return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        """``{"step": steps, <buffer>: [one float per parameter]}``, copied."""
+        return {"step": self.steps, **{name: list(b) for name, b in self._buffers().items()}}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Continue from a ``state_dict()``; CheckpointError if it is another optimizer's."""
+        buffers = self._buffers()
+        fits = set(state) == {"step", *buffers} and all(
+            len(state[name]) == len(b) for name, b in buffers.items())
+        if not fits:
+            raise CheckpointError("the saved optimizer state does not fit these parameters")
+        for name, b in buffers.items():
+            b[:] = [float(x) for x in state[name]]
+        self.steps = int(state["step"])
+
+
+class SGD(Optimizer):
+    """Plain gradient descent, ``p -= lr * (grad + weight_decay * p)``, as ``torch.optim.SGD``."""
+
+    def __init__(self, params: Iterable[Value], lr: float, weight_decay: float = 0.0) -> None:
+        super().__init__(params, lr)
+        if not 0 <= weight_decay < math.inf:
+            raise ConfigError(f"weight_decay must be a finite number >= 0, got {weight_decay}")
+        self.weight_decay = weight_decay
+
+    def step(self) -> None:
+        """Update every parameter from its ``grad``, which is left as it is."""
+        self.steps += 1
+        lr, wd = self.lr, self.weight_decay
+        for p in self.params:
+            g = p.grad
+            if wd:  # the gradient of the penalty wd/2 * p**2, added to the loss's
+                g += wd * p.data
+            p.data -= lr * g
+
+
+class AdamW(Optimizer):
     """Adam with decoupled weight decay (Loshchilov & Hutter, "Decoupled Weight
     Decay Regularization", 2019), step for step the update of ``torch.optim.AdamW``.
     """
@@ -135,25 +199,25 @@ class AdamW:
         eps: float = 1e-8,
         weight_decay: float = 1e-2,
     ) -> None:
-        if not lr >= 0:
-            raise ValueError(f"lr must be >= 0, got {lr}")
+        super().__init__(params, lr)
         if not (0 <= betas[0] < 1 and 0 <= betas[1] < 1):
-            raise ValueError(f"betas must be in [0, 1), got {betas}")
-        if not eps >= 0 or not weight_decay >= 0:
-            raise ValueError(f"eps and weight_decay must be >= 0, got {eps}, {weight_decay}")
-        self.params = list(params)
-        self.lr, self.betas, self.eps, self.weight_decay = lr, betas, eps, weight_decay
+            raise ConfigError(f"betas must be in [0, 1), got {betas}")
+        if not (0 <= eps < math.inf and 0 <= weight_decay < math.inf):
+            raise ConfigError(f"eps and weight_decay must be finite numbers >= 0, got {eps}, {weight_decay}")
+        self.betas, self.eps, self.weight_decay = betas, eps, weight_decay
         self.m = [0.0] * len(self.params)  # running mean of the gradient
         self.v = [0.0] * len(self.params)  # running mean of its square
-        self.t = 0
+
+    def _buffers(self) -> dict[str, list[float]]:
+        return {"exp_avg": self.m, "exp_avg_sq": self.v}  # PyTorch's names
 
     def step(self) -> None:
         """Update every parameter from its ``grad``, which is left as it is."""
-        self.t += 1
+        self.steps += 1
         beta1, beta2 = self.betas
         # The running means start at 0; dividing by 1 - beta**t removes that bias.
-        step_size = self.lr / (1 - beta1**self.t)
-        correction2_sqrt = (1 - beta2**self.t) ** 0.5
+        step_size = self.lr / (1 - beta1**self.steps)
+        correction2_sqrt = (1 - beta2**self.steps) ** 0.5
         decay = 1 - self.lr * self.weight_decay
         m, v = self.m, self.v
         for i, p in enumerate(self.params):
