@@ -9,7 +9,7 @@ import torch
 from tinylm.layers import micrograd_layers as ml
 from tinylm.micrograd.engine import Value
 from tinylm.models import ModelConfig, build_model
-from tinylm.optim import AdamW
+from tinylm.optim import make_optimizer
 from tinylm.rng import RNG
 
 TINY = ModelConfig("mlp", vocab_size=27, context=3, n_embd=2, n_hidden=4)
@@ -47,7 +47,7 @@ def test_micrograd_model_matches_numpy(config):
 def test_three_adamw_steps_agree_with_numpy():
     X, Y = tiny_batch()
     models = [build_model(TINY, b, RNG(2)) for b in ("numpy", "micrograd")]
-    opts = [AdamW(m.parameters(), lr=0.1, weight_decay=0.01) for m in models]
+    opts = [make_optimizer(m, "adamw", lr=0.1, weight_decay=0.01) for m in models]
     for step in range(3):
         losses = []
         for model, opt in zip(models, opts):

@@ -13,7 +13,7 @@ from tinylm.layers.numpy_layers import Parameter
 from tinylm.micrograd import nn
 from tinylm.micrograd.engine import Value
 from tinylm.models import ModelConfig, build_model
-from tinylm.optim import SGD, AdamW, TorchOptimizer, lr_at, make_optimizer
+from tinylm.optim import SGD, AdamW, TorchOptimizer, ValueOptimizer, lr_at, make_optimizer
 from tinylm.rng import RNG
 
 CONFIG = ModelConfig("mlp", vocab_size=27, context=3, n_embd=8, n_hidden=32)
@@ -85,23 +85,32 @@ def test_adamw_update_matches_torch_float32_and_float64(wd, betas, eps):
                                    rtol=1e-5 if dtype == np.float32 else 1e-13)
 
 
-def test_adamw_on_values_matches_torch_float64():
-    rs = np.random.RandomState(1)
-    start = rs.randn(20)
-    values = [Value(float(x)) for x in start]
-    opt = AdamW(values, lr=0.05, weight_decay=0.01)
-    ref = torch.tensor(start, requires_grad=True)
-    topt = torch.optim.AdamW([ref], lr=0.05, weight_decay=0.01, foreach=False)
-    for _ in range(50):
-        g = rs.randn(20)
-        for v, x in zip(values, g):
-            v.grad = float(x)
-        ref.grad = torch.from_numpy(g)
-        opt.step()
-        topt.step()
-    np.testing.assert_allclose([v.data for v in values], ref.detach().numpy(), rtol=0, atol=1e-14)
+def test_micrograd_models_get_the_value_optimizers():
+    config = ModelConfig("mlp", vocab_size=27, context=3, n_embd=2, n_hidden=4)
+    model = build_model(config, "micrograd", RNG(1))
+    n = len(model.parameters())
+    for kind, cls in (("adamw", nn.AdamW), ("sgd", nn.SGD)):
+        opt = make_optimizer(model, kind, lr=0.1, weight_decay=0.01)
+        assert isinstance(opt, ValueOptimizer) and type(opt.optimizer) is cls
+        assert opt.optimizer.params == model.parameters()
+        opt.lr = 0.02
+        assert opt.optimizer.lr == 0.02
+        with pytest.raises(ConfigError, match="learning rate"):
+            opt.lr = -1.0
+    model.forward(*batches(1, B=4)[0])
+    model.backward()
+    opt.step()
+    assert opt.steps == 1
     opt.zero_grad()
-    assert all(v.grad == 0.0 for v in values)
+    assert all(v.grad == 0.0 for v in model.parameters())
+    # the layout saved runs have: each buffer one float64 vector over every Value
+    state = make_optimizer(model, "adamw").state_dict()
+    assert set(state) == {"step", "exp_avg.0", "exp_avg_sq.0"}
+    assert state["step"].dtype == np.int64 and state["step"].shape == ()
+    assert state["exp_avg.0"].dtype == np.float64 and state["exp_avg.0"].shape == (n,)
+    state["exp_avg.0"] = np.zeros(n - 1)
+    with pytest.raises(CheckpointError, match="exp_avg.0"):
+        make_optimizer(model, "adamw").load_state_dict(state)
 
 
 def test_value_adamw_gives_the_numbers_of_the_numpy_adamw():
@@ -110,22 +119,20 @@ def test_value_adamw_gives_the_numbers_of_the_numpy_adamw():
     the learning rate changed before every step as the trainer does."""
     rs = np.random.RandomState(3)
     start = rs.randn(50)
-    values, through_optim = [Value(float(x)) for x in start], [Value(float(x)) for x in start]
+    values = [Value(float(x)) for x in start]
     param = Parameter(start.copy())
     settings = dict(lr=1e-2, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)
-    ours = nn.AdamW(values, **settings)
-    ref, ref_values = AdamW([param], **settings), AdamW(through_optim, **settings)
+    ours, ref = nn.AdamW(values, **settings), AdamW([param], **settings)
     for step in range(1000):
-        ours.lr = ref.lr = ref_values.lr = lr_at(step, 1000, 1e-2, "cosine")
+        ours.lr = ref.lr = lr_at(step, 1000, 1e-2, "cosine")
         g = rs.randn(50) * 10.0 ** rs.uniform(-6, 2, size=50)
         g[:3] = 0.0
         param.grad = g
-        for v, w, x in zip(values, through_optim, g.tolist()):
-            v.grad = w.grad = x
+        for v, x in zip(values, g.tolist()):
+            v.grad = x
         ours.step()
         ref.step()
-        ref_values.step()
-    assert [v.data for v in values] == param.data.tolist() == [v.data for v in through_optim]
+    assert [v.data for v in values] == param.data.tolist()
     assert ours.m == ref.exp_avg[0].tolist() and ours.v == ref.exp_avg_sq[0].tolist()
 
 
@@ -133,20 +140,18 @@ def test_value_adamw_gives_the_numbers_of_the_numpy_adamw():
 def test_value_sgd_gives_the_numbers_of_the_numpy_sgd(wd):
     rs = np.random.RandomState(4)
     start = rs.randn(50)
-    values, through_optim = [Value(float(x)) for x in start], [Value(float(x)) for x in start]
+    values = [Value(float(x)) for x in start]
     param = Parameter(start.copy())
-    ours = nn.SGD(values, lr=0.5, weight_decay=wd)
-    ref, ref_values = SGD([param], lr=0.5, weight_decay=wd), SGD(through_optim, lr=0.5, weight_decay=wd)
+    ours, ref = nn.SGD(values, lr=0.5, weight_decay=wd), SGD([param], lr=0.5, weight_decay=wd)
     for step in range(300):
-        ours.lr = ref.lr = ref_values.lr = lr_at(step, 300, 0.5, "step")
+        ours.lr = ref.lr = lr_at(step, 300, 0.5, "step")
         g = rs.randn(50) * 10.0 ** rs.uniform(-6, 1, size=50)
         param.grad = g
-        for v, w, x in zip(values, through_optim, g.tolist()):
-            v.grad = w.grad = x
+        for v, x in zip(values, g.tolist()):
+            v.grad = x
         ours.step()
         ref.step()
-        ref_values.step()
-    assert [v.data for v in values] == param.data.tolist() == [v.data for v in through_optim]
+    assert [v.data for v in values] == param.data.tolist()
     assert values[0].data != start[0]
 
 
@@ -252,6 +257,8 @@ def test_bad_optimizer_settings():
         SGD([], lr=0.1)
     with pytest.raises(TypeError):
         SGD([model.parameters()[0], Value(1.0)], lr=0.1)
+    with pytest.raises(TypeError, match="micrograd"):
+        AdamW([Value(1.0)])
 
 
 def test_schedules():

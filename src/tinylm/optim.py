@@ -1,11 +1,12 @@
 """Optimizers and learning-rate schedules.
 
-``SGD`` and ``AdamW`` update numpy ``Parameter``s (tinylm.layers.numpy_layers)
-or scalar-engine ``Value``s; the PyTorch backends use ``torch.optim`` itself,
-wrapped by ``TorchOptimizer`` so that a trainer sees one interface for every
-backend: ``step()``, ``zero_grad()``, a settable ``lr``, and
-``state_dict()``/``load_state_dict()`` of numpy arrays. ``make_optimizer``
-picks the right one for a model.
+``SGD`` and ``AdamW`` update numpy ``Parameter``s (tinylm.layers.numpy_layers).
+The scalar engine's ``Value``s have their own, in pure Python
+(tinylm.micrograd.nn), wrapped by ``ValueOptimizer``, and the PyTorch
+backends use ``torch.optim`` itself, wrapped by ``TorchOptimizer``, so that a
+trainer sees one interface for every backend: ``step()``, ``zero_grad()``, a
+settable ``lr``, and ``state_dict()``/``load_state_dict()`` of numpy arrays.
+``make_optimizer`` picks the right one for a model.
 
 ``AdamW`` is Loshchilov and Hutter's "Decoupled Weight Decay
 Regularization" (ICLR 2019) exactly as ``torch.optim.AdamW`` computes it
@@ -20,11 +21,12 @@ agree to about 1e-6 after hundreds of steps rather than to the last bit.
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 
 from tinylm.errors import CheckpointError, ConfigError
+from tinylm.micrograd import nn as micrograd_nn
 from tinylm.models import TORCH_BACKENDS
 
 SCHEDULES = ("constant", "cosine", "step")
@@ -50,39 +52,14 @@ class _ArraySlot:
         self.param.grad = np.zeros_like(self.param.data)
 
 
-class _ScalarSlot:
-    """Scalar-engine Values (float data and grad), updated together as one float64 vector.
-
-    So a Value optimizer's state holds one "exp_avg.0" vector over all the
-    Values in ``parameters()`` order, not one array per weight matrix.
-    """
-
-    def __init__(self, values: Sequence[Any]) -> None:
-        self.values = list(values)
-
-    def get(self) -> tuple[np.ndarray, np.ndarray]:
-        data = np.array([v.data for v in self.values], dtype=np.float64)
-        grad = np.array([v.grad for v in self.values], dtype=np.float64)
-        return data, grad
-
-    def set(self, data: np.ndarray) -> None:
-        for v, x in zip(self.values, data.tolist()):
-            v.data = x
-
-    def zero_grad(self) -> None:
-        for v in self.values:
-            v.grad = 0.0
-
-
 def _slots(params: Iterable[Any]) -> list:
     params = list(params)
     if not params:
         raise ConfigError("the optimizer got no parameters")
     if all(isinstance(getattr(p, "data", None), np.ndarray) for p in params):
         return [_ArraySlot(p) for p in params]
-    if all(isinstance(getattr(p, "data", None), float) for p in params):
-        return [_ScalarSlot(params)]
-    raise TypeError("parameters must all be numpy Parameters or all scalar-engine Values")
+    raise TypeError("parameters must all be numpy Parameters "
+                    "(scalar-engine Values have tinylm.micrograd.nn.SGD and AdamW)")
 
 
 def _fma(a: np.ndarray, b: np.ndarray | float, c: np.ndarray) -> np.ndarray:
@@ -218,6 +195,54 @@ class AdamW(_Optimizer):
         return p + (dt(-step_size) * exp_avg) / denom              # param.addcdiv_(exp_avg, denom, value=-step_size)
 
 
+# --- the scalar engine -----------------------------------------------------------------------
+
+
+class ValueOptimizer:
+    """A ``tinylm.micrograd.nn`` optimizer (SGD or AdamW over Values) behind the interface above.
+
+    The update is that module's own; this adds the numpy state dict of a checkpoint:
+    "step" and one float64 vector per buffer ("exp_avg.0", "exp_avg_sq.0")
+    over all the Values in ``parameters()`` order.
+    """
+
+    def __init__(self, optimizer: micrograd_nn.Optimizer) -> None:
+        self.optimizer = optimizer
+
+    @property
+    def lr(self) -> float:
+        return self.optimizer.lr
+
+    @lr.setter
+    def lr(self, value: float) -> None:
+        _check_lr(value)
+        self.optimizer.lr = float(value)
+
+    @property
+    def steps(self) -> int:
+        return self.optimizer.steps
+
+    def step(self) -> None:
+        self.optimizer.step()
+
+    def zero_grad(self) -> None:
+        self.optimizer.zero_grad()
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        state = self.optimizer.state_dict()
+        out = {"step": np.array(state.pop("step"), dtype=np.int64)}
+        for name, values in state.items():
+            out[f"{name}.0"] = np.array(values, dtype=np.float64)
+        return out
+
+    def load_state_dict(self, state: Mapping[str, np.ndarray]) -> None:
+        buffers = {name: [np.zeros(len(values))]
+                   for name, values in self.optimizer.state_dict().items() if name != "step"}
+        _load_buffers(buffers, state)
+        self.optimizer.load_state_dict(
+            {"step": int(state["step"]), **{name: arrays[0].tolist() for name, arrays in buffers.items()}})
+
+
 # --- the PyTorch backends --------------------------------------------------------------------
 
 
@@ -289,8 +314,9 @@ def make_optimizer(model: Any, kind: str = "adamw", lr: float = 1e-3, weight_dec
                    betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
     """The optimizer ``kind`` ("adamw" or "sgd") for ``model``'s parameters on its backend.
 
-    numpy and micrograd models get ``AdamW``/``SGD`` above; torch models get
-    torch.optim.AdamW/SGD (single-tensor path) wrapped in ``TorchOptimizer``.
+    numpy models get ``AdamW``/``SGD`` above; micrograd models tinylm.micrograd.nn's
+    wrapped in ``ValueOptimizer``; torch models torch.optim.AdamW/SGD
+    (single-tensor path) wrapped in ``TorchOptimizer``.
     """
     if kind not in OPTIMIZERS:
         raise ConfigError(f"unknown optimizer {kind!r}; choose one of {', '.join(OPTIMIZERS)}")
@@ -306,6 +332,12 @@ def make_optimizer(model: Any, kind: str = "adamw", lr: float = 1e-3, weight_dec
         else:
             opt = torch.optim.SGD(params, lr=lr, weight_decay=weight_decay, foreach=False)
         return TorchOptimizer(opt, kind)
+    if getattr(model, "backend", "") == "micrograd":
+        if kind == "adamw":
+            opt = micrograd_nn.AdamW(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+        else:
+            opt = micrograd_nn.SGD(params, lr=lr, weight_decay=weight_decay)
+        return ValueOptimizer(opt)
     if kind == "adamw":
         return AdamW(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
     return SGD(params, lr=lr, weight_decay=weight_decay)
