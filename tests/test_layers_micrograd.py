@@ -108,6 +108,9 @@ def test_layers_on_three_axes_and_cross_entropy_stability():
     ref.backward()
     assert loss.data == pytest.approx(ref.item(), rel=1e-12)
     np.testing.assert_allclose([[v.grad for v in row] for row in logits], t.grad.numpy(), atol=1e-12)
+    # the scalar engine's one cross-entropy: a fused node per row, no exp or log nodes
+    ops = [node.op for node in loss.topological_order()]
+    assert ops.count("cross_entropy") == 2 and "exp" not in ops and "log" not in ops
 
 
 def test_embedding_shares_rows_between_repeats():

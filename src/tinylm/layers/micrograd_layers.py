@@ -17,6 +17,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import numpy as np
 
 from tinylm.layers.base import LanguageModel, Layer, Sequential
+from tinylm.micrograd import nn
 from tinylm.micrograd.engine import Value
 
 __all__ = ["Embedding", "Flatten", "Linear", "Tanh", "Sequential", "cross_entropy", "LM"]
@@ -102,17 +103,8 @@ class Tanh(Layer):
 
 
 def cross_entropy(logits: list, targets: Sequence[int]) -> Value:
-    """Mean over the batch of -log softmax(logits)[target], stable for any logits.
-
-    The row maximum is subtracted as a plain number (a constant of the
-    graph): softmax is unchanged by the shift and exp() cannot overflow.
-    """
-    losses = []
-    for row, t in zip(logits, targets):
-        m = max(v.data for v in row)
-        shifted = [v - m for v in row]                                   # (V,)
-        losses.append(sum(s.exp() for s in shifted).log() - shifted[int(t)])
-    return sum(losses) / len(losses)
+    """Mean over the batch of ``tinylm.micrograd.nn.cross_entropy``, one fused node per row."""
+    return sum(nn.cross_entropy(row, int(t)) for row, t in zip(logits, targets)) / len(logits)
 
 
 class MicrogradLM(LanguageModel):
