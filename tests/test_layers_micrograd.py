@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from tinylm.layers import micrograd_layers as ml
+from tinylm.micrograd import nn
 from tinylm.micrograd.engine import Value
 from tinylm.models import ModelConfig, build_model
 from tinylm.optim import make_optimizer
@@ -111,6 +112,20 @@ def test_layers_on_three_axes_and_cross_entropy_stability():
     # the scalar engine's one cross-entropy: a fused node per row, no exp or log nodes
     ops = [node.op for node in loss.topological_order()]
     assert ops.count("cross_entropy") == 2 and "exp" not in ops and "log" not in ops
+
+
+def test_the_layers_are_the_demos_layers_under_state_dict_names():
+    mlp = nn.MLP(4, [3, 2], rng=RNG(5))
+    net = ml.Sequential([ml.Linear(4, 3), ml.Tanh(), ml.Linear(3, 2)])
+    assert [name for name, _ in net.named_parameters()] == ["0.weight", "0.bias", "2.weight", "2.bias"]
+    for ours, theirs in zip(net.layers[::2], mlp.layers[::2]):     # the Linears; biases start at 0
+        for row, values in zip(ours.weight, theirs.weight):
+            for v, w in zip(row, values):
+                v.data = w.data
+    batch = [[Value(x) for x in row] for row in ([0.5, -1.0, 2.0, 0.3], [0.0, 0.7, -0.2, 1.5])]
+    out = net(batch)                                                # (2, 2)
+    assert [[v.data for v in row] for row in out] == [[v.data for v in mlp(x)] for x in batch]
+    assert out[0][0].op == "w·x+b" and net.layers[1].out[0][0].op == "tanh"
 
 
 def test_embedding_shares_rows_between_repeats():

@@ -1,4 +1,4 @@
-"""MLP, cross-entropy and AdamW against PyTorch float64, and the initialisation order."""
+"""Layers, MLP, cross-entropy and the optimizers against PyTorch float64, and the initialisation order."""
 
 from __future__ import annotations
 
@@ -10,48 +10,80 @@ import torch.nn.functional as F
 
 from tinylm.errors import CheckpointError, ConfigError
 from tinylm.micrograd.engine import Value
-from tinylm.micrograd.nn import MLP, SGD, AdamW, Layer, Module, Neuron, cross_entropy
+from tinylm.micrograd.nn import MLP, SGD, AdamW, Linear, Module, Tanh, cross_entropy
 from tinylm.rng import RNG
+
+
+def linears(model: MLP) -> list[Linear]:
+    return [layer for layer in model.layers if isinstance(layer, Linear)]
 
 
 def test_weights_are_drawn_in_order_with_fan_in_scaling():
     model = MLP(2, [3, 2], rng=RNG(7))
     rng = RNG(7)
-    for layer, nin in zip(model.layers, (2, 3)):
-        for neuron in layer.neurons:
+    for layer, nin in zip(linears(model), (2, 3)):
+        for row, b in zip(layer.weight, layer.bias):  # neuron by neuron
             expected = [rng.uniform(-1, 1) * nin**-0.5 for _ in range(nin)]
-            assert [w.data for w in neuron.w] == expected
-            assert neuron.b.data == 0.0
+            assert [w.data for w in row] == expected
+            assert b.data == 0.0
     assert len(model.parameters()) == 3 * 3 + 2 * 4
 
 
-def test_only_the_last_layer_is_linear():
+def test_tanh_between_linears_and_none_after_the_last():
     model = MLP(2, [4, 4, 3], rng=RNG(1))
-    assert [n.nonlin for layer in model.layers for n in layer.neurons[:1]] == [True, True, False]
+    assert [type(layer) for layer in model.layers] == [Linear, Tanh, Linear, Tanh, Linear]
+    assert repr(model) == "MLP(Linear(2, 4), Tanh(), Linear(4, 4), Tanh(), Linear(4, 3))"
 
 
-def test_layer_always_returns_a_list():
-    out = Layer(2, 1, rng=RNG(1))([0.5, -0.5])
+def test_linear_always_returns_a_list():
+    out = Linear(2, 1, rng=RNG(1))([0.5, -0.5])
     assert isinstance(out, list) and len(out) == 1 and isinstance(out[0], Value)
+    assert out[0].op == "w·x+b"
 
 
-def test_neuron_refuses_the_wrong_number_of_inputs():
-    neuron = Neuron(3, rng=RNG(1))
+def test_linear_refuses_the_wrong_number_of_inputs():
+    layer = Linear(3, 2, rng=RNG(1))
     with pytest.raises(ValueError, match="got 2 inputs for 3 weights"):
-        neuron([1.0, 2.0])
+        layer([1.0, 2.0])
 
 
 @pytest.mark.parametrize("bad", [0, -1, 2.0, True])
 def test_sizes_must_be_positive_ints(bad):
     with pytest.raises(ValueError):
-        Neuron(bad, rng=RNG(1))
+        Linear(bad, 2, rng=RNG(1))
     with pytest.raises(ValueError):
-        Layer(2, bad, rng=RNG(1))
+        Linear(2, bad, rng=RNG(1))
 
 
 def test_mlp_needs_a_layer():
     with pytest.raises(ValueError):
         MLP(2, [], rng=RNG(1))
+
+
+def test_linear_without_rng_or_bias():
+    layer = Linear(2, 3)
+    assert all(w.data == 0.0 for w in layer.parameters()) and len(layer.parameters()) == 9
+    no_bias = Linear(2, 3, bias=False)
+    assert no_bias.bias is None and len(no_bias.parameters()) == 6
+    for row, w in zip(no_bias.weight, [[1.0, 2.0], [0.0, -1.0], [0.5, 0.5]]):
+        for v, x in zip(row, w):
+            v.data = x
+    x = [Value(3.0), Value(-2.0)]
+    out = no_bias(x)
+    assert [v.data for v in out] == [-1.0, 2.0, 0.5]
+    sum(out, Value(0.0)).backward()
+    assert [v.grad for v in x] == [1.5, 1.5]
+    assert [w.grad for row in no_bias.weight for w in row] == [3.0, -2.0] * 3
+
+
+def test_layers_act_on_the_last_axis_of_a_batch():
+    layer, tanh = Linear(3, 2, rng=RNG(4)), Tanh()
+    batch = [[[0.5, -1.0, 2.0], [0.1, 0.2, 0.3]], [[-0.3, 0.8, 0.1], [1.0, 1.0, -1.0]]]   # (2, 2, 3)
+    out = tanh(layer(batch))                                                             # (2, 2, 2)
+    for rows_in, rows_out in zip(batch, out):
+        for x, y in zip(rows_in, rows_out):
+            assert [v.data for v in y] == [v.data for v in tanh(layer(x))]
+    assert [v.data for v in tanh([Value(0.5), Value(-20.0)])] == [math.tanh(0.5), -1.0]
 
 
 def test_zero_grad_clears_every_parameter():
@@ -64,14 +96,14 @@ def test_zero_grad_clears_every_parameter():
 
 
 def _torch_mlp(model: MLP) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """The same weights as float64 tensors, one (W, b) per layer."""
+    """The same weights as float64 tensors, one (W, b) per Linear."""
     return [
         (
-            torch.tensor([[w.data for w in n.w] for n in layer.neurons], dtype=torch.float64,
+            torch.tensor([[w.data for w in row] for row in layer.weight], dtype=torch.float64,
                          requires_grad=True),
-            torch.tensor([n.b.data for n in layer.neurons], dtype=torch.float64, requires_grad=True),
+            torch.tensor([b.data for b in layer.bias], dtype=torch.float64, requires_grad=True),
         )
-        for layer in model.layers
+        for layer in linears(model)
     ]
 
 
@@ -91,10 +123,10 @@ def test_mlp_forward_and_backward_match_torch():
     loss.backward()
 
     assert total.data == pytest.approx(loss.item(), rel=1e-12)
-    for layer, (W, b) in zip(model.layers, params):
-        for j, neuron in enumerate(layer.neurons):
-            assert [w.grad for w in neuron.w] == pytest.approx(W.grad[j].tolist(), rel=1e-9, abs=1e-12)
-            assert neuron.b.grad == pytest.approx(b.grad[j].item(), rel=1e-9, abs=1e-12)
+    for layer, (W, b) in zip(linears(model), params):
+        for j, (row, bias) in enumerate(zip(layer.weight, layer.bias)):
+            assert [w.grad for w in row] == pytest.approx(W.grad[j].tolist(), rel=1e-9, abs=1e-12)
+            assert bias.grad == pytest.approx(b.grad[j].item(), rel=1e-9, abs=1e-12)
 
 
 @pytest.mark.parametrize(

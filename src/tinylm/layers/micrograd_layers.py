@@ -2,17 +2,23 @@
 
 A tensor here is a nested Python list of ``tinylm.micrograd.Value``
 (a (B, T, C) activation is a list of B lists of T lists of C Values), and
-every multiply-add is one node of the graph, so backpropagation through the
-language model can be followed number by number. That is what this backend
-is for: showing and testing on tiny sizes (a few hundred parameters, a few
-examples), not training on a real dataset, which would build millions of
-nodes per step. Values compute in Python floats (float64) starting from the
-same float32 initial weights as every other backend.
+every neuron's weighted sum is one node of the graph, so backpropagation
+through the language model can be followed number by number. That is what
+this backend is for: showing and testing on tiny sizes (a few hundred
+parameters, a few examples), not training on a real dataset, which would
+build millions of nodes per step. Values compute in Python floats (float64)
+starting from the same float32 initial weights as every other backend.
+
+``Linear``, ``Tanh`` and the loss are ``tinylm.micrograd.nn``'s, the ones the
+``tinylm micrograd`` demo's MLP is made of, here under the state-dict names
+every backend shares; ``Embedding`` and ``Flatten`` read token ids and exist
+only here. The trainer steps them with ``tinylm.micrograd.nn``'s optimizers too
+(see ``tinylm.optim.make_optimizer``).
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -37,13 +43,6 @@ def _zeros(*shape: int) -> list:
     if len(shape) == 1:
         return [Value(0.0) for _ in range(shape[0])]
     return [_zeros(*shape[1:]) for _ in range(shape[0])]
-
-
-def _map_last(x: list, fn: Callable[[list], list]) -> list:
-    """Apply ``fn`` to every vector along the last axis of a nested list."""
-    if isinstance(x[0], list):
-        return [_map_last(row, fn) for row in x]
-    return fn(x)
 
 
 class Embedding(Layer):
@@ -73,32 +72,32 @@ class Flatten(Layer):
 
 
 class Linear(Layer):
-    """``x @ weight.T + bias`` on the last axis, one Value node per product and sum."""
+    """``tinylm.micrograd.nn.Linear`` on the last axis, as ``weight`` (out, in) and ``bias`` (out).
+
+    Its weights start at 0: tinylm.models draws them and loads them by name.
+    """
 
     param_names = ("weight", "bias")
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True) -> None:
         super().__init__()
-        self.weight = _zeros(out_features, in_features)
-        self.bias = _zeros(out_features) if bias else None
-
-    def _neurons(self, x: list) -> list:
-        out = []
-        for j, row in enumerate(self.weight):
-            s = sum(w * xi for w, xi in zip(row, x))
-            out.append(s + self.bias[j] if self.bias is not None else s)
-        return out
+        self.linear = nn.Linear(in_features, out_features, bias)
+        self.weight, self.bias = self.linear.weight, self.linear.bias
 
     def forward(self, x: list) -> list:
-        self.out = _map_last(x, self._neurons)                           # (..., out)
+        self.out = self.linear(x)                                        # (..., out)
         return self.out
 
 
 class Tanh(Layer):
-    """Elementwise tanh."""
+    """``tinylm.micrograd.nn.Tanh``: elementwise tanh."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tanh = nn.Tanh()
 
     def forward(self, x: list) -> list:
-        self.out = _map_last(x, lambda v: [xi.tanh() for xi in v])       # (..., H)
+        self.out = self.tanh(x)                                          # (..., H)
         return self.out
 
 

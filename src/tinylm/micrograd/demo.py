@@ -38,7 +38,7 @@ from tinylm.io import (
 from tinylm.micrograd.datasets import DATASETS, NUM_CLASSES, Point, Splits
 from tinylm.micrograd.engine import Value, cycle_collector_paused
 from tinylm.micrograd.graph import render_svg, to_dot
-from tinylm.micrograd.nn import MLP, AdamW, cross_entropy
+from tinylm.micrograd.nn import MLP, AdamW, Linear, cross_entropy
 from tinylm.rng import RNG
 
 Record = dict
@@ -221,11 +221,12 @@ def point_graph_dot(model: MLP, point: Point) -> str:
     model.zero_grad()
     loss.backward()
     names = {inputs[0]: "x", inputs[1]: "y", loss: f"loss (class {label})"}
-    for i, layer in enumerate(model.layers):
-        for j, neuron in enumerate(layer.neurons):
-            for k, w in enumerate(neuron.w):
+    linears = [layer for layer in model.layers if isinstance(layer, Linear)]
+    for i, layer in enumerate(linears):  # L<layer>N<neuron>: neuron j is row j of the weights
+        for j, (row, bias) in enumerate(zip(layer.weight, layer.bias)):
+            for k, w in enumerate(row):
                 names[w] = f"L{i}N{j}.w{k}"
-            names[neuron.b] = f"L{i}N{j}.b"
+            names[bias] = f"L{i}N{j}.b"
     return to_dot(loss, names)
 
 

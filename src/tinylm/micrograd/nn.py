@@ -1,17 +1,20 @@
-"""A tiny neural-network library on ``Value``: an MLP, its loss and its optimizer.
+"""A tiny neural-network library on ``Value``: layers, an MLP, its loss and its optimizers.
 
-``MLP(nin, nouts)`` is a stack of ``Layer``s of ``Neuron``s, tanh everywhere
-but the last layer, which gives raw scores (logits). ``cross_entropy`` turns
-the logits and the right class into a loss, and ``AdamW`` (or plain ``SGD``)
-moves the weights downhill. Every random number comes from the
-``tinylm.rng.RNG`` passed in, so a model built in the same order from the
-same seed is the same model.
+``MLP(nin, nouts)`` is a stack of ``Linear`` layers of neurons with a
+``Tanh`` between each two, so the last layer gives raw scores (logits).
+``cross_entropy`` turns the logits and the right class into a loss, and
+``AdamW`` (or plain ``SGD``) moves the weights downhill. Every random number
+comes from the ``tinylm.rng.RNG`` passed in, so a model built in the same
+order from the same seed is the same model.
+
+The language models' scalar-engine backend (``tinylm.layers.micrograd_layers``)
+is built from these same layers and trains with these same optimizers.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from tinylm.errors import CheckpointError, ConfigError
 from tinylm.micrograd.engine import Number, Value, weighted_sum
@@ -30,67 +33,75 @@ class Module:
             p.grad = 0.0
 
 
-class Neuron(Module):
-    """``tanh(w·x + b)``, or ``w·x + b`` when ``nonlin`` is false.
+class Linear(Module):
+    """``nout`` neurons reading the same ``nin`` inputs: output j is ``weight[j]·x + bias[j]``.
 
-    Weights are drawn in order as ``uniform(-1, 1) / sqrt(nin)``, which keeps
-    the pre-activation's spread about the same whatever the fan-in, and the
-    bias starts at 0.
+    ``weight`` holds one row of ``nin`` Values per neuron (PyTorch's (out, in)
+    layout) and ``bias`` one Value per neuron, or is None with ``bias=False``.
+    Each neuron's weighted sum is one node of the graph (``engine.weighted_sum``).
+
+    With an ``rng``, each neuron's weights are drawn in turn as
+    ``uniform(-1, 1) / sqrt(nin)``, which keeps the output's spread about the
+    same whatever the fan-in, and the biases start at 0. Without one, every
+    weight starts at 0, for a caller that sets them itself (the language
+    models load theirs by name, see ``tinylm.models``).
+
+    The input is a vector of ``nin`` Values or numbers, or a nested list of
+    such vectors (a batch): the layer acts on the last axis.
     """
 
-    def __init__(self, nin: int, nonlin: bool = True, *, rng: RNG) -> None:
+    def __init__(self, nin: int, nout: int, bias: bool = True, *, rng: RNG | None = None) -> None:
         _check_size("nin", nin)
-        self.w = [Value(rng.uniform(-1, 1) * nin**-0.5) for _ in range(nin)]
-        self.b = Value(0.0)
-        self.nonlin = nonlin
-
-    def __call__(self, x: Sequence[Value | Number]) -> Value:
-        return self.activate(_as_values(x))
-
-    def activate(self, x: Sequence[Value]) -> Value:
-        """The neuron's output for inputs that are already ``Value``s."""
-        act = weighted_sum(self.w, x, self.b)
-        return act.tanh() if self.nonlin else act
-
-    def parameters(self) -> list[Value]:
-        return [*self.w, self.b]
-
-    def __repr__(self) -> str:
-        return f"{'Tanh' if self.nonlin else 'Linear'}Neuron({len(self.w)})"
-
-
-class Layer(Module):
-    """``nout`` neurons reading the same inputs; always returns a list."""
-
-    def __init__(self, nin: int, nout: int, nonlin: bool = True, *, rng: RNG) -> None:
         _check_size("nout", nout)
-        self.neurons = [Neuron(nin, nonlin, rng=rng) for _ in range(nout)]
+        scale = nin**-0.5
+        self.weight = [[Value(0.0 if rng is None else rng.uniform(-1, 1) * scale) for _ in range(nin)]
+                       for _ in range(nout)]
+        self.bias = [Value(0.0) for _ in range(nout)] if bias else None
 
-    def __call__(self, x: Sequence[Value | Number]) -> list[Value]:
+    def __call__(self, x: Sequence) -> list:
+        return _map_last(x, self._neurons)
+
+    def _neurons(self, x: Sequence[Value | Number]) -> list[Value]:
         x = _as_values(x)  # once here, not once per neuron
-        return [n.activate(x) for n in self.neurons]
+        # Without a bias each sum starts from a constant 0: the same numbers, one more parent.
+        bias = self.bias if self.bias is not None else [Value(0.0) for _ in self.weight]
+        return [weighted_sum(w, x, b) for w, b in zip(self.weight, bias)]
 
     def parameters(self) -> list[Value]:
-        return [p for n in self.neurons for p in n.parameters()]
+        return [w for row in self.weight for w in row] + (self.bias or [])
 
     def __repr__(self) -> str:
-        return f"Layer([{', '.join(map(repr, self.neurons))}])"
+        bias = "" if self.bias is not None else ", bias=False"
+        return f"Linear({len(self.weight[0])}, {len(self.weight)}{bias})"
+
+
+class Tanh(Module):
+    """Elementwise tanh, on a vector of Values or a nested list of them."""
+
+    def __call__(self, x: Sequence) -> list:
+        return _map_last(x, lambda v: [xi.tanh() for xi in v])
+
+    def __repr__(self) -> str:
+        return "Tanh()"
 
 
 class MLP(Module):
-    """A multi-layer perceptron: ``nin`` inputs, then one layer per entry of ``nouts``.
+    """A multi-layer perceptron: ``nin`` inputs, then a ``Linear`` per entry of ``nouts``.
 
-    The last layer is linear, so its outputs are logits for ``cross_entropy``.
+    A ``Tanh`` follows every ``Linear`` but the last, whose outputs are
+    therefore logits for ``cross_entropy``. The weights are drawn from
+    ``rng`` layer by layer, neuron by neuron.
     """
 
     def __init__(self, nin: int, nouts: Sequence[int], *, rng: RNG) -> None:
         if not nouts:
             raise ValueError("an MLP needs at least one layer")
         sizes = [nin, *nouts]
-        self.layers = [
-            Layer(sizes[i], sizes[i + 1], nonlin=i < len(nouts) - 1, rng=rng)
-            for i in range(len(nouts))
-        ]
+        self.layers: list[Linear | Tanh] = []
+        for i in range(len(nouts)):
+            self.layers.append(Linear(sizes[i], sizes[i + 1], rng=rng))
+            if i < len(nouts) - 1:
+                self.layers.append(Tanh())
 
     def __call__(self, x: Sequence[Value | Number]) -> list[Value]:
         for layer in self.layers:
@@ -101,7 +112,7 @@ class MLP(Module):
         return [p for layer in self.layers for p in layer.parameters()]
 
     def __repr__(self) -> str:
-        return f"MLP of [{', '.join(map(repr, self.layers))}]"
+        return f"MLP({', '.join(map(repr, self.layers))})"
 
 
 def cross_entropy(logits: Sequence[Value], target: int) -> Value:
@@ -229,6 +240,13 @@ class AdamW(Optimizer):
             v[i] = v[i] * beta2 + (1 - beta2) * g * g
             denom = math.sqrt(v[i]) / correction2_sqrt + self.eps
             p.data -= step_size * m[i] / denom
+
+
+def _map_last(x: Sequence, fn: Callable[[Sequence], list]) -> list:
+    """``fn`` on every vector along the last axis of a nested list (or on ``x``, a vector)."""
+    if x and isinstance(x[0], (list, tuple)):
+        return [_map_last(row, fn) for row in x]
+    return fn(x)
 
 
 def _as_values(xs: Sequence[Value | Number]) -> list[Value]:
