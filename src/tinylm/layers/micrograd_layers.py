@@ -12,8 +12,8 @@ starting from the same float32 initial weights as every other backend.
 ``Linear``, ``Tanh`` and the loss are ``tinylm.micrograd.nn``'s, the ones the
 ``tinylm micrograd`` demo's MLP is made of, here under the state-dict names
 every backend shares; ``Embedding`` and ``Flatten`` read token ids and exist
-only here. The trainer steps them with ``tinylm.micrograd.nn``'s optimizers too
-(see ``tinylm.optim.make_optimizer``).
+only here. The trainer updates the weights with ``tinylm.micrograd.nn``'s
+optimizers too (see ``tinylm.optim.make_optimizer``).
 """
 
 from __future__ import annotations
@@ -82,6 +82,7 @@ class Linear(Layer):
     def __init__(self, in_features: int, out_features: int, bias: bool = True) -> None:
         super().__init__()
         self.linear = nn.Linear(in_features, out_features, bias)
+        # The same lists, not copies: loading a state dict sets the Values the layer computes with.
         self.weight, self.bias = self.linear.weight, self.linear.bias
 
     def forward(self, x: list) -> list:
