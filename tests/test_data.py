@@ -147,8 +147,3 @@ def test_context_zero_and_bad_loader():
     assert X.shape == (3, 0) and Y.tolist() == [1, 2, 0]
     with pytest.raises(ConfigError, match="unknown loader"):
         data.make_examples(["ab"], tok, 1, "bogus")
-
-
-def test_splits_round_trip(tmp_path, names_splits):
-    data.save_splits(tmp_path, names_splits)
-    assert data.load_splits(tmp_path) == tuple(names_splits)

@@ -262,29 +262,3 @@ def _check_context(context: int) -> None:
 
 
 SPLIT_NAMES = ("train", "val", "test")
-
-
-def save_splits(out_dir: str | os.PathLike, splits: Sequence[Sequence[str]]) -> None:
-    """Write train.txt, val.txt and test.txt into a run directory.
-
-    A run keeps its own copy of the data it was trained and judged on, so that
-    ``tinylm eval`` and ``tinylm sample`` (which marks samples copied from the
-    training set) need nothing but the run directory.
-    """
-    from tinylm.io import atomic_write_text
-
-    for name, lines in zip(SPLIT_NAMES, splits):
-        atomic_write_text(Path(out_dir) / f"{name}.txt", "".join(line + EOT for line in lines))
-
-
-def load_splits(out_dir: str | os.PathLike) -> tuple[list[str], list[str], list[str]]:
-    """The (train, val, test) lines saved by ``save_splits``."""
-    splits = []
-    for name in SPLIT_NAMES:
-        path = Path(out_dir) / f"{name}.txt"
-        try:
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError):
-            raise DataError(f"run directory {str(out_dir)!r} has no readable {name}.txt") from None
-        splits.append([line for line in text.split(EOT) if line])
-    return splits[0], splits[1], splits[2]

@@ -11,6 +11,7 @@ import argparse
 from typing import Callable
 
 from tinylm.micrograd.datasets import DATASETS
+from tinylm.micrograd.demo import DemoConfig, run_demo
 
 DEFAULT_OUT_DIR = "out/micrograd"
 PRINT_EVERY = 10
@@ -18,8 +19,6 @@ PRINT_EVERY = 10
 
 def register(sub: argparse._SubParsersAction, add_run_dir: Callable) -> None:
     """Add the ``micrograd`` subcommand to the ``tinylm`` parser."""
-    from tinylm.micrograd.demo import DemoConfig
-
     d = DemoConfig()
     p = sub.add_parser(
         "micrograd",
@@ -52,8 +51,6 @@ def register(sub: argparse._SubParsersAction, add_run_dir: Callable) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tinylm.micrograd.demo import DemoConfig, run_demo
-
     config = DemoConfig(
         dataset=args.dataset, points=args.points, hidden=tuple(args.hidden),
         steps=args.steps, lr=args.lr, seed=args.seed,
