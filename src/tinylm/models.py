@@ -27,7 +27,7 @@ import importlib
 import math
 from dataclasses import dataclass, field
 from types import ModuleType
-from typing import Any, Callable, Mapping
+from typing import Any, Callable
 
 import numpy as np
 
@@ -53,7 +53,7 @@ FIXED_WINDOW = ("mlp", "bnmlp", "wavenet")  # the models that read a context win
 
 
 @dataclass(frozen=True)
-class ModelConfig:
+class ModelConfig(settings.Settings):
     """Everything needed to rebuild a model's architecture (saved as JSON in a run).
 
     Each field is a setting (see tinylm.settings): its default, its check,
@@ -76,17 +76,6 @@ class ModelConfig:
                         choice(DEEP_INITS), models=("bnmlp", "wavenet"))
     reg: float = setting(0.01, "weight penalty reg * mean(W**2), the neural counterpart of "
                          "additive smoothing", NONNEG_FLOAT, models=("bigram",))
-
-    def __post_init__(self) -> None:
-        settings.check(self)
-
-    def to_dict(self) -> dict[str, Any]:
-        return settings.to_dict(self)
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "ModelConfig":
-        """Rebuild from ``to_dict()`` output; unknown keys are refused."""
-        return settings.from_dict(cls, d)
 
 
 @dataclass

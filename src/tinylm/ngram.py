@@ -32,7 +32,7 @@ ORDERS = (1, 2, 3, 4, 5, 6)
 
 
 @dataclass(frozen=True)
-class NgramSettings:
+class NgramSettings(settings.Settings):
     """What ``tinylm train --model ngram`` searches (see tinylm.settings for how fields are flags).
 
     An axis left at None is searched on the validation split: orders
@@ -51,7 +51,7 @@ class NgramSettings:
                           choice(METHODS), models="ngram")
 
     def __post_init__(self) -> None:
-        settings.check(self)
+        super().__post_init__()
         if self.method == "kneser-ney" and self.smoothing is not None:
             raise ConfigError("--smoothing applies to additive smoothing only; "
                               "Kneser-Ney estimates its discounts")

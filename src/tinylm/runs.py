@@ -43,7 +43,7 @@ from typing import Any, Mapping, Sequence
 from tinylm import checkpoint, settings
 from tinylm.data import EOT, SPLIT_NAMES, Tokenizer
 from tinylm.errors import CheckpointError, ConfigError, TinylmError
-from tinylm.io import atomic_write_bytes, check_out_dir, dumps, fsync_dir, write_json
+from tinylm.io import atomic_write_bytes, check_out_dir, dumps, write_json
 from tinylm.models import DEFAULT_MODEL, MODEL_DEFAULTS, ModelConfig, build_model
 from tinylm.ngram import NgramConfig, NgramModel
 from tinylm.recipes import get_recipe

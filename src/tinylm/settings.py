@@ -141,6 +141,21 @@ def readers(f: dataclasses.Field, neural_models: Sequence[str]) -> list[str]:
 
 # --- configs: checks and JSON ---------------------------------------------------------------
 
+class Settings:
+    """Base of a frozen settings dataclass: checked when built, saved and loaded as JSON."""
+
+    def __post_init__(self) -> None:
+        check(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_dict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Any:
+        """Rebuild from ``to_dict()`` output; unknown keys are refused, missing ones defaulted."""
+        return from_dict(cls, d)
+
+
 def check(config: Any) -> None:
     """Raise ``ConfigError`` naming the first setting of ``config`` whose value is invalid."""
     for f in setting_fields(type(config)):

@@ -29,13 +29,11 @@ run with ``TrainingDiverged``, keeping its last checkpoint.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import signal
 import threading
 import time
-from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
 import numpy as np
@@ -57,7 +55,7 @@ from tinylm.settings import (
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(settings.Settings):
     """How a neural model is trained: every setting that decides what a run computes.
 
     Each field is a setting (see tinylm.settings): its default, check, help
@@ -98,16 +96,6 @@ class TrainConfig:
     recipe: str | None = setting(None, "a published protocol; explicit flags override its "
                                  "settings (list them: tinylm recipes)",
                                  optional(choice(recipe_names), "a recipe name"))
-
-    def __post_init__(self) -> None:
-        settings.check(self)
-
-    def to_dict(self) -> dict[str, Any]:
-        return settings.to_dict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
-        return settings.from_dict(cls, d)
 
 
 class TrainingInterrupted(KeyboardInterrupt):

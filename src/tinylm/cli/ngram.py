@@ -54,8 +54,7 @@ def train(args: argparse.Namespace, splits: tuple[list[str], list[str], list[str
     tokenizer = data.Tokenizer.from_lines([line for lines in splits for line in lines])
     loader = config.loader
     V = tokenizer.vocab_size
-    orders, smoothings = search.orders, search.smoothings
-    for order in orders:
+    for order in search.orders:
         NgramConfig(order, V)  # refuse an impossible order before any work
     started = time.perf_counter()
     # the directory is taken now, before the work: an unwritable -o fails at once
