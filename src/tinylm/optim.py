@@ -9,13 +9,15 @@ settable ``lr``, and ``state_dict()``/``load_state_dict()`` of numpy arrays.
 ``make_optimizer`` picks the right one for a model.
 
 ``AdamW`` is Loshchilov and Hutter's "Decoupled Weight Decay
-Regularization" (ICLR 2019) exactly as ``torch.optim.AdamW`` computes it
-(its single-tensor path, ``foreach=False``): the same operations in the
-same order in the parameter's dtype, and where PyTorch uses a fused
-multiply-add (``lerp_``, ``addcmul_``, ``add_`` with ``alpha``) the exact
-product-sum rounded once. Only PyTorch's vectorised ``sqrt``, which may be
-one unit in the last place off, is not reproduced, so numpy and PyTorch runs
-agree to about 1e-6 after hundreds of steps rather than to the last bit.
+Regularization" (ICLR 2019) as ``torch.optim.AdamW`` computes it (its
+single-tensor path, ``foreach=False``): the same operations in the same
+order in the parameter's dtype, in place, into work arrays made once. Where
+PyTorch fuses a multiply-add (``lerp_``, ``addcmul_``) and where its
+vectorised ``sqrt`` is one unit in the last place off, numpy rounds its own
+way, so numpy and PyTorch runs agree to about 1e-6 after hundreds of steps
+rather than to the last bit. ``SGD`` has one multiply-add per weight, cheap
+to round once exactly as PyTorch's fused ``add_`` does, so it agrees to the
+bit.
 """
 
 from __future__ import annotations
@@ -36,67 +38,71 @@ OPTIMIZERS = ("adamw", "sgd")
 # --- what an optimizer updates: numpy arrays, whatever holds them ---------------------------
 
 
-class _ArraySlot:
-    """A numpy Parameter: ``.data`` and ``.grad`` are arrays, updated as such."""
-
-    def __init__(self, param: Any) -> None:
-        self.param = param
-
-    def get(self) -> tuple[np.ndarray, np.ndarray]:
-        return self.param.data, self.param.grad
-
-    def set(self, data: np.ndarray) -> None:
-        self.param.data = data
-
-    def zero_grad(self) -> None:
-        self.param.grad = np.zeros_like(self.param.data)
-
-
-def _slots(params: Iterable[Any]) -> list:
+def _array_params(params: Iterable[Any]) -> list:
+    """numpy Parameters: ``.data`` and ``.grad`` arrays, updated in place."""
     params = list(params)
     if not params:
         raise ConfigError("the optimizer got no parameters")
     if all(isinstance(getattr(p, "data", None), np.ndarray) for p in params):
-        return [_ArraySlot(p) for p in params]
+        return params
     raise TypeError("parameters must all be numpy Parameters "
                     "(scalar-engine Values have tinylm.micrograd.nn.SGD and AdamW)")
 
 
-def _fma(a: np.ndarray, b: np.ndarray | float, c: np.ndarray) -> np.ndarray:
-    """a * b + c rounded once, as a fused multiply-add does.
+class _Scratch:
+    """Work arrays of one parameter's shape, made once: a step allocates nothing.
 
-    For float32 the float64 product of two float32 numbers is exact, so only
-    the final cast rounds (up to a double-rounding tie, which is rare enough
-    not to matter here). float64 inputs are computed as written.
+    ``fma(a, b, c, out)`` is a * b + c rounded once, as a fused multiply-add
+    does: for float32 the float64 product of two float32 numbers is exact, so
+    only the final store rounds (up to a double-rounding tie, which is rare
+    enough not to matter here). float64 is computed as written.
     """
-    if c.dtype != np.float32:
-        return a * b + c
-    b = np.asarray(b, dtype=np.float32).astype(np.float64)  # a scalar meets float32 as float32
-    return (a.astype(np.float64) * b + c.astype(np.float64)).astype(np.float32)
+
+    def __init__(self, like: np.ndarray) -> None:
+        self.a = np.empty_like(like)
+        self.b = np.empty_like(like)
+        self.wide = np.empty(like.shape, dtype=np.float64) if like.dtype == np.float32 else None
+
+    def fma(self, a: np.ndarray, b: np.ndarray | float, c: np.ndarray, out: np.ndarray) -> None:
+        if self.wide is None:
+            np.multiply(a, b, out=self.b)
+            np.add(self.b, c, out=out)
+            return
+        if not isinstance(b, np.ndarray):
+            b = np.float64(np.float32(b))  # a scalar meets float32 as float32
+        np.multiply(a, b, out=self.wide, dtype=np.float64)
+        np.add(self.wide, c, out=self.wide, dtype=np.float64)
+        np.copyto(out, self.wide, casting="same_kind")
 
 
 class _Optimizer:
-    """Shared: the parameter slots, ``lr``, the step count, zero_grad."""
+    """Shared: the parameters, ``lr``, the step count, zero_grad, preallocated work arrays."""
 
     kind = ""
 
     def __init__(self, params: Iterable[Any], lr: float) -> None:
         _check_lr(lr)
-        self.slots = _slots(params)
+        self.params = _array_params(params)
         self.lr = float(lr)
         self.steps = 0  # how many updates so far (PyTorch's per-parameter "step")
+        self._scratch: list[_Scratch] = []
 
     def zero_grad(self) -> None:
-        for slot in self.slots:
-            slot.zero_grad()
+        for p in self.params:
+            p.grad = np.zeros_like(p.data)
 
     def step(self) -> None:
         self.steps += 1
-        for i, slot in enumerate(self.slots):
-            data, grad = slot.get()
-            slot.set(self._update(i, data, grad))
+        for i, param in enumerate(self.params):
+            data, grad = param.data, param.grad
+            if i >= len(self._scratch) or self._scratch[i].a.shape != data.shape \
+                    or self._scratch[i].a.dtype != data.dtype:
+                del self._scratch[i:]
+                self._scratch.append(_Scratch(data))
+            self._update(i, data, grad, self._scratch[i])
 
-    def _update(self, i: int, p: np.ndarray, g: np.ndarray) -> np.ndarray:
+    def _update(self, i: int, p: np.ndarray, g: np.ndarray, work: _Scratch) -> None:
+        """Update the array ``p`` in place from its gradient ``g``."""
         raise NotImplementedError
 
     def _buffers(self) -> dict[str, list[np.ndarray]]:
@@ -140,10 +146,11 @@ class SGD(_Optimizer):
         _check_weight_decay(weight_decay)
         self.weight_decay = float(weight_decay)
 
-    def _update(self, i: int, p: np.ndarray, g: np.ndarray) -> np.ndarray:
+    def _update(self, i: int, p: np.ndarray, g: np.ndarray, work: _Scratch) -> None:
         if self.weight_decay != 0:
-            g = _fma(p, self.weight_decay, g)            # grad.add(param, alpha=weight_decay)
-        return _fma(g, -self.lr, p)                      # param.add_(grad, alpha=-lr)
+            work.fma(p, self.weight_decay, g, out=work.a)    # grad.add(param, alpha=weight_decay)
+            g = work.a
+        work.fma(g, -self.lr, p, out=p)                      # param.add_(grad, alpha=-lr)
 
 
 class AdamW(_Optimizer):
@@ -169,30 +176,40 @@ class AdamW(_Optimizer):
         self.betas = (float(beta1), float(beta2))
         self.eps = float(eps)
         self.weight_decay = float(weight_decay)
-        self.exp_avg = [np.zeros_like(slot.get()[0]) for slot in self.slots]
-        self.exp_avg_sq = [np.zeros_like(slot.get()[0]) for slot in self.slots]
+        self.exp_avg = [np.zeros_like(p.data) for p in self.params]
+        self.exp_avg_sq = [np.zeros_like(p.data) for p in self.params]
 
     def _buffers(self) -> dict[str, list[np.ndarray]]:
         return {"exp_avg": self.exp_avg, "exp_avg_sq": self.exp_avg_sq}
 
-    def _update(self, i: int, p: np.ndarray, g: np.ndarray) -> np.ndarray:
-        # Line for line torch/optim/adam.py, _single_tensor_adam with decoupled decay.
-        # Scalars are Python floats (float64) until they meet an array, which
-        # casts them to the array's dtype, as PyTorch does.
+    def _update(self, i: int, p: np.ndarray, g: np.ndarray, work: _Scratch) -> None:
+        # Line for line torch/optim/adam.py, _single_tensor_adam with decoupled decay,
+        # every operation in place in the parameter's dtype. Scalars are Python floats
+        # (float64) until they meet an array, which casts them to its dtype, as PyTorch
+        # does. Where PyTorch fuses a multiply-add (lerp_, addcmul_) numpy rounds twice:
+        # exact emulation through float64 would cost as much as the step's matmuls.
         lr, (beta1, beta2), eps, step = self.lr, self.betas, self.eps, self.steps
         dt = p.dtype.type
-        exp_avg, exp_avg_sq = self.exp_avg[i], self.exp_avg_sq[i]
+        exp_avg, exp_avg_sq, t = self.exp_avg[i], self.exp_avg_sq[i], work.a
         if self.weight_decay != 0:
-            p = p * dt(1 - lr * self.weight_decay)                 # param.mul_(1 - lr * wd)
-        exp_avg[...] = _fma(g - exp_avg, 1 - beta1, exp_avg)       # exp_avg.lerp_(grad, 1 - beta1)
+            p *= dt(1 - lr * self.weight_decay)                    # param.mul_(1 - lr * wd)
+        np.subtract(g, exp_avg, out=t)
+        t *= dt(1 - beta1)
+        exp_avg += t                                               # exp_avg.lerp_(grad, 1 - beta1)
         exp_avg_sq *= dt(beta2)                                    # exp_avg_sq.mul_(beta2)
-        exp_avg_sq[...] = _fma(dt(1 - beta2) * g, g, exp_avg_sq)   # .addcmul_(grad, grad, value=1 - beta2)
+        np.multiply(g, dt(1 - beta2), out=t)
+        t *= g
+        exp_avg_sq += t                                            # .addcmul_(grad, grad, value=1 - beta2)
         bias_correction1 = 1 - beta1**step
         bias_correction2 = 1 - beta2**step
         step_size = lr / bias_correction1
         bias_correction2_sqrt = bias_correction2**0.5
-        denom = np.sqrt(exp_avg_sq) / dt(bias_correction2_sqrt) + dt(eps)
-        return p + (dt(-step_size) * exp_avg) / denom              # param.addcdiv_(exp_avg, denom, value=-step_size)
+        denom = np.sqrt(exp_avg_sq, out=t)
+        denom /= dt(bias_correction2_sqrt)
+        denom += dt(eps)                                           # denom = sqrt(v) / bc2_sqrt + eps
+        update = np.multiply(exp_avg, dt(-step_size), out=work.b)
+        update /= denom
+        p += update                                                # param.addcdiv_(exp_avg, denom, value=-step_size)
 
 
 # --- the scalar engine -----------------------------------------------------------------------
@@ -247,67 +264,95 @@ class ValueOptimizer:
 
 
 class TorchOptimizer:
-    """A torch.optim optimizer behind the interface of ``SGD``/``AdamW`` above.
+    """SGD or AdamW for tensors: ``torch.optim``'s single-tensor update, op for op.
 
-    Its state dict has the same keys as theirs ("step", "exp_avg.<i>",
-    "exp_avg_sq.<i>"), so an optimizer state saved by one backend loads
-    into another.
+    The arithmetic is that of ``torch.optim.SGD``/``AdamW(foreach=False)``,
+    the same tensor operations in the same order, so the numbers are theirs
+    to the bit (a test holds them side by side). It is written out here
+    rather than called because creating a ``torch.optim`` optimizer imports
+    the compiler stack (``torch._dynamo``), over a second of every run's
+    start, for nothing a training step uses. The state dict has the keys of
+    the numpy optimizers ("step", "exp_avg.<i>", "exp_avg_sq.<i>"), so a
+    state saved by one backend loads into another.
     """
 
-    def __init__(self, optimizer: Any, kind: str) -> None:
-        self.optimizer = optimizer
-        self.kind = kind
-        self.steps = 0
+    def __init__(self, params: Iterable[Any], kind: str, lr: float, weight_decay: float,
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> None:
+        import torch
 
-    @property
-    def params(self) -> list:
-        return self.optimizer.param_groups[0]["params"]
+        self.params = list(params)
+        if not self.params:
+            raise ConfigError("the optimizer got no parameters")
+        self.kind = kind
+        self.lr = lr
+        self.weight_decay = float(weight_decay)
+        self.betas, self.eps = (float(betas[0]), float(betas[1])), float(eps)
+        self.steps = 0
+        moments = ("exp_avg", "exp_avg_sq") if kind == "adamw" else ()
+        self.buffers = {name: [torch.zeros_like(p, memory_format=torch.preserve_format)
+                               for p in self.params] for name in moments}
 
     @property
     def lr(self) -> float:
-        return self.optimizer.param_groups[0]["lr"]
+        return self._lr
 
     @lr.setter
     def lr(self, value: float) -> None:
         _check_lr(value)
-        for group in self.optimizer.param_groups:
-            group["lr"] = float(value)
+        self._lr = float(value)
 
     def step(self) -> None:
+        import torch
+
         self.steps += 1
-        self.optimizer.step()
+        with torch.no_grad():
+            for i, param in enumerate(self.params):
+                if param.grad is not None:
+                    (self._adamw if self.kind == "adamw" else self._sgd)(i, param, param.grad)
+
+    def _sgd(self, i: int, param: Any, grad: Any) -> None:
+        if self.weight_decay != 0:
+            grad = grad.add(param, alpha=self.weight_decay)
+        param.add_(grad, alpha=-self.lr)
+
+    def _adamw(self, i: int, param: Any, grad: Any) -> None:
+        lr, (beta1, beta2), eps = self.lr, self.betas, self.eps
+        exp_avg, exp_avg_sq = self.buffers["exp_avg"][i], self.buffers["exp_avg_sq"][i]
+        # torch.optim counts steps in a float32 tensor and reads the count back as a float
+        step = float(np.float32(self.steps))
+        if self.weight_decay != 0:
+            param.mul_(1 - lr * self.weight_decay)
+        exp_avg.lerp_(grad, 1 - beta1)
+        exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+        bias_correction1 = 1 - beta1**step
+        bias_correction2 = 1 - beta2**step
+        step_size = lr / bias_correction1
+        bias_correction2_sqrt = bias_correction2**0.5
+        denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)
+        param.addcdiv_(exp_avg, denom, value=-step_size)
 
     def zero_grad(self) -> None:
-        self.optimizer.zero_grad(set_to_none=True)
-
-    def _buffer_names(self) -> tuple[str, ...]:
-        return ("exp_avg", "exp_avg_sq") if self.kind == "adamw" else ()
+        for p in self.params:
+            p.grad = None
 
     def state_dict(self) -> dict[str, np.ndarray]:
         out = {"step": np.array(self.steps, dtype=np.int64)}
-        for i, p in enumerate(self.params):
-            state = self.optimizer.state.get(p, {})
-            for name in self._buffer_names():
-                buf = state.get(name)
-                out[f"{name}.{i}"] = (np.zeros(tuple(p.shape), dtype=np.float32) if buf is None
-                                      else buf.detach().cpu().numpy().copy())
+        for name, tensors in self.buffers.items():
+            for i, t in enumerate(tensors):
+                out[f"{name}.{i}"] = t.detach().cpu().numpy().copy()
         return out
 
     def load_state_dict(self, state: Mapping[str, np.ndarray]) -> None:
         import torch
 
-        buffers = {name: [np.zeros(tuple(p.shape), dtype=np.float32) for p in self.params]
-                   for name in self._buffer_names()}
-        _load_buffers(buffers, state)
+        arrays = {name: [np.zeros(tuple(t.shape), dtype=np.float32) for t in tensors]
+                  for name, tensors in self.buffers.items()}
+        _load_buffers(arrays, state)
         self.steps = int(state["step"])
-        for i, p in enumerate(self.params):
-            if not buffers:
-                continue
-            # what torch.optim.Adam keeps per parameter (step is a float32 tensor)
-            self.optimizer.state[p] = {
-                "step": torch.tensor(float(self.steps), dtype=torch.float32),
-                **{name: torch.from_numpy(arrays[i]).to(p.dtype) for name, arrays in buffers.items()},
-            }
+        with torch.no_grad():
+            for name, tensors in self.buffers.items():
+                for t, a in zip(tensors, arrays[name]):
+                    t.copy_(torch.from_numpy(a))
 
 
 def make_optimizer(model: Any, kind: str = "adamw", lr: float = 1e-3, weight_decay: float = 0.0,
@@ -315,8 +360,8 @@ def make_optimizer(model: Any, kind: str = "adamw", lr: float = 1e-3, weight_dec
     """The optimizer ``kind`` ("adamw" or "sgd") for ``model``'s parameters on its backend.
 
     numpy models get ``AdamW``/``SGD`` above; micrograd models tinylm.micrograd.nn's
-    wrapped in ``ValueOptimizer``; torch models torch.optim.AdamW/SGD
-    (single-tensor path) wrapped in ``TorchOptimizer``.
+    wrapped in ``ValueOptimizer``; torch models ``TorchOptimizer``, which computes
+    torch.optim.AdamW/SGD's single-tensor update.
     """
     if kind not in OPTIMIZERS:
         raise ConfigError(f"unknown optimizer {kind!r}; choose one of {', '.join(OPTIMIZERS)}")
@@ -324,14 +369,7 @@ def make_optimizer(model: Any, kind: str = "adamw", lr: float = 1e-3, weight_dec
     _check_weight_decay(weight_decay)
     params = model.parameters()
     if getattr(model, "backend", "") in TORCH_BACKENDS:
-        import torch
-
-        if kind == "adamw":
-            opt = torch.optim.AdamW(params, lr=lr, betas=betas, eps=eps,
-                                    weight_decay=weight_decay, foreach=False)
-        else:
-            opt = torch.optim.SGD(params, lr=lr, weight_decay=weight_decay, foreach=False)
-        return TorchOptimizer(opt, kind)
+        return TorchOptimizer(params, kind, lr, weight_decay, betas, eps)
     if getattr(model, "backend", "") == "micrograd":
         if kind == "adamw":
             opt = micrograd_nn.AdamW(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)

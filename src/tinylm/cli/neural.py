@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from tinylm import data, diagnostics, runs, settings
+from tinylm import data, diagnostics, runs, settings, threads
 from tinylm.batches import make_split
 from tinylm.cli.common import add_run_dir, print_loss, print_samples
 from tinylm.errors import ConfigError
@@ -147,7 +147,8 @@ def _run(trainer: Trainer, model, mconfig: ModelConfig, config: TrainConfig,
     reporter = _Reporter(config.steps, trainer.state.step, sys.stderr.isatty())
     trainer.progress = _watched(reporter, config, trainer, out, tokenizer.vocab_size)
     try:
-        result = trainer.run()
+        with threads.limited(config.threads):
+            result = trainer.run()
     except TrainingInterrupted as e:
         reporter.close()
         what = "stopped" if e.signum == signal.SIGINT else f"stopped by {signal.Signals(e.signum).name}"
@@ -299,5 +300,6 @@ def evaluate(run: runs.Run) -> None:
               for name, lines in zip(data.SPLIT_NAMES, run.lines3)}
     batch = config.batch_size or len(splits["train"])
     print(f"{run.model_config.model} ({config.backend}) at step {run.step}, loader {config.loader}")
-    for name, split in splits.items():
-        print_loss(name, split_loss(run.model, split, batch))
+    with threads.limited(config.threads):
+        for name, split in splits.items():
+            print_loss(name, split_loss(run.model, split, batch))

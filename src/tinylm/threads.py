@@ -1,0 +1,51 @@
+"""How many threads BLAS and PyTorch may use while tinylm trains or evaluates.
+
+tinylm's matrices are small (a classic MLP step multiplies 128 x 144 by
+144 x 512): a second thread gains little on a quiet machine, and on a busy
+one, where the cores are shared, a pool of spinning threads costs many
+times the work it shares (a step 6-14x slower, measured). So a run uses one
+thread unless told otherwise: ``--threads N``, or the usual environment
+variables (``OMP_NUM_THREADS``, ``OPENBLAS_NUM_THREADS``, ``MKL_NUM_THREADS``),
+which tinylm then leaves alone. ``threadpoolctl`` sets the BLAS pools that
+numpy loaded; PyTorch has ``torch.set_num_threads``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from typing import Iterator
+
+from threadpoolctl import threadpool_limits
+
+DEFAULT = 1
+ENVIRONMENT = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def chosen(requested: int) -> int | None:
+    """The thread count to set: ``requested`` (0: the default), or None to leave the environment's."""
+    if requested:
+        return requested
+    if any(os.environ.get(name) for name in ENVIRONMENT):
+        return None
+    return DEFAULT
+
+
+@contextlib.contextmanager
+def limited(requested: int) -> Iterator[int | None]:
+    """Run the block with BLAS and (if loaded) PyTorch limited to ``chosen(requested)`` threads."""
+    n = chosen(requested)
+    if n is None:
+        yield None
+        return
+    torch = sys.modules.get("torch")
+    before = torch.get_num_threads() if torch is not None else None
+    with threadpool_limits(limits=n, user_api="blas"):
+        if torch is not None:
+            torch.set_num_threads(n)
+        try:
+            yield n
+        finally:
+            if torch is not None and before is not None:
+                torch.set_num_threads(before)
