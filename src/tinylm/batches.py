@@ -63,25 +63,39 @@ def make_split(
 
 
 class Batches:
-    """The training batches of one split; ``position`` is all the state besides the RNG."""
+    """The training batches of one split; ``position`` is all the state besides the RNG.
+
+    A batch is a view of the split where the windows are consecutive, and
+    otherwise gathered into arrays made once: a step allocates no batch.
+    The arrays are overwritten by the next call, which a training step,
+    done with its batch by then, never notices.
+    """
 
     def __init__(self, split: Split, batch_size: int, rng: RNG, position: int = 0) -> None:
         self.split = split
         self.batch_size = batch_size
         self.rng = rng
         self.position = position
+        B = batch_size
+        self._X = np.empty((B,) + split.X.shape[1:], dtype=split.X.dtype)
+        self._Y = np.empty(B, dtype=split.Y.dtype)
 
     def next(self) -> tuple[np.ndarray, np.ndarray]:
         split, B = self.split, self.batch_size
         if B == 0:
             return split.X, split.Y
         if split.loader == "stream":
-            starts = (self.position + np.arange(B)) % len(split)
-            self.position = int((self.position + B) % len(split))
+            start = self.position
+            self.position = int((start + B) % len(split))
+            if start + B <= len(split):
+                return split.X[start:start + B], split.Y[start:start + B]
+            starts = (start + np.arange(B)) % len(split)  # the batch that wraps around
         else:
             # the same numbers as int(rng.random() * N) one example at a time
             starts = (self.rng.random_array(B) * len(split)).astype(np.int64)
-        return split.X[starts], split.Y[starts]
+        np.take(split.X, starts, axis=0, out=self._X)
+        np.take(split.Y, starts, out=self._Y)
+        return self._X, self._Y
 
 
 def eval_batches(
@@ -99,8 +113,12 @@ def eval_batches(
         if max_batches is not None:
             n_batches = min(n_batches, max_batches)
         for b in range(n_batches):
-            starts = (b * batch_size + np.arange(batch_size)) % len(split)
-            yield split.X[starts], split.Y[starts], 1
+            lo = b * batch_size
+            if lo + batch_size <= len(split):
+                yield split.X[lo:lo + batch_size], split.Y[lo:lo + batch_size], 1
+            else:  # a pass longer than the windows wraps to the start
+                starts = (lo + np.arange(batch_size)) % len(split)
+                yield split.X[starts], split.Y[starts], 1
         return
     n = len(split)
     if max_batches is not None and batch_size > 0:
