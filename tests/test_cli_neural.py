@@ -71,6 +71,9 @@ def _one_error_line(capsys):
     (["--resume"], "does not exist"),
     (["--backend", "micrograd", "--context", "0"], "--context"),
     (["--model", "bnmlp", "--batch-size", "1"], "BatchNorm1d"),
+    (["--batch-size", "10000000"], "is larger than the train split"),
+    (["--lr", "nan"], "--lr"),
+    (["--threads", "-1"], "--threads"),
 ])
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, capsys, flags, message):
     run = tmp_path / "run"

@@ -205,6 +205,12 @@ class Trainer:
         for name in ("train", "val", "test"):
             if name not in splits:
                 raise ConfigError(f"the trainer needs a {name} split")
+        if config.batch_size > len(splits["train"]):
+            # drawn with replacement it would run, but each step would cost more than an
+            # epoch of the whole split; refused before anything is written
+            raise ConfigError(f"--batch-size {config.batch_size} is larger than the train split "
+                              f"({len(splits['train']):,} examples); use --batch-size 0 to train "
+                              "on the whole split in every step")
         if config.batch_size == 1 and getattr(model, "batch_statistics", False):
             # refused here, before a run directory is written, not at the first update
             raise ConfigError("batch_size 1 cannot train a model with BatchNorm1d: "
