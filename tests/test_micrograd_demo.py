@@ -178,3 +178,19 @@ def test_help_explains_the_command(capsys):
     out = capsys.readouterr().out
     for word in ("--dataset", "--hidden", "--steps", "--lr", "--seed", "--out-dir", "graph.svg"):
         assert word in out
+
+
+def test_the_demo_never_writes_into_a_trained_run_or_over_a_foreign_config(tmp_path, capsys):
+    from tinylm.cli import main
+
+    run = tmp_path / "run"
+    assert main(["train", "--order", "2", "-n", "0", "-o", str(run)]) == 0
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    assert main(["micrograd", "--steps", "1", "-o", str(run)]) == 2
+    assert "holds a trained run" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "config.json").write_text('{"my": "settings"}')
+    assert main(["micrograd", "--steps", "1", "-o", str(mine)]) == 2
+    assert (mine / "config.json").read_text() == '{"my": "settings"}'

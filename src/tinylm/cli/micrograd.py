@@ -8,7 +8,13 @@ went. The defaults are the reference recipe.
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
 from typing import Callable
+
+from tinylm.errors import ConfigError
+from tinylm.io import check_out_dir
+from tinylm.runs import MANIFEST
 
 from tinylm.micrograd.datasets import DATASETS
 from tinylm.micrograd.demo import DemoConfig, run_demo
@@ -50,12 +56,29 @@ def register(sub: argparse._SubParsersAction, add_run_dir: Callable) -> None:
     p.set_defaults(handler=run)
 
 
+def _check_demo_dir(out: Path) -> None:
+    """The demo rewrites its own files, and nobody else's: not a trained run's, not a user's."""
+    check_out_dir(out)
+    if (out / MANIFEST).exists():
+        raise ConfigError(f"out-dir {str(out)!r} holds a trained run; choose another -o")
+    try:
+        config = json.loads((out / "config.json").read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return
+    except (OSError, ValueError):
+        config = None
+    if not isinstance(config, dict) or config.get("model") != "micrograd":
+        raise ConfigError(f"out-dir {str(out)!r} holds a config.json that is not the demo's; "
+                          "choose another -o")
+
+
 def run(args: argparse.Namespace) -> int:
     config = DemoConfig(
         dataset=args.dataset, points=args.points, hidden=tuple(args.hidden),
         steps=args.steps, lr=args.lr, seed=args.seed,
     )
     config.validate()  # a bad flag stops us here, before anything is written
+    _check_demo_dir(Path(args.out_dir))
     print(f"micrograd: {config.dataset} ({config.points} points), "
           f"MLP(2, {config.layer_sizes}), {config.steps} steps, lr {config.lr:g}, seed {config.seed}")
     val = {}
