@@ -1,4 +1,5 @@
-"""tinylm.ngram: the reference figure, smoothing maths against a direct computation, Kneser-Ney."""
+"""tinylm.ngram: the reference figure, smoothing maths against a direct computation, Kneser-Ney,
+and the loss by lookup against the loss from whole probability rows."""
 
 import math
 from collections import Counter
@@ -9,7 +10,7 @@ import pytest
 from tinylm import data
 from tinylm.errors import ConfigError
 from tinylm.ngram import (
-    NgramConfig, NgramModel, best, bigram_counts, context_keys, grid_search, nll,
+    ORDERS, SMOOTHINGS, NgramConfig, NgramModel, best, bigram_counts, context_keys, grid_search, nll,
 )
 
 
@@ -126,3 +127,119 @@ def test_context_keys_are_distinct():
 def test_bad_configs(kwargs, message):
     with pytest.raises(ConfigError, match=message):
         NgramConfig(**kwargs)
+
+
+# --- the loss by lookup against whole probability rows ------------------------------------
+
+
+def rows_nll(model, idx, targets, chunk=65536):
+    """The loss as it was computed before lookups: a whole row of V probabilities per example,
+    one column kept; the formulas written out again here, row sums taken from the rows."""
+    V = model.config.vocab_size
+    total = 0.0
+    for start in range(0, len(targets), chunk):
+        x, y = idx[start : start + chunk], targets[start : start + chunk]
+        if model.config.method == "additive":
+            a, table = model.config.smoothing, model.tables[0]
+            rows, found = table.lookup(x, V)
+            counts = np.where(found[:, None], table.counts[rows], 0.0)
+            p = (counts + a) / (counts.sum(axis=1, keepdims=True) + a * V)
+        else:
+            p = np.full((len(x), V), 1.0 / V)
+            for k, (table, D) in enumerate(zip(model.tables, model.discounts)):
+                rows, found = table.lookup(x[:, x.shape[1] - k :], V)
+                counts = table.counts[rows]
+                row_total = counts.sum(axis=1, keepdims=True)
+                types = (counts > 0).sum(axis=1, keepdims=True)
+                safe_total = np.where(row_total > 0, row_total, 1.0)
+                mixed = (np.maximum(counts - D, 0.0) + D * types * p) / safe_total
+                p = np.where(found[:, None] & (row_total > 0), mixed, p)
+        total += -np.log(p[np.arange(len(p)), y]).sum()
+    return float(total / len(targets))
+
+
+def random_split(rng, n, context, vocab_size):
+    """Random (contexts, targets) with a skewed token distribution, so counts repeat."""
+    weights = rng.dirichlet(np.full(vocab_size, 0.3))
+    tokens = rng.choice(vocab_size, size=(n, context + 1), p=weights)
+    return tokens[:, :context], tokens[:, context]
+
+
+@pytest.mark.parametrize("method", ["additive", "kneser-ney"])
+@pytest.mark.parametrize("order", [1, 2, 3, 5])
+def test_nll_is_minus_log_of_the_probs_row(method, order):
+    """On random data, the looked-up probability of each target is that column of ``probs``,
+    for contexts seen in training and not, and ``nll`` is the rows' loss."""
+    rng = np.random.default_rng(order)
+    V = 7
+    X, Y = random_split(rng, 400, order - 1, V - 1)  # the last token never occurs in training
+    Xe, Ye = random_split(rng, 300, order - 1, V)
+    Xe[:150] = X[:150]  # contexts seen in training (with other targets, some never seen after them)
+    Xe[150:170, -1:] = V - 1  # contexts certainly unseen (if there is a context at all)
+    model = NgramModel(NgramConfig(order, V, method, 0.3)).fit(X, Y)
+    seen = np.isin(context_keys(Xe, V), context_keys(X, V))
+    if order > 1:
+        assert 0 < seen.sum() < len(seen)
+    rows = model.probs(Xe)
+    assert np.allclose(rows.sum(axis=1), 1.0, rtol=0, atol=1e-12)
+    assert np.allclose(model.target_probs(Xe, Ye), rows[np.arange(len(Ye)), Ye], rtol=1e-12, atol=0)
+    expected = -np.mean(np.log(rows[np.arange(len(Ye)), Ye]))
+    assert nll(model, Xe, Ye) == pytest.approx(expected, rel=1e-12, abs=0)
+    assert nll(model, Xe, Ye) == pytest.approx(rows_nll(model, Xe, Ye), rel=1e-12, abs=0)
+    # a chunk smaller than the split sums in blocks, to the same loss
+    assert nll(model, Xe, Ye, chunk=64) == pytest.approx(expected, rel=1e-12, abs=0)
+
+
+@pytest.fixture(scope="module")
+def names_examples(names_splits, names_lines):
+    tok = data.Tokenizer.from_lines(names_lines)
+    return tok.vocab_size, {o: {n: data.word_examples(s, tok, o - 1)
+                                for n, s in zip(("train", "val", "test"), names_splits)} for o in ORDERS}
+
+
+def fitted(V, method, point, ex):
+    """The model of a grid point, counted again from its training examples."""
+    return NgramModel(NgramConfig(point.order, V, method, point.smoothing or 0.0)).fit(*ex[point.order]["train"])
+
+
+@pytest.mark.parametrize("method, orders", [("additive", ORDERS), ("kneser-ney", (1, 2, 3, 4))])
+def test_grid_equals_the_rows_loss_on_names(names_examples, method, orders):
+    """Every figure of the default grid on the bundled names, and the chosen model's test loss,
+    is the whole-rows loss to 1e-12 (Kneser-Ney's orders 5 and 6 in the slow test below)."""
+    V, ex = names_examples
+    points = grid_search(ex, V, orders, method=method)
+    assert [(p.order, p.smoothing) for p in points] == (
+        [(o, a) for o in orders for a in SMOOTHINGS] if method == "additive" else [(o, None) for o in orders])
+    for point in points:
+        model = fitted(V, method, point, ex)
+        assert point.train_loss == pytest.approx(rows_nll(model, *ex[point.order]["train"]), rel=1e-12, abs=0)
+        assert point.val_loss == pytest.approx(rows_nll(model, *ex[point.order]["val"]), rel=1e-12, abs=0)
+    chosen = best(points)
+    model = fitted(V, method, chosen, ex)
+    test = ex[chosen.order]["test"]
+    assert nll(model, *test) == pytest.approx(rows_nll(model, *test), rel=1e-12, abs=0)
+
+
+@pytest.mark.slow
+def test_kneser_ney_high_orders_equal_the_rows_loss_on_names(names_examples):
+    V, ex = names_examples
+    for point in grid_search(ex, V, (5, 6), method="kneser-ney"):
+        model = fitted(V, "kneser-ney", point, ex)
+        assert point.train_loss == pytest.approx(rows_nll(model, *ex[point.order]["train"]), rel=1e-12, abs=0)
+        assert point.val_loss == pytest.approx(rows_nll(model, *ex[point.order]["val"]), rel=1e-12, abs=0)
+
+
+def test_bad_targets_and_empty_data_are_refused():
+    X, Y = np.array([[0], [1]]), np.array([1, 2])
+    model = NgramModel(NgramConfig(2, 3, "additive", 0.1)).fit(X, Y)
+    with pytest.raises(ConfigError, match="targets must be token ids"):
+        nll(model, X, np.array([1, 3]))
+    with pytest.raises(ConfigError, match="2 contexts need 2 targets"):
+        nll(model, X, np.array([1]))
+    with pytest.raises(ConfigError, match="empty split"):
+        nll(model, X[:0], Y[:0])
+    with pytest.raises(ConfigError, match="no examples"):
+        NgramModel(NgramConfig(2, 3, "kneser-ney")).fit(X[:0], Y[:0])
+    arrays = {**model.to_arrays(), "keys_0": np.zeros(0, np.int64), "counts_0": np.zeros((0, 3))}
+    with pytest.raises(ConfigError, match="empty count table"):
+        NgramModel.from_arrays(model.config, arrays)

@@ -10,6 +10,13 @@ was seen in training, found by an integer key per context. An unseen context
 gets the uniform distribution under additive smoothing, and the lower-order
 estimate under Kneser-Ney.
 
+Both smoothings compute P(w | h) from three looked-up numbers per table: the
+count c(h, w), the context's total c(h) and its number of distinct
+continuations. ``probs`` gathers them for every w (the sampler needs whole
+rows); ``nll`` gathers them for the target alone, so evaluating costs a few
+lookups per example instead of a row of V probabilities. Both go through the
+same formulas (``NgramModel.smooth``), so they cannot disagree.
+
 Like every tinylm model, ``NgramModel.forward(idx, targets=None)`` returns
 ``(logits, loss)``; here the logits are log-probabilities, so the softmax the
 shared sampler applies gives back the model's distribution.
@@ -18,7 +25,7 @@ shared sampler applies gives back the model's distribution.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
@@ -106,12 +113,34 @@ def context_keys(idx: np.ndarray, vocab_size: int) -> np.ndarray:
     return keys
 
 
+@dataclass(frozen=True)
+class ContextCounts:
+    """What one count table says about a batch of contexts h: the smoothing-free part of P(w | h).
+
+    ``count`` is c(h, w), either for every w (B, V) or for one target per
+    context (B,); ``total`` is c(h) and ``types`` the number of distinct w
+    seen after h, shaped (B, 1) or (B,) to broadcast against ``count``. A
+    context the table never saw has all three 0.
+    """
+
+    count: np.ndarray
+    total: np.ndarray
+    types: np.ndarray
+
+
 @dataclass
 class CountTable:
     """Counts of next tokens for each distinct context, rows sorted by context key."""
 
     keys: np.ndarray  # (K,) int64, sorted
     counts: np.ndarray  # (K, V) float64
+    # per row, derived from counts once here rather than summed again for every lookup
+    totals: np.ndarray = field(init=False, repr=False)  # (K,) c(h)
+    types: np.ndarray = field(init=False, repr=False)  # (K,) distinct continuations of h
+
+    def __post_init__(self) -> None:
+        self.totals = self.counts.sum(axis=1)
+        self.types = (self.counts > 0).sum(axis=1)
 
     @classmethod
     def build(cls, idx: np.ndarray, targets: np.ndarray, vocab_size: int) -> "CountTable":
@@ -127,6 +156,18 @@ class CountTable:
         rows = np.minimum(rows, max(len(self.keys) - 1, 0))
         found = (self.keys[rows] == keys) if len(self.keys) else np.zeros(len(keys), bool)
         return rows, found
+
+    def context_counts(self, idx: np.ndarray, vocab_size: int,
+                       targets: np.ndarray | None = None) -> ContextCounts:
+        """The counts of each context of ``idx``: whole rows, or only each row's ``targets``."""
+        rows, found = self.lookup(idx, vocab_size)
+        if targets is None:  # (B, V) rows; the per-context numbers as (B, 1) columns
+            count = np.where(found[:, None], self.counts[rows], 0.0)
+            rows, found = rows[:, None], found[:, None]
+        else:
+            count = np.where(found, self.counts[rows, targets], 0.0)
+        return ContextCounts(count, np.where(found, self.totals[rows], 0.0),
+                             np.where(found, self.types[rows], 0))
 
 
 class NgramModel:
@@ -153,6 +194,9 @@ class NgramModel:
     def fit(self, idx: np.ndarray, targets: np.ndarray) -> "NgramModel":
         """Count the (context, target) examples; ``idx`` is (N, order - 1)."""
         self._check_idx(idx)
+        self._check_targets(idx, targets)
+        if len(targets) == 0:
+            raise ConfigError("cannot fit an n-gram model on no examples")
         V, n = self.config.vocab_size, self.config.order
         if self.config.method == "additive":
             self.tables = [CountTable.build(idx, targets, V)]
@@ -176,27 +220,48 @@ class NgramModel:
 
     def probs(self, idx: np.ndarray) -> np.ndarray:
         """P(next token | context) for each row of ``idx`` (B, order - 1): (B, V)."""
+        return self.smooth(self.context_counts(idx))
+
+    def target_probs(self, idx: np.ndarray, targets: np.ndarray) -> np.ndarray:
+        """P(targets[i] | idx[i]) for each row: (B,), without building the other V - 1 columns."""
+        return self.smooth(self.context_counts(idx, targets))
+
+    def context_counts(self, idx: np.ndarray, targets: np.ndarray | None = None) -> list[ContextCounts]:
+        """Per table, the counts of the contexts of ``idx`` (all of ``probs`` that is not smoothing).
+
+        With ``targets``, only each target's count (see ``ContextCounts``).
+        Looking up once and calling ``smooth`` for each smoothing value is
+        how ``grid_search`` avoids repeating the lookups.
+        """
+        idx = np.asarray(idx)
         self._check_idx(idx)
+        if targets is not None:
+            targets = np.asarray(targets)
+            self._check_targets(idx, targets)
         if not self.tables:
             raise ConfigError("the n-gram model has not been fitted")
         V = self.config.vocab_size
-        B = len(idx)
+        # additive: one table on the whole context; Kneser-Ney: tables[k] on the last k tokens
+        widths = [self.context] if self.config.method == "additive" else range(len(self.tables))
+        return [table.context_counts(idx[:, idx.shape[1] - width :], V, targets)
+                for table, width in zip(self.tables, widths)]
+
+    def smooth(self, counts: list[ContextCounts]) -> np.ndarray:
+        """The probabilities from ``context_counts``: rows (B, V) or targets (B,), whichever was looked up.
+
+        The one place the smoothing formulas live, so ``probs`` and ``nll``
+        cannot drift apart.
+        """
+        V = self.config.vocab_size
         if self.config.method == "additive":
-            a = self.config.smoothing
-            table = self.tables[0]
-            rows, found = table.lookup(idx, V)
-            counts = np.where(found[:, None], table.counts[rows], 0.0)  # (B, V)
-            return (counts + a) / (counts.sum(axis=1, keepdims=True) + a * V)
-        p = np.full((B, V), 1.0 / V)
-        for k, (table, D) in enumerate(zip(self.tables, self.discounts)):
-            rows, found = table.lookup(idx[:, idx.shape[1] - k :] if k else idx[:, :0], V)
-            counts = table.counts[rows]  # (B, V)
-            total = counts.sum(axis=1, keepdims=True)
-            types = (counts > 0).sum(axis=1, keepdims=True)
-            safe_total = np.where(total > 0, total, 1.0)
-            mixed = (np.maximum(counts - D, 0.0) + D * types * p) / safe_total
+            c, a = counts[0], self.config.smoothing
+            return (c.count + a) / (c.total + a * V)
+        p = np.full(counts[0].count.shape, 1.0 / V)
+        for c, D in zip(counts, self.discounts):
+            safe_total = np.where(c.total > 0, c.total, 1.0)
+            mixed = (np.maximum(c.count - D, 0.0) + D * c.types * p) / safe_total
             # an unseen context has nothing to say: keep the lower-order estimate
-            p = np.where(found[:, None] & (total > 0), mixed, p)
+            p = np.where(c.total > 0, mixed, p)
         return p
 
     def forward(self, idx: np.ndarray, targets: np.ndarray | None = None):
@@ -223,6 +288,14 @@ class NgramModel:
         if idx.ndim != 2 or idx.shape[1] != self.context:
             raise ConfigError(f"an order-{self.config.order} model needs contexts of {self.context} tokens")
 
+    def _check_targets(self, idx: np.ndarray, targets: np.ndarray) -> None:
+        # a target outside the vocabulary would index another context's counts, or nothing
+        if targets.shape != (len(idx),):
+            raise ConfigError(f"{len(idx)} contexts need {len(idx)} targets, "
+                              f"got an array of shape {targets.shape}")
+        if len(targets) and not (0 <= targets.min() and targets.max() < self.config.vocab_size):
+            raise ConfigError(f"targets must be token ids in 0..{self.config.vocab_size - 1}")
+
     # --- saving: plain arrays, never pickle -----------------------------------------
 
     def to_arrays(self) -> dict[str, np.ndarray]:
@@ -247,18 +320,26 @@ class NgramModel:
         for table in model.tables:
             if table.counts.ndim != 2 or table.counts.shape != (len(table.keys), config.vocab_size):
                 raise ConfigError("the saved n-gram counts do not match the vocabulary")
+            if len(table.keys) == 0:
+                raise ConfigError("the saved n-gram model has an empty count table")
         return model
 
 
 def nll(model: NgramModel, idx: np.ndarray, targets: np.ndarray, chunk: int = 65536) -> float:
     """Mean negative log-likelihood (nats per token) of ``targets`` given ``idx``."""
-    if len(targets) == 0:
+    return _mean_nll(model.target_probs(idx, targets), chunk)
+
+
+def _mean_nll(p: np.ndarray, chunk: int = 65536) -> float:
+    """The mean of -log ``p``: the loss of examples whose targets had probabilities ``p``."""
+    if len(p) == 0:
         raise ConfigError("cannot evaluate on an empty split")
+    # summed per block of `chunk` examples, then block by block: the order the
+    # documented figures were summed in, so they reproduce to the last bit
     total = 0.0
-    for start in range(0, len(targets), chunk):
-        p = model.probs(idx[start : start + chunk])
-        total += -np.log(p[np.arange(len(p)), targets[start : start + chunk]]).sum()
-    return float(total / len(targets))
+    for start in range(0, len(p), chunk):
+        total += -np.log(p[start : start + chunk]).sum()
+    return float(total / len(p))
 
 
 @dataclass(frozen=True)
