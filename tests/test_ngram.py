@@ -229,6 +229,24 @@ def test_kneser_ney_high_orders_equal_the_rows_loss_on_names(names_examples):
         assert point.val_loss == pytest.approx(rows_nll(model, *ex[point.order]["val"]), rel=1e-12, abs=0)
 
 
+def test_grid_looks_up_once_per_order_and_split(monkeypatch):
+    """The lookups do not depend on the smoothing: 3 orders x 5 smoothings x 2 splits take 6."""
+    calls = []
+    original = NgramModel.context_counts
+
+    def counting(self, idx, targets=None):
+        calls.append((self.config.order, len(idx)))
+        return original(self, idx, targets)
+
+    monkeypatch.setattr(NgramModel, "context_counts", counting)
+    rng = np.random.default_rng(0)
+    ex = {o: {"train": random_split(rng, 300, o - 1, 5), "val": random_split(rng, 100, o - 1, 5)}
+          for o in (1, 2, 3)}
+    points = grid_search(ex, 5, (1, 2, 3))
+    assert len(points) == 15
+    assert sorted(calls) == [(1, 100), (1, 300), (2, 100), (2, 300), (3, 100), (3, 300)]
+
+
 def test_bad_targets_and_empty_data_are_refused():
     X, Y = np.array([[0], [1]]), np.array([1, 2])
     model = NgramModel(NgramConfig(2, 3, "additive", 0.1)).fit(X, Y)

@@ -365,17 +365,18 @@ def grid_search(
     """
     points = []
     for order in orders:
-        (Xtr, Ytr), (Xva, Yva) = examples[order]["train"], examples[order]["val"]
+        train, val = examples[order]["train"], examples[order]["val"]
         counted = None
         for a in smoothings if method == "additive" else (None,):
-            config = NgramConfig(order, vocab_size, method, a if a is not None else 0.0)
-            model = NgramModel(config)
+            model = NgramModel(NgramConfig(order, vocab_size, method, a if a is not None else 0.0))
             if counted is None:
-                counted = model.fit(Xtr, Ytr)
+                counted = model.fit(*train)
+                # neither the counts nor their lookups depend on the smoothing: once per order and split
+                looked_up = [counted.context_counts(*split) for split in (train, val)]
             else:
-                # the counts do not depend on the smoothing: count each order once
                 model.tables, model.discounts = counted.tables, counted.discounts
-            points.append(GridPoint(order, method, a, nll(model, Xtr, Ytr), nll(model, Xva, Yva)))
+            train_loss, val_loss = (_mean_nll(model.smooth(counts)) for counts in looked_up)
+            points.append(GridPoint(order, method, a, train_loss, val_loss))
     return points
 
 
