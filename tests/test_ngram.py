@@ -10,7 +10,8 @@ import pytest
 from tinylm import data
 from tinylm.errors import ConfigError
 from tinylm.ngram import (
-    ORDERS, SMOOTHINGS, NgramConfig, NgramModel, best, bigram_counts, context_keys, grid_search, nll,
+    ORDERS, SMOOTHINGS, NgramConfig, NgramModel, best, bigram_counts, context_keys, distinct_rows,
+    grid_search, nll,
 )
 
 
@@ -111,6 +112,13 @@ def test_bigram_count_matrix():
     X, Y = data.word_examples(["ab", "b"], tok, 1)
     counts = bigram_counts(X, Y, tok.vocab_size)
     assert counts.tolist() == [[0, 1, 1], [0, 0, 1], [2, 0, 0]]
+
+
+@pytest.mark.parametrize("shape", [(0, 3), (1, 2), (500, 1), (2000, 2), (2000, 5)])
+def test_distinct_rows_is_numpys_unique_rows(shape):
+    rng = np.random.default_rng(shape[0])
+    a = rng.integers(0, 4, size=shape)
+    assert np.array_equal(distinct_rows(a), np.unique(a, axis=0))
 
 
 def test_context_keys_are_distinct():
