@@ -196,12 +196,14 @@ class RunWriter:
                 if name == METRICS or _is_weights(name):
                     os.unlink(out / name)
             base = {**base, "vocab": tokenizer.to_list(), "input": source}
+            # first: it marks the directory as this run's, so that a kill from here on
+            # leaves files a new run into it takes over, not ones it must refuse
+            write_json(out / CONFIG, {"format": FORMAT, **base})
             files = {}
             for name, lines in zip(SPLIT_FILES, lines3):
                 data = "".join(line + EOT for line in lines).encode("utf-8")
                 atomic_write_bytes(out / name, data)
                 files[name] = checkpoint.sha256(data)
-            write_json(out / CONFIG, {"format": FORMAT, **base})
             (out / METRICS).write_bytes(b"")
         except BaseException:
             lock.release()
