@@ -128,6 +128,14 @@ def _is_weights(name: str) -> bool:
     return name.startswith("weights-") and name.endswith(".npz")
 
 
+def _is_temp(name: str) -> bool:
+    """The temporary file of an atomic write of ours (tinylm.io) that a kill left behind."""
+    if not (name.startswith(".") and name.endswith(".tmp")):
+        return False
+    target = name[1:-len(".tmp")].rpartition(".")[0]  # ".NAME.XXXXXXXX.tmp" -> NAME
+    return target in OWN_NAMES or _is_weights(target)
+
+
 def _unfinished_run(out: Path) -> bool:
     try:
         return json.loads((out / CONFIG).read_text(encoding="utf-8")).get("format") == FORMAT
@@ -193,7 +201,7 @@ class RunWriter:
         try:
             check_new_run_dir(out, inputs)  # again, under the lock: a run may have landed since
             for name in os.listdir(out):  # an unfinished run's leftovers (checked: ours)
-                if name == METRICS or _is_weights(name):
+                if name == METRICS or _is_weights(name) or _is_temp(name):
                     os.unlink(out / name)
             base = {**base, "vocab": tokenizer.to_list(), "input": source}
             # first: it marks the directory as this run's, so that a kill from here on
@@ -222,8 +230,8 @@ class RunWriter:
         """
         out = run.path
         base = {**base, "vocab": run.manifest["vocab"], "input": run.manifest["input"]}
-        for name in os.listdir(out):  # weights no manifest names any more
-            if _is_weights(name) and name != run.manifest["arrays"]["file"]:
+        for name in os.listdir(out):  # weights no manifest names any more, a killed write's rest
+            if (_is_weights(name) and name != run.manifest["arrays"]["file"]) or _is_temp(name):
                 os.unlink(out / name)
         with open(out / METRICS, "rb") as f:
             lines = f.read(run.manifest["metrics"]["bytes"]).splitlines(keepends=True)[:keep]
