@@ -291,12 +291,14 @@ class RunWriter:
 
     def close(self) -> None:
         """Release the directory; of the weights files only the committed one stays."""
-        if not self.metrics.closed:
-            self.metrics.close()
-        if self._older is not None:
-            _unlink(self.out / self._older)
-            self._older = None
-        self.lock.release()
+        try:
+            if not self.metrics.closed:
+                self.metrics.close()  # may fail (a full disk): the records past the commit
+            if self._older is not None:
+                _unlink(self.out / self._older)
+                self._older = None
+        finally:
+            self.lock.release()
 
 
 def _unlink(path: Path) -> None:
