@@ -189,6 +189,8 @@ class RunWriter:
         self.arrays: str | None = None  # the weights file the manifest names now
         self.arrays_sha256 = ""
         self._older: str | None = None  # the one before: kept while a reader may still open it
+        self._committed: dict | None = None  # the manifest of the last commit
+        self._before: dict | None = None  # and of the one before it (see revert)
 
     @classmethod
     def create(cls, out: str | os.PathLike, inputs: Sequence[str | os.PathLike],
@@ -283,11 +285,29 @@ class RunWriter:
             "state": state,
         }
         write_json(self.out / MANIFEST, manifest)  # the commit: one atomic rename
+        self._before, self._committed = self._committed, manifest
         previous = self.arrays
         if self._older is not None and self._older not in (name, previous):
             _unlink(self.out / self._older)
         if previous != name:
             self._older, self.arrays = previous, name
+
+    def revert(self) -> None:
+        """Make the commit before the last one the directory's state again; no commit may follow.
+
+        For a run whose last checkpoint turned out to hold weights that
+        diverge: the one before is still whole (a commit removes only the
+        weights file before the previous one), and the metrics log has only
+        grown past its committed prefix.
+        """
+        if self._before is None:
+            return
+        write_json(self.out / MANIFEST, self._before)
+        current, self.arrays = self.arrays, self._before["arrays"]["file"]
+        self.arrays_sha256 = self._before["arrays"]["sha256"]
+        if current != self.arrays:
+            self._older = current  # named by no manifest now: removed at close
+        self._committed, self._before = self._before, None
 
     def close(self) -> None:
         """Release the directory; of the weights files only the committed one stays."""

@@ -226,6 +226,7 @@ class Trainer:
         self.state = TrainState()
         self._signal: int | None = None
         self._saved_at = time.monotonic()
+        self._saved_step: int | None = None  # the step of the last checkpoint this trainer took
 
     # --- checkpoints ---
 
@@ -242,6 +243,7 @@ class Trainer:
                                    "is probably too large; the run keeps its last checkpoint")
         self.store.commit(state, arrays, f"weights-{self.state.step:09d}.npz")
         self._saved_at = time.monotonic()
+        self._saved_step = self.state.step
 
     def restore(self, state: dict, arrays: dict, metrics: list[dict]) -> None:
         """Continue from a committed checkpoint: its ``state``, ``arrays`` and ``metrics``."""
@@ -347,6 +349,12 @@ class Trainer:
                                   "test_perplexity": perplexity(test_loss)})
                 if self.store is not None:
                     self.save()
+            except TrainingDiverged:
+                if self.store is not None and self._saved_step == state.step:
+                    # the checkpoint just taken holds the very weights whose loss is not
+                    # finite: the run keeps the one before, whose step went through
+                    self.store.revert()
+                raise
             except KeyboardInterrupt:
                 signum = self._signal or signal.SIGINT
                 if updating or self.store is None:
