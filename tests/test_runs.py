@@ -115,6 +115,23 @@ def test_the_previous_weights_file_stays_until_the_next_commit_and_goes_at_close
     assert runs.open_run(run.out).step == 10
 
 
+def test_revert_makes_the_commit_before_the_last_the_state_again(tmp_path):
+    run = Run(tmp_path / "run")
+    writer = run.create()
+    writer.log(_record(0))
+    run.commit(writer, 1)
+    writer.log(_record(1))
+    run.commit(writer, 2, bump=1e30)  # the weights that turn out to diverge
+    writer.revert()
+    opened = runs.open_run(run.out)
+    assert opened.step == 1 and opened.metrics == [_record(0)]
+    assert np.array_equal(opened.arrays["model"]["layers.0.weight"],
+                          run.arrays()["model"]["layers.0.weight"])
+    writer.close()
+    assert weights(run.out) == ["weights-000000001.npz"]
+    assert runs.open_run(run.out).step == 1
+
+
 def _reopen(out, keep=None):
     lock = runs.RunLock(out)
     opened = runs.open_run(out)
