@@ -57,7 +57,10 @@ def decode(data: bytes, expected_sha256: str, what: str) -> dict:
         raise CheckpointError(f"{what} does not match the SHA-256 recorded in the run's manifest: "
                               "the file is truncated or was modified")
     try:
-        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+        loaded = np.load(io.BytesIO(data), allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):  # a lone .npy array
+            raise ValueError
+        with loaded as npz:
             flat = {name: npz[name] for name in npz.files}
     except (ValueError, OSError, zipfile.BadZipFile, KeyError):
         # allow_pickle=False raises ValueError for object arrays: a crafted file stops here
