@@ -604,8 +604,8 @@ class Payload:
 
 
 @pytest.mark.parametrize("kind", ["mlp", "ngram"])
-@pytest.mark.parametrize("form", ["npz", "pickle"])
-def test_a_pickle_in_place_of_the_weights_never_runs(tmp_path, capsys, trained, kind, form):
+@pytest.mark.parametrize("form", ["npz", "pickle", "npy"])
+def test_a_crafted_weights_file_is_refused_and_never_runs(tmp_path, capsys, trained, kind, form):
     control = tmp_path / "control"
     pickle.loads(pickle.dumps(Payload(control)))
     assert control.exists()  # the payload is live: loading it with pickle runs code
@@ -617,8 +617,12 @@ def test_a_pickle_in_place_of_the_weights_never_runs(tmp_path, capsys, trained, 
         buf = io.BytesIO()
         np.savez(buf, **{"model/layers.0.weight": np.array([Payload(marker)], dtype=object)})
         blob = buf.getvalue()
-    else:
+    elif form == "pickle":
         blob = pickle.dumps({"model": Payload(marker)})
+    else:  # a plain array, but no .npz of named arrays
+        buf = io.BytesIO()
+        np.save(buf, np.zeros(3))
+        blob = buf.getvalue()
     (out / name).write_bytes(blob)
     manifest["arrays"]["sha256"] = hashlib.sha256(blob).hexdigest()
     (out / "manifest.json").write_text(json.dumps(manifest))
