@@ -27,7 +27,7 @@ SPEC (JSON)::
                    "rmtree": PATH (removed before the command runs)}, ...]}
 
 The result, as JSON on stdout, is one entry per command: ``name``,
-``signal`` (the signal that ended it, or null), ``rc``, ``out``, ``err``,
+``signal`` (the signal that ended it, or null), ``rc``, ``seconds``, ``out``, ``err``,
 ``calls`` (the labels of the boundaries it passed, in order), ``listing``
 (the names in its run directory when it ended, or null).
 """
