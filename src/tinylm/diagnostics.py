@@ -28,6 +28,8 @@ from __future__ import annotations
 import io
 import math
 import os
+import shutil
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
@@ -36,7 +38,7 @@ import numpy as np
 
 from tinylm.batches import Batches, make_split
 from tinylm.errors import CheckpointError, ConfigError
-from tinylm.io import append_jsonl, atomic_write_bytes, make_out_dir, read_jsonl
+from tinylm.io import append_jsonl, atomic_write_bytes, check_out_dir, make_out_dir, read_jsonl
 from tinylm.models import layer_module
 from tinylm.optim import make_optimizer
 from tinylm.rng import RNG
@@ -751,18 +753,31 @@ def diagnose_run(run_dir: str | os.PathLike, plot_dir: str | os.PathLike | None 
 
     out = Path(plot_dir) if plot_dir is not None else run_dir / PLOT_DIR
     headless_pyplot()  # refuse a missing matplotlib before the plot directory exists
-    make_out_dir(out)
+    check_out_dir(out)
     run_name = run_dir.resolve().name  # what the plot titles call the run
-    plots = [plot_activation_histograms(snap, out / "activations.png", step, run_name),
-             plot_gradient_histograms(snap, out / "gradients.png", step, run_name),
-             plot_weight_gradient_histograms(snap, out / "weight_gradients.png", step, run_name)]
     history = read_history(run_dir / DIAGNOSTICS_FILE)
     steps, series = update_ratio_series(history)
     if not steps or steps[-1] != step:
         steps.append(step)
         for name in ratios:
             series.setdefault(name, [math.nan] * (len(steps) - 1)).append(ratios[name])
-    plots.append(plot_update_ratios(steps, series, out / "update_ratios.png", run_name))
-    if loss_series(run.metrics):
-        plots.append(plot_loss_curve(run.metrics, out / "loss.png", run=run_name))
+    # drawn into a scratch directory beside the target and moved in only when all are
+    # drawn: a failure half-way (a full disk) leaves no half set of plots behind
+    out.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+    try:
+        drawn = [plot_activation_histograms(snap, scratch / "activations.png", step, run_name),
+                 plot_gradient_histograms(snap, scratch / "gradients.png", step, run_name),
+                 plot_weight_gradient_histograms(snap, scratch / "weight_gradients.png", step,
+                                                 run_name),
+                 plot_update_ratios(steps, series, scratch / "update_ratios.png", run_name)]
+        if loss_series(run.metrics):
+            drawn.append(plot_loss_curve(run.metrics, scratch / "loss.png", run=run_name))
+        make_out_dir(out)
+        plots = []
+        for path in drawn:
+            os.replace(path, out / path.name)
+            plots.append(out / path.name)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     return Diagnosis(step, snap, ratios, len(history), plots)
