@@ -22,6 +22,8 @@ import os
 import sys
 from typing import Sequence
 
+import numpy as np
+
 from tinylm import __version__, runs, settings
 from tinylm.cli import micrograd, neural, ngram, train
 from tinylm.cli.common import Parser, UsageError, add_run_dir, print_samples
@@ -92,7 +94,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
-        return int(args.handler(args) or 0)
+        # an overflow in a model's arithmetic shows in its results (a loss of inf, a
+        # divergence caught by the trainer), not as numpy warnings on stderr
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            return int(args.handler(args) or 0)
     except UsageError as e:
         print(f"{e}", file=sys.stderr)
         return 2
