@@ -9,7 +9,7 @@ pass, dW = dY.T @ x and dX = dY @ W, with the batch and time axes folded
 into one. Those products alone, at the step's shapes, in float32 and
 numpy, are the step's *floor*. Everything is timed against it in the same
 process, interleaved with it: round after round, each measurement one block
-of steps, the order rotated every round. A machine shared with other jobs
+of steps, in a new order every round. A machine shared with other jobs
 then slows floor and step alike, and their ratio means something where the
 milliseconds alone would not.
 
@@ -58,6 +58,7 @@ import contextlib
 import itertools
 import os
 import platform
+import random
 import signal
 import statistics
 import subprocess
@@ -154,7 +155,7 @@ def conditions(args) -> list[str]:
         f"environment: {env}",
         f"threads unless a line says otherwise: {thread_label(0)}, i.e. threads.limited(0)",
         f"timing: {args.rounds} rounds x {per_block} steps per measurement "
-        f"(+{BLOCK_WARMUP} untimed per block), interleaved, order rotated each round; medians",
+        f"(+{BLOCK_WARMUP} untimed per block), interleaved, shuffled each round; medians",
         f"load average (1, 5, 15 min) at start: {loadavg()}",
     ]
 
@@ -218,10 +219,14 @@ def interleave(measurements: list[Measurement], rounds: int, per_block: int,
         with conditions(m):
             for _ in range(WARMUP):
                 m.step()
-    n = len(measurements)
-    for r in range(rounds):
-        # rotating the order keeps any one measurement from always following the same other
-        for m in measurements[r % n:] + measurements[:r % n]:
+    order = list(measurements)
+    shuffle = random.Random(0).shuffle
+    for _ in range(rounds):
+        # a new order every round: no measurement always follows the same other (a rotation
+        # would keep every neighbour), so what one leaves behind in caches, thread pools or
+        # the allocator falls on all alike
+        shuffle(order)
+        for m in order:
             with conditions(m):
                 for _ in range(BLOCK_WARMUP):
                     m.step()
