@@ -423,8 +423,10 @@ while os.getppid() == parent:
 """
 
 
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt  # SIGTERM too unwinds through the finally that kills the spinner
+def _terminate(signum, frame):
+    # SIGTERM's default would end the process on the spot; an exception unwinds through the
+    # finally that kills the spinner, and exits with the status the signal would have given
+    raise SystemExit(128 + signum)
 
 
 def cpu_seconds(pid: int) -> float | None:
@@ -474,7 +476,7 @@ class CompetingLoad:
 @contextlib.contextmanager
 def competing_load() -> Iterator[CompetingLoad]:
     """A ``CompetingLoad`` for the block, killed however the block ends (Ctrl-C, SIGTERM too)."""
-    previous = signal.signal(signal.SIGTERM, _interrupt)
+    previous = signal.signal(signal.SIGTERM, _terminate)
     load = None
     try:
         load = CompetingLoad()
@@ -630,9 +632,14 @@ def main(argv=None) -> int:
     tokenizer = data.Tokenizer.from_lines(lines)
     lines3 = data.split_lines(lines, seed=42)
     mlp = setting("mlp-classic", lines3, tokenizer)
-    classic(args, mlp, lines3, tokenizer)
-    deep(args, [setting(name, lines3, tokenizer) for name in ("bnmlp-classic", "wavenet-classic")])
-    thread_section(args, mlp)
+    try:
+        classic(args, mlp, lines3, tokenizer)
+        deep(args, [setting(name, lines3, tokenizer)
+                     for name in ("bnmlp-classic", "wavenet-classic")])
+        thread_section(args, mlp)
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
     return 0
 
 
