@@ -1,7 +1,7 @@
 """The MLP at the speed of its matrix multiplies: each training step as a multiple of its floor.
 
     PYTHONPATH=src python benchmarks/bench_mlp.py [--steps-timed 200] [--rounds 20]
-                                                  [--quick] [--load]
+                                                  [--quick] [--load [N]]
 
 A training step cannot be faster than the matrix multiplies it has to do:
 for every Linear the forward product x @ W.T and the two of the backward
@@ -40,10 +40,10 @@ load average), then per section one line per measurement:
    (threads.limited(0)), one and two threads, and the machine's default
    (the BLAS pools as loaded, torch.set_num_threads(os.cpu_count())), which
    is what tinylm did before it limited its threads. With --load all of it
-   again under a competing load: a process spinning on one core, started
-   before the section and killed after it (on Ctrl-C and SIGTERM too),
-   paused between the loaded blocks so that quiet and loaded blocks share
-   their rounds. The section ends with the ratios the issue targets.
+   again under a competing load: a process spinning on one core (--load N:
+   N of them), started before the section and killed after it (on Ctrl-C
+   and SIGTERM too), paused between the loaded blocks so that quiet and
+   loaded blocks share their rounds. The section ends with the ratios the issue targets.
 
 Targets, on a quiet machine: numpy step <= 1.3x its floor, torch step <=
 1.5x; tinylm's default threads within 10% of the best thread count; under a
@@ -439,17 +439,23 @@ def cpu_seconds(pid: int) -> float | None:
 
 
 class CompetingLoad:
-    """A process spinning on one core, running only during the blocks timed under load.
+    """Processes spinning on one core each, running only during the blocks timed under load.
 
-    It is started once and paused (SIGSTOP) between those blocks, so that
+    They are started once and paused (SIGSTOP) between those blocks, so that
     the quiet and the loaded blocks share their rounds and every ratio
     between them is taken a few seconds apart.
     """
 
-    def __init__(self) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-c", SPIN, str(os.getpid())])
-        self.on, self.since, self.seconds = True, time.perf_counter(), 0.0
-        self.running(False)
+    def __init__(self, processes: int) -> None:
+        self.processes = processes
+        self.procs: list[subprocess.Popen] = []
+        self.on, self.since, self.seconds = False, 0.0, 0.0
+
+    def start(self) -> None:
+        for _ in range(self.processes):
+            proc = subprocess.Popen([sys.executable, "-c", SPIN, str(os.getpid())])
+            self.procs.append(proc)
+            proc.send_signal(signal.SIGSTOP)
 
     def running(self, on: bool) -> None:
         if on == self.on:
@@ -458,32 +464,34 @@ class CompetingLoad:
         if self.on:
             self.seconds += now - self.since
         self.since = now
-        self.proc.send_signal(signal.SIGCONT if on else signal.SIGSTOP)
+        for proc in self.procs:
+            proc.send_signal(signal.SIGCONT if on else signal.SIGSTOP)
         self.on = on
 
     def describe(self) -> str:
-        cpu = cpu_seconds(self.proc.pid)
-        share = (f"{cpu / self.seconds:.2f} of a core" if cpu is not None and self.seconds
-                 else "an unknown share of a core")
-        return (f"competing load: pid {self.proc.pid} ran {self.seconds:.0f} s in the loaded "
-                f"blocks, using {share}")
+        cpus = [cpu_seconds(proc.pid) for proc in self.procs]
+        share = (f"{sum(cpus) / self.seconds:.2f} cores" if None not in cpus and self.seconds
+                 else "an unknown share of the cores")
+        pids = ", ".join(str(proc.pid) for proc in self.procs)
+        return (f"competing load: {len(self.procs)} spinning process(es) (pid {pids}) ran "
+                f"{self.seconds:.0f} s in the loaded blocks, using {share} in all")
 
     def close(self) -> None:
-        self.proc.kill()  # SIGKILL ends a stopped process too
-        self.proc.wait()
+        for proc in self.procs:
+            proc.kill()  # SIGKILL ends a stopped process too
+            proc.wait()
 
 
 @contextlib.contextmanager
-def competing_load() -> Iterator[CompetingLoad]:
+def competing_load(processes: int) -> Iterator[CompetingLoad]:
     """A ``CompetingLoad`` for the block, killed however the block ends (Ctrl-C, SIGTERM too)."""
     previous = signal.signal(signal.SIGTERM, _terminate)
-    load = None
+    load = CompetingLoad(processes)
     try:
-        load = CompetingLoad()
+        load.start()
         yield load
     finally:
-        if load is not None:
-            load.close()
+        load.close()
         signal.signal(signal.SIGTERM, previous)
 
 
@@ -544,13 +552,15 @@ def deep(args, settings: list[Setting]) -> None:
 
 
 THREAD_SETTINGS: tuple[Threads, ...] = (0, 1, 2, MACHINE)
+SHORT = {0: "default", 1: "1 thread", 2: "2 threads", MACHINE: "machine default"}
 
 
 def thread_section(args, s: Setting) -> None:
     title = "3. threads, mlp-classic step"
     if args.load:
-        title += (": quiet, and loaded (a process spinning on one core, paused between the "
-                  "loaded blocks)")
+        spinning = "a process" if args.load == 1 else f"{args.load} processes"
+        title += (f": quiet, and loaded ({spinning} spinning on one core each, paused between "
+                  "the loaded blocks)")
     section(title)
     shapes = shapes_of(s)
     backends = ("numpy", "torch") if torch is not None else ("numpy",)
@@ -571,7 +581,7 @@ def thread_section(args, s: Setting) -> None:
                 by[t] = Measurement(f"{backend} step, {thread_label(t)}{where}",
                                     trainer_step(s, backend), floor, t, loaded=loaded)
                 ms.append(by[t])
-    with competing_load() if args.load else contextlib.nullcontext() as load:
+    with competing_load(args.load) if args.load else contextlib.nullcontext() as load:
         interleave(ms, args.rounds, args.steps_timed // args.rounds, load)
         described = load.describe() if load is not None else ""
     report(ms)
@@ -582,16 +592,16 @@ def thread_section(args, s: Setting) -> None:
     for backend in backends:
         by = steps[backend, False]
         best = fastest(by.values())
-        summary(f"{backend}: default / the best ({best.label.split(', ', 1)[1]}), quiet",
-                by[0], best, "target <= 1.10")
+        summary(f"{backend}: default / the best ({SHORT[best.threads]}), quiet", by[0], best,
+                "target <= 1.10")
     if args.load:
         for backend in backends:
             by, quiet = steps[backend, True], steps[backend, False]
             summary(f"{backend}: machine default / tinylm default, loaded", by[MACHINE], by[0],
                     "target >= 3")
             best = fastest(by.values())
-            summary(f"{backend}: default / the best ({best.label.split(', ')[1]}), loaded",
-                    by[0], best, "")
+            summary(f"{backend}: default / the best ({SHORT[best.threads]}), loaded", by[0],
+                    best, "")
             summary(f"{backend}: tinylm default, loaded / quiet", by[0], quiet[0], "")
             summary(f"{backend}: machine default, loaded / quiet", by[MACHINE], quiet[MACHINE], "")
     print(f"  load average at end: {loadavg()}")
@@ -616,14 +626,16 @@ def main(argv=None) -> int:
                         help="interleaved rounds; each measurement is timed once per round")
     parser.add_argument("--quick", action="store_true",
                         help="a smoke run: 8 rounds of 4 steps")
-    parser.add_argument("--load", action="store_true",
-                        help="also time the thread settings under a competing load (a process "
-                             "spinning on one core)")
+    parser.add_argument("--load", type=int, nargs="?", const=1, default=0, metavar="N",
+                        help="also time the thread settings under a competing load: N processes "
+                             "(default 1) spinning on one core each")
     args = parser.parse_args(argv)
     if args.quick:
         args.rounds, args.steps_timed = 8, 32
     if args.rounds < 1 or args.steps_timed < args.rounds:
         parser.error("--steps-timed must be at least --rounds (>= 1)")
+    if args.load < 0:
+        parser.error("--load takes a number of processes, 1 or more")
 
     print(__doc__.splitlines()[0])
     for text in conditions(args):
