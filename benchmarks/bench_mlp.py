@@ -473,8 +473,8 @@ class CompetingLoad:
         share = (f"{sum(cpus) / self.seconds:.2f} cores" if None not in cpus and self.seconds
                  else "an unknown share of the cores")
         pids = ", ".join(str(proc.pid) for proc in self.procs)
-        return (f"competing load: {len(self.procs)} spinning process(es) (pid {pids}) ran "
-                f"{self.seconds:.0f} s in the loaded blocks, using {share} in all")
+        return (f"competing load: spinning pid {pids}, {self.seconds:.0f} s in the loaded "
+                f"blocks, using {share} in all")
 
     def close(self) -> None:
         for proc in self.procs:
@@ -558,9 +558,9 @@ SHORT = {0: "default", 1: "1 thread", 2: "2 threads", MACHINE: "machine default"
 def thread_section(args, s: Setting) -> None:
     title = "3. threads, mlp-classic step"
     if args.load:
-        spinning = "a process" if args.load == 1 else f"{args.load} processes"
-        title += (f": quiet, and loaded ({spinning} spinning on one core each, paused between "
-                  "the loaded blocks)")
+        spinning = ("a process spinning on one core" if args.load == 1
+                    else f"{args.load} processes spinning on one core each")
+        title += f": quiet, and loaded ({spinning}, paused between the loaded blocks)"
     section(title)
     shapes = shapes_of(s)
     backends = ("numpy", "torch") if torch is not None else ("numpy",)
