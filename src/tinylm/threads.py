@@ -2,8 +2,9 @@
 
 tinylm's matrices are small (a classic MLP step multiplies 128 x 144 by
 144 x 512): a second thread gains little on a quiet machine, and on a busy
-one, where the cores are shared, a pool of spinning threads costs many
-times the work it shares (a step 6-14x slower, measured). So a run uses one
+one, where the cores are shared, a pool of threads waiting for a core costs
+many times the work it shares (a classic step 3-4x slower with two other
+processes spinning on two cores, ``benchmarks/bench_mlp.py --load 2``). So a run uses one
 thread unless told otherwise: ``--threads N``, or the usual environment
 variables (``OMP_NUM_THREADS``, ``OPENBLAS_NUM_THREADS``, ``MKL_NUM_THREADS``),
 which tinylm then leaves alone. ``threadpoolctl`` sets the BLAS pools that
