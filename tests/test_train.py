@@ -313,3 +313,19 @@ def test_neural_bigram_approaches_the_count_bigram():
     neural_val = result.last("val_loss")
     assert result.metrics[0]["val_loss"] > count_val + 1.0  # it starts far away...
     assert abs(neural_val - count_val) < 0.03  # ...and ends close
+
+
+def test_each_update_uses_the_learning_rate_of_its_own_step():
+    """A one-step cosine run updates at the full rate (step 1's rate would be 0: no update)."""
+    trainer = make_trainer(dict(SMALL, steps=1, optimizer="sgd", weight_decay=0.0))
+    before = trainer.model.state_dict()
+    rng = RNG(1)
+    rng.set_state(trainer.rng.get_state())  # the run's RNG as the trainer will draw from it
+    X, Y = Batches(trainer.splits["train"], 32, rng).next()
+    trainer.model.forward(X, Y)
+    trainer.model.backward()
+    grads = {name: p.grad.copy() for name, p in trainer.model._named_parameters().items()}
+    trainer = make_trainer(dict(SMALL, steps=1, optimizer="sgd", weight_decay=0.0))
+    trainer.run()
+    for name, value in trainer.model.state_dict().items():
+        np.testing.assert_allclose(value, before[name] - SMALL["lr"] * grads[name], atol=1e-6)
