@@ -283,3 +283,25 @@ def test_a_neural_run_draws_its_loss_curve(tmp_path, names, capsys):
     assert main(["train", "-i", str(names), "-o", str(run), "-n", "0", *SMALL]) == 0
     assert (run / "loss.png").read_bytes()[:4] == b"\x89PNG"
     assert "loss.png" in capsys.readouterr().out
+
+
+def test_sigterm_before_the_training_loop_is_one_line_and_143(tmp_path, names):
+    """Between the step-0 commit and the loop no trainer defers SIGTERM: the CLI still ends cleanly."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    run = tmp_path / "run"
+    p = subprocess.Popen([sys.executable, "-c", "import sys; from tinylm.cli import main; "
+                          "sys.exit(main())", "train", "-i", str(names), "-o", str(run), *SMALL,
+                          "--steps", "100000", "-n", "0"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    while not (run / "manifest.json").exists() and p.poll() is None:
+        time.sleep(0.0005)
+    os.kill(p.pid, signal.SIGTERM)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 143
+    assert len(err.strip().splitlines()) == 1 and "SIGTERM" in err
+    assert main(["eval", "-o", str(run)]) == 0  # the committed state is whole

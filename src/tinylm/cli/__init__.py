@@ -19,14 +19,16 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
 from typing import Sequence
 
 import numpy as np
 
 from tinylm import __version__, runs, settings
 from tinylm.cli import micrograd, neural, ngram, train
-from tinylm.cli.common import Parser, UsageError, add_run_dir, print_samples
+from tinylm.cli.common import Parser, Terminated, UsageError, add_run_dir, print_samples
 from tinylm.errors import TinylmError
 from tinylm.rng import RNG
 from tinylm.sample import mark_known, sample_items
@@ -89,8 +91,25 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _terminate(signum, frame) -> None:
+    raise Terminated()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run tinylm with ``argv`` (default: ``sys.argv[1:]``); return the exit code."""
+    # SIGTERM ends the command as Ctrl-C does, with a line and an exit code, wherever it
+    # lands (every write being atomic, a run directory keeps its last commit)
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        return _main(argv)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
@@ -104,6 +123,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TinylmError as e:
         print(f"tinylm: error: {e}", file=sys.stderr)
         return 2
+    except Terminated:
+        print("tinylm: stopped by SIGTERM", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
         print("tinylm: interrupted", file=sys.stderr)
         return 130

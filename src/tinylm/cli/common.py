@@ -8,6 +8,10 @@ from typing import Sequence
 from tinylm.train import perplexity
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM outside a training loop (which defers it to a step boundary itself)."""
+
+
 class UsageError(Exception):
     """A command line that cannot be parsed: printed as one line, exit code 2."""
 
