@@ -226,8 +226,8 @@ def test_checkpoints_every_n_steps_and_only_the_committed_weights_stay(tmp_path)
     commits = []
     trainer = make_trainer(dict(SMALL, checkpoint_every=7), tmp_path)
     commit = trainer.store.commit
-    trainer.store.commit = lambda state, arrays, name: (commits.append(state["step"]),
-                                                        commit(state, arrays, name))
+    trainer.store.commit = lambda state, arrays: (commits.append(state["step"]),
+                                                  commit(state, arrays))
     finish(trainer)
     assert commits == [7, 14, 21, 28, 35, 40]
     assert sorted(p.name for p in tmp_path.glob("weights-*")) == ["weights-000000040.npz"]

@@ -92,11 +92,6 @@ def neural_settings(mconfig: ModelConfig, config: TrainConfig) -> dict[str, Any]
             "train_config": config.to_dict()}
 
 
-def ngram_settings(ngram: NgramConfig, loader: str, search: dict[str, Any]) -> dict[str, Any]:
-    return {"kind": "ngram", "model": "ngram", "ngram": ngram.to_dict(), "loader": loader,
-            "search": search}
-
-
 # --- the directory before a run -------------------------------------------------------------
 
 def check_new_run_dir(out: str | os.PathLike, inputs: Sequence[str | os.PathLike]) -> Path:
@@ -262,8 +257,11 @@ class RunWriter:
     def flush(self) -> None:
         self.metrics.flush()
 
-    def commit(self, state: dict[str, Any], arrays: checkpoint.Tree, name: str) -> None:
-        """Make ``state`` and ``arrays`` (saved as ``name``) the directory's committed state.
+    def commit(self, state: dict[str, Any], arrays: checkpoint.Tree, name: str | None = None
+               ) -> None:
+        """Make ``state`` and ``arrays`` the directory's committed state.
+
+        The arrays go to ``name``, by default ``weights_name`` of the state's step.
 
         The file the manifest names now is never written over: a commit of
         the same step reuses it (the arrays are the same), a new step gets a
@@ -271,6 +269,7 @@ class RunWriter:
         switch, so a reader that has just read the old manifest still finds
         its file.
         """
+        name = name or weights_name(int(state["step"]))
         if name != self.arrays:
             blob = checkpoint.encode(arrays)
             atomic_write_bytes(self.out / name, blob)

@@ -241,7 +241,7 @@ class Trainer:
             raise TrainingDiverged(f"the weights stopped being finite numbers by step "
                                    f"{self.state.step}: the learning rate ({self.optimizer.lr:g}) "
                                    "is probably too large; the run keeps its last checkpoint")
-        self.store.commit(state, arrays, f"weights-{self.state.step:09d}.npz")
+        self.store.commit(state, arrays)
         self._saved_at = time.monotonic()
         self._saved_step = self.state.step
 
