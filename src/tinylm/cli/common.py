@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Sequence
 
+from tinylm.data import Tokenizer
+from tinylm.io import atomic_write_text
+from tinylm.rng import RNG
+from tinylm.sample import mark_known, sample_items
 from tinylm.train import perplexity
 
 
@@ -40,7 +45,22 @@ def print_samples(marked: Sequence[tuple[str, bool]]) -> None:
         print(f"  {item:<{width}}  {'(copy of a training item)' if known else '(new)'}")
 
 
+def sample_and_save(model, tokenizer: Tokenizer, n: int, seed: int, train_lines: Sequence[str],
+                    continuous: bool, path: Path) -> None:
+    """The samples at the end of training: printed, marked new or copied, and saved one per line.
+
+    They are the ones ``tinylm sample -n N --seed SEED`` prints from the run.
+    """
+    items = sample_items(model, tokenizer, n, RNG(seed), continuous=continuous)
+    print_samples(mark_known(items, train_lines))
+    atomic_write_text(path, "".join(item + "\n" for item in items))
+
+
+def format_perplexity(loss: float) -> str:
+    ppl = perplexity(loss)
+    return "over 1e300" if ppl is None else f"{ppl:.3f}"
+
+
 def print_loss(name: str, loss: float) -> None:
     """One split's line of ``tinylm eval``."""
-    ppl = perplexity(loss)
-    print(f"{name:>5}: loss {loss:.4f}, perplexity {'over 1e300' if ppl is None else f'{ppl:.3f}'}")
+    print(f"{name:>5}: loss {loss:.4f}, perplexity {format_perplexity(loss)}")

@@ -19,14 +19,14 @@ from typing import Any, Callable
 
 from tinylm import data, diagnostics, runs, settings, threads
 from tinylm.batches import make_split
-from tinylm.cli.common import add_run_dir, print_loss, print_samples
+from tinylm.cli.common import add_run_dir, format_perplexity, print_loss, sample_and_save
 from tinylm.errors import ConfigError
 from tinylm.io import atomic_write_text, check_out_dir
 from tinylm.models import ModelConfig, build_model
 from tinylm.rng import RNG
-from tinylm.sample import mark_known, sample_items, sample_tokens
+from tinylm.sample import sample_tokens
 from tinylm.train import (
-    TrainConfig, Trainer, TrainingInterrupted, evaluate as split_loss, learning_rate, perplexity,
+    TrainConfig, Trainer, TrainingInterrupted, evaluate as split_loss, learning_rate,
 )
 
 # With no terminal to draw a progress bar on, a progress line at least this often.
@@ -162,9 +162,8 @@ def _run(trainer: Trainer, model, mconfig: ModelConfig, config: TrainConfig,
         reporter.close()
     val = result.last("val_loss")
     test = result.last("test_loss")
-    ppl = perplexity(test)
     print(f"done in {result.seconds:.1f} s: val loss {val:.4f}, test loss {test:.4f} "
-          f"(perplexity {'over 1e300' if ppl is None else f'{ppl:.3f}'})")
+          f"(perplexity {format_perplexity(test)})")
     _finish(model, tokenizer, config, lines3[0], out, num_samples, result.metrics)
     return 0
 
@@ -278,10 +277,8 @@ def _finish(model, tokenizer: data.Tokenizer, config: TrainConfig, train_lines: 
         print(text.strip("\n"))
         written.append("sample.txt")
     if n:
-        items = sample_items(model, tokenizer, n, RNG(config.sample_seed),
-                             continuous=config.loader == "stream")
-        print_samples(mark_known(items, train_lines))
-        atomic_write_text(out / "samples.txt", "".join(item + "\n" for item in items))
+        sample_and_save(model, tokenizer, n, config.sample_seed, train_lines,
+                        config.loader == "stream", out / "samples.txt")
         written.append("samples.txt")
     try:
         diagnostics.plot_loss_curve(metrics, out / "loss.png")

@@ -14,15 +14,13 @@ import argparse
 import time
 
 from tinylm import data, runs
-from tinylm.cli.common import print_loss, print_samples
+from tinylm.cli.common import format_perplexity, print_loss, sample_and_save
 from tinylm.errors import ConfigError
-from tinylm.io import atomic_write_bytes, atomic_write_text, write_jsonl
+from tinylm.io import atomic_write_bytes, write_jsonl
 from tinylm.ngram import (
     ORDERS, GridPoint, NgramConfig, NgramModel, NgramSettings, best, bigram_counts, grid_search, nll,
 )
 from tinylm.ngram_plot import bigram_heatmap_png
-from tinylm.rng import RNG
-from tinylm.sample import mark_known, sample_items
 from tinylm.train import TrainConfig, perplexity
 
 MODEL_FILE = "model.npz"
@@ -90,7 +88,7 @@ def _search_and_save(store: runs.RunWriter, num_samples: int, seed: int, splits,
     knob = "" if chosen.smoothing is None else f", smoothing {chosen.smoothing:g}"
     print(f"best: order {chosen.order}{knob}: train {chosen.train_loss:.4f}, val {chosen.val_loss:.4f}")
     final = {"step": 1, "test_loss": test_loss, "test_perplexity": perplexity(test_loss)}
-    print(f"test loss {test_loss:.4f}, perplexity {final['test_perplexity']:.3f}")
+    print(f"test loss {test_loss:.4f}, perplexity {format_perplexity(test_loss)}")
     if search.method == "kneser-ney":
         every = examples if orders == ORDERS else _examples(splits, tokenizer, ORDERS, loader)
         additive = best(grid_search(every, V))
@@ -117,9 +115,8 @@ def _search_and_save(store: runs.RunWriter, num_samples: int, seed: int, splits,
     else:
         atomic_write_bytes(store.out / "bigram.png", png)
         written.append("bigram.png")
-    items = sample_items(model, tokenizer, num_samples, RNG(seed), continuous=loader == "stream")
-    print_samples(mark_known(items, splits[0]))
-    atomic_write_text(store.out / "samples.txt", "".join(s + "\n" for s in items))
+    sample_and_save(model, tokenizer, num_samples, seed, splits[0], loader == "stream",
+                    store.out / "samples.txt")
     written.append("samples.txt")
     print(f"wrote {store.out}/: {', '.join(written)}", end="")
 
