@@ -1,5 +1,7 @@
 """tinylm.io: atomic writes leave no partial files; out-dir checks create nothing."""
 
+import json
+
 import pytest
 
 from tinylm import io
@@ -10,7 +12,7 @@ def test_atomic_write_replaces_whole_file(tmp_path):
     path = tmp_path / "x.json"
     io.write_json(path, {"a": 1})
     io.write_json(path, {"b": 2})
-    assert io.read_json(path) == {"b": 2}
+    assert json.loads(path.read_text()) == {"b": 2}
     assert [p.name for p in tmp_path.iterdir()] == ["x.json"]
 
 

@@ -87,11 +87,6 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_text(path, dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
-def read_json(path: str | os.PathLike) -> Any:
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
-
-
 def write_jsonl(path: str | os.PathLike, records: Iterable[dict]) -> None:
     """Write a whole JSON-lines file at once."""
     atomic_write_text(path, "".join(dumps(r) + "\n" for r in records))
