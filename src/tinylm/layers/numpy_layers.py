@@ -338,7 +338,8 @@ class NumpyLM(LanguageModel):
 
     def _assign(self, tensor: Parameter | tuple[Layer, str], value: np.ndarray) -> None:
         if isinstance(tensor, Parameter):
-            tensor.data = value.astype(tensor.data.dtype, copy=True)
+            # in place: the optimizer computes on the very array (a view of its flat buffer)
+            np.copyto(tensor.data, value, casting="unsafe")
             tensor.grad = np.zeros_like(tensor.data)
         else:
             layer, name = tensor
