@@ -169,16 +169,22 @@ class BatchNorm1d(Layer):
         if self.training:
             n = check_batch_norm_examples(x2.shape[0])
             mean = x2.mean(axis=0)                       # (C,)
-            var = x2.var(axis=0)                         # (C,) biased: what the batch is normalised with
+            xc = x2 - mean                               # (N, C)
+            # biased: what the batch is normalised with; np.var's arithmetic, in its order,
+            # on the centred values the normalisation needs anyway
+            var = np.square(xc, out=np.empty_like(xc)).mean(axis=0)  # (C,)
             m, dtype = self.momentum, self.running_mean.dtype
-            self.running_mean = ((1 - m) * self.running_mean + m * mean).astype(dtype)
-            self.running_var = ((1 - m) * self.running_var + m * var * (n / (n - 1))).astype(dtype)
+            self.running_mean = ((1 - m) * self.running_mean + m * mean).astype(dtype, copy=False)
+            self.running_var = ((1 - m) * self.running_var
+                                + m * var * (n / (n - 1))).astype(dtype, copy=False)
         else:
             mean, var = self.running_mean, self.running_var
+            xc = x2 - mean                               # (N, C)
         self.in_shape = x.shape
         self.inv_std = 1.0 / np.sqrt(var + self.eps)     # (C,)
-        self.xhat = (x2 - mean) * self.inv_std           # (N, C)
-        out = self.weight.data * self.xhat + self.bias.data  # (N, C)
+        self.xhat = xc * self.inv_std                    # (N, C)
+        out = np.multiply(self.xhat, self.weight.data, out=xc)  # (N, C), weight * xhat
+        out += self.bias.data                            # (N, C)
         self.out = out.reshape(x.shape)                  # (B, C) or (B, T, C)
         return self.out
 
@@ -248,9 +254,9 @@ class CrossEntropy:
         shifted = logits - logits.max(axis=1, keepdims=True)              # (B, V)
         counts = np.exp(shifted)                                          # (B, V)
         sums = counts.sum(axis=1, keepdims=True)                          # (B, 1)
-        logprobs = shifted - np.log(sums)                                 # (B, V)
         self.probs = counts / sums                                        # (B, V)
-        return float(-logprobs[np.arange(B), targets].mean())
+        logprobs = shifted[np.arange(B), targets] - np.log(sums[:, 0])    # (B,) of the targets alone
+        return float(-logprobs.mean())
 
     def backward(self) -> np.ndarray:
         # d/dlogits of -log softmax(logits)[y] is softmax(logits) - onehot(y);
