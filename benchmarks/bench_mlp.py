@@ -31,9 +31,11 @@ load average), then per section one line per measurement:
     note      the target where the issue sets one
 
 1. mlp-classic (batch 128, context 3, embedding 48, hidden 512, vocab 27:
-   six matmuls, 67.2 MFLOP): the numpy, torch and torch-module steps
-   (tinylm.train.Trainer._update), the numpy step by part, and the step as
-   it is written the plain way (benchmarks/naive_steps.py);
+   six matmuls, 67.2 MFLOP): the least a step can cost (the matmuls, the
+   tanh and the optimizer alone: ``least_step``), the numpy, torch and
+   torch-module steps (tinylm.train.Trainer._update), the numpy step by
+   part, and the step as it is written the plain way
+   (benchmarks/naive_steps.py);
 2. bnmlp-classic and wavenet-classic, numpy and torch, each against the
    floor of its own Linears;
 3. threads: the numpy and torch classic steps with tinylm's default
@@ -336,6 +338,37 @@ def torch_floor(shapes: list[Shape]) -> Callable[[], None]:
     return floor
 
 
+def least_step(s: "Setting", shapes: list[Shape]) -> Callable[[], None]:
+    """The floor's matmuls, then the elementwise work no rewrite of the layers removes.
+
+    Each Tanh's forward and derivative at its shape (numpy's float32 tanh is the
+    costliest elementwise operation of the step), and the optimizer's update of
+    every parameter: tinylm's own, already one call per operation over all the
+    parameters laid end to end. The rest of a step (embedding, bias, softmax,
+    bookkeeping) is on top of this, so a step cannot come closer to the floor
+    than this measurement does.
+    """
+    floor = numpy_floor(shapes)
+    c = s.train
+    model = build_model(s.net, "numpy", RNG(c.seed))
+    X, Y = Batches(s.splits["train"], c.batch_size, RNG(1)).next()
+    model.forward(X, Y)
+    model.backward()
+    tanhs = [layer for layer in model.layers if isinstance(layer, numpy_layers.Tanh)]
+    rng = np.random.default_rng(0)
+    inputs = [rng.standard_normal(layer.out.shape, dtype=np.float32) for layer in tanhs]
+    optimizer = make_optimizer(model, c.optimizer, lr=c.lr, weight_decay=c.weight_decay)
+
+    def step() -> None:
+        floor()
+        for layer, x in zip(tanhs, inputs):
+            layer.forward(x)
+            layer.backward(x)
+        optimizer.step()
+
+    return step
+
+
 # --- steps -----------------------------------------------------------------------------------
 
 @dataclass
@@ -512,6 +545,8 @@ def classic(args, s: Setting, lines3, tokenizer) -> None:
     ms = [floor]
     if torch is not None:
         ms.append(Measurement("the same matmuls in torch", torch_floor(shapes), floor))
+    ms.append(Measurement("the matmuls + tanh + optimizer: the least a step costs",
+                          least_step(s, shapes), floor))
     ms.append(Measurement("numpy step (Trainer._update)", trainer_step(s, "numpy"), floor,
                           note="target <= 1.3"))
     ms.append(Measurement("numpy step, by part:", numpy_parts_step(s), floor))
