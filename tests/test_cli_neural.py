@@ -243,6 +243,35 @@ def test_files_already_split(tmp_path, names, capsys):
     assert len(test2) == 3 and sorted(train2 + test2) == sorted(lines[:30])
 
 
+def test_a_run_saves_its_thread_count_and_a_resume_keeps_it(tmp_path, names, capsys,
+                                                            monkeypatch):
+    """BLAS rounds differently with another thread count: a resumed run computes with the
+    count the run started with, whatever the environment says then; --threads may change
+    it, with a warning that the numbers will not be those of an uninterrupted run."""
+    from tinylm import threads
+    from tinylm.cli import neural
+
+    for name in threads.ENVIRONMENT:
+        monkeypatch.delenv(name, raising=False)
+    used = []
+    limited = threads.limited
+    monkeypatch.setattr(neural.threads, "limited",
+                        lambda n: (used.append(threads.effective(n)), limited(n))[1])
+    run = tmp_path / "run"
+    args = ["-i", str(names), "-o", str(run), *SMALL, "--steps", "4", "-n", "0"]
+    assert main(["train", *args]) == 0
+    assert json.loads((run / "config.json").read_text())["train_config"]["threads"] == 1
+    assert used == [1]
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    assert main(["train", "-o", str(run), "--resume", "--steps", "6", "-n", "0"]) == 0
+    assert used == [1, 1] and "warning" not in capsys.readouterr().err
+    assert main(["train", "-o", str(run), "--resume", "--steps", "8", "-n", "0",
+                 "--threads", "2"]) == 0
+    err = capsys.readouterr().err
+    assert used[-1] == 2 and "computed with 1 thread; with 2" in err
+    assert json.loads((run / "config.json").read_text())["train_config"]["threads"] == 2
+
+
 def test_resume_needs_no_model_and_refuses_fewer_steps(tmp_path, names, capsys):
     run = tmp_path / "run"
     bigram = ["--model", "bigram", "--steps", "6", "--eval-every", "3", "-n", "0"]

@@ -32,3 +32,12 @@ def test_limited_sets_blas_and_torch_and_puts_them_back(monkeypatch):
         assert n == 1 and torch.get_num_threads() == 1
         assert blas_threads() <= {1}
     assert torch.get_num_threads() == torch_before and blas_threads() == blas_before
+
+
+def test_effective_is_the_count_a_run_computes_with(monkeypatch):
+    for name in threads.ENVIRONMENT:
+        monkeypatch.delenv(name, raising=False)
+    assert threads.effective(0) == 1 and threads.effective(3) == 3
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    # the environment decides: what the BLAS pools took from it when numpy loaded them
+    assert threads.effective(0) == max(blas_threads()) and threads.effective(3) == 3

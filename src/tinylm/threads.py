@@ -9,6 +9,13 @@ thread unless told otherwise: ``--threads N``, or the usual environment
 variables (``OMP_NUM_THREADS``, ``OPENBLAS_NUM_THREADS``, ``MKL_NUM_THREADS``),
 which tinylm then leaves alone. ``threadpoolctl`` sets the BLAS pools that
 numpy loaded; PyTorch has ``torch.set_num_threads``.
+
+The thread count is also part of a run's arithmetic: OpenBLAS picks its
+kernels and splits its work by the number of threads, so a numpy matmul
+with two threads rounds differently from the same matmul with one. A new
+run therefore saves the count it computes with (``effective``), and a
+resumed run keeps it, so that it goes on with the numbers an uninterrupted
+run would have had, whatever the environment says at the time.
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ import os
 import sys
 from typing import Iterator
 
-from threadpoolctl import threadpool_limits
+from threadpoolctl import threadpool_info, threadpool_limits
 
 DEFAULT = 1
 ENVIRONMENT = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
@@ -31,6 +38,16 @@ def chosen(requested: int) -> int | None:
     if any(os.environ.get(name) for name in ENVIRONMENT):
         return None
     return DEFAULT
+
+
+def effective(requested: int) -> int:
+    """The thread count ``limited(requested)`` computes with: ``chosen(requested)``, or, where
+    the environment decides, what numpy's BLAS pools took from it."""
+    n = chosen(requested)
+    if n is not None:
+        return n
+    counts = [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"]
+    return max(counts, default=1)
 
 
 @contextlib.contextmanager

@@ -90,8 +90,9 @@ class TrainConfig(settings.Settings):
                                     "minute); a kill loses no more than that", NONNEG_INT,
                                     resume=True)
     threads: int = setting(0, "threads for BLAS and PyTorch (0: one, unless OMP_NUM_THREADS or "
-                           "the like is set; more threads thrash on a busy machine)", NONNEG_INT,
-                           resume=True)
+                           "the like is set; more threads thrash on a busy machine); the run "
+                           "saves the count and a resume keeps it, since BLAS rounds "
+                           "differently with another", NONNEG_INT, resume=True)
     diagnose_every: int = setting(0, "every N steps measure activation, gradient and update:data "
                                   "statistics into diagnostics.jsonl, for 'tinylm diagnose' "
                                   "(0: never); the run's numbers do not change", NONNEG_INT,

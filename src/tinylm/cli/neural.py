@@ -11,6 +11,7 @@ from it bit-identically.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import signal
 import sys
 import time
@@ -71,6 +72,8 @@ def train(args: argparse.Namespace, lines3: tuple[list[str], list[str], list[str
     tokenizer = data.Tokenizer.from_lines([line for lines in lines3 for line in lines])
     mconfig, config = runs.resolve_configs(model_name, explicit.get("recipe"), explicit,
                                            tokenizer.vocab_size)
+    # the count is part of the arithmetic (tinylm.threads): saved, so a resume keeps it
+    config = dataclasses.replace(config, threads=threads.effective(config.threads))
     rng = RNG(config.seed)
     model = build_model(mconfig, config.backend, rng)
     trainer = _trainer(model, mconfig, config, lines3, tokenizer, rng)
@@ -108,6 +111,8 @@ def resume(args: argparse.Namespace, explicit: dict[str, Any]) -> int:
             raise ConfigError(f"--model {args.model} differs from the run being resumed "
                               f"({run.model_config.model})")
         mconfig, config = settings.merge_resumed([run.model_config, run.config], explicit)
+        changed_threads = (run.config.threads and "threads" in explicit
+                           and threads.effective(config.threads) != run.config.threads)
         if config.steps < run.step:
             raise ConfigError(f"--steps {config.steps} is fewer than the {run.step} steps this "
                               "run has done; give more steps to extend it")
@@ -124,6 +129,11 @@ def resume(args: argparse.Namespace, explicit: dict[str, Any]) -> int:
     try:
         print(f"resuming {_what(model, mconfig, config)} at step {trainer.state.step} of "
               f"{config.steps}")
+        if changed_threads:
+            print(f"tinylm: warning: this run computed with {run.config.threads} thread"
+                  f"{'s' if run.config.threads != 1 else ''}; with {config.threads}, BLAS "
+                  "splits and rounds its sums differently, so from here on the numbers can "
+                  "differ from those of an uninterrupted run", file=sys.stderr)
         return _run(trainer, model, mconfig, config, tokenizer, run.lines3, out, args.num_samples)
     finally:
         store.close()
