@@ -344,8 +344,7 @@ class NumpyLM(LanguageModel):
 
     def _assign(self, tensor: Parameter | tuple[Layer, str], value: np.ndarray) -> None:
         if isinstance(tensor, Parameter):
-            # in place: the optimizer computes on the very array (a view of its flat buffer)
-            np.copyto(tensor.data, value, casting="unsafe")
+            tensor.data = value.astype(tensor.data.dtype, copy=True)
             tensor.grad = np.zeros_like(tensor.data)
         else:
             layer, name = tensor
