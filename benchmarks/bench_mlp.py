@@ -338,32 +338,48 @@ def torch_floor(shapes: list[Shape]) -> Callable[[], None]:
     return floor
 
 
-def least_step(s: "Setting", shapes: list[Shape]) -> Callable[[], None]:
+def least_step(s: "Setting", shapes: list[Shape], backend: str = "numpy") -> Callable[[], None]:
     """The floor's matmuls, then the elementwise work no rewrite of the layers removes.
 
-    Each Tanh's forward and derivative at its shape (numpy's float32 tanh is the
-    costliest elementwise operation of the step), and the optimizer's update of
-    every parameter: tinylm's own, already one call per operation over all the
-    parameters laid end to end. The rest of a step (embedding, bias, softmax,
-    bookkeeping) is on top of this, so a step cannot come closer to the floor
-    than this measurement does.
+    Each Tanh's forward and derivative at its shape (float32 tanh is the
+    costliest elementwise operation of the step), and the optimizer's update
+    of every parameter: tinylm's own, as a run makes it. The rest of a step
+    (embedding, bias, softmax, bookkeeping, and for torch the autograd
+    engine) is on top of this, so a step cannot come closer to the floor than
+    this measurement does. ``backend`` "torch": the same in torch, its own
+    matmuls included.
     """
-    floor = numpy_floor(shapes)
     c = s.train
-    model = build_model(s.net, "numpy", RNG(c.seed))
     X, Y = Batches(s.splits["train"], c.batch_size, RNG(1)).next()
-    model.forward(X, Y)
-    model.backward()
-    tanhs = [layer for layer in model.layers if isinstance(layer, numpy_layers.Tanh)]
-    rng = np.random.default_rng(0)
-    inputs = [rng.standard_normal(layer.out.shape, dtype=np.float32) for layer in tanhs]
+    models = {}
+    for name in {"numpy", backend}:  # numpy's shows the tanh shapes
+        models[name] = build_model(s.net, name, RNG(c.seed))
+        models[name].forward(X, Y)
+        models[name].backward()
+    model = models[backend]
     optimizer = make_optimizer(model, c.optimizer, lr=c.lr, weight_decay=c.weight_decay)
+    rng = np.random.default_rng(0)
+    inputs = [rng.standard_normal(layer.out.shape, dtype=np.float32)
+              for layer in models["numpy"].layers if isinstance(layer, numpy_layers.Tanh)]
+    if backend == "numpy":
+        floor, tanh = numpy_floor(shapes), numpy_layers.Tanh()
+
+        def elementwise() -> None:
+            for x in inputs:
+                tanh.forward(x)
+                tanh.backward(x)
+    else:
+        floor = torch_floor(shapes)
+        tensors = [torch.from_numpy(x) for x in inputs]
+
+        def elementwise() -> None:
+            with torch.no_grad():
+                for x in tensors:
+                    torch.ops.aten.tanh_backward(x, torch.tanh(x))
 
     def step() -> None:
         floor()
-        for layer, x in zip(tanhs, inputs):
-            layer.forward(x)
-            layer.backward(x)
+        elementwise()
         optimizer.step()
 
     return step
@@ -547,6 +563,9 @@ def classic(args, s: Setting, lines3, tokenizer) -> None:
         ms.append(Measurement("the same matmuls in torch", torch_floor(shapes), floor))
     ms.append(Measurement("the matmuls + tanh + optimizer: the least a step costs",
                           least_step(s, shapes), floor))
+    if torch is not None:
+        ms.append(Measurement("the same in torch: the least a torch step costs",
+                              least_step(s, shapes, "torch"), floor))
     ms.append(Measurement("numpy step (Trainer._update)", trainer_step(s, "numpy"), floor,
                           note="target <= 1.3"))
     ms.append(Measurement("numpy step, by part:", numpy_parts_step(s), floor))
