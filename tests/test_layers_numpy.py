@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from tinylm.errors import ConfigError
 from tinylm.layers import numpy_layers as nl
 
 from gradcheck import finite_difference
@@ -178,3 +179,117 @@ def test_to_dtype_and_train_eval():
     assert not net.training and not any(layer.training for layer in net.layers)
     net.train()
     assert all(layer.training for layer in net.layers)
+
+
+# --- the sequence layers: LayerNorm, GELU, causal self-attention -----------------------------
+
+
+def _randomised(layer, scale: float = 1.0):
+    """``layer`` in float64 with every parameter drawn at random (not the 1s and 0s of a start)."""
+    nl.to_dtype([layer], np.float64)
+    for _, p in layer.named_parameters():
+        p.data[...] = scale * rs.randn(*p.data.shape)
+    return layer
+
+
+@pytest.mark.parametrize("shape", [(4, 6), (3, 5, 6)])
+def test_layer_norm_backward_matches_autograd_and_finite_differences(shape):
+    layer = _randomised(nl.LayerNorm(6))
+    x = 3 * rs.randn(*shape) + 1
+    R = rs.randn(*shape)
+    out = layer(x)
+    dx = layer.backward(R)
+    assert np.allclose(layer.xhat.mean(axis=-1), 0) and np.allclose(layer.xhat.std(axis=-1), 1,
+                                                                    atol=1e-5)
+
+    xt, w, b = t64(x), t64(layer.weight.data), t64(layer.bias.data)
+    ref = torch.nn.functional.layer_norm(xt, (6,), w, b, eps=1e-5)
+    (ref * torch.from_numpy(R)).sum().backward()
+    np.testing.assert_allclose(out, ref.detach().numpy(), rtol=1e-12, atol=1e-12)
+    for ours, theirs in [(dx, xt), (layer.weight.grad, w), (layer.bias.grad, b)]:
+        np.testing.assert_allclose(ours, theirs.grad.numpy(), rtol=1e-10, atol=1e-12)
+
+    loss = lambda: float((layer.forward(x) * R).sum())  # noqa: E731
+    for array, grad in [(x, dx), (layer.weight.data, layer.weight.grad)]:
+        picks, fd = finite_difference(loss, array)
+        np.testing.assert_allclose(grad.reshape(-1)[picks], fd, rtol=1e-6, atol=1e-7)
+
+
+def test_gelu_is_pytorchs_tanh_form_with_its_derivative():
+    layer = nl.GELU()
+    x = np.concatenate([np.linspace(-8, 8, 40), 2 * rs.randn(30)]).reshape(7, 10)
+    R = rs.randn(7, 10)
+    out = layer(x)
+    dx = layer.backward(R)
+    xt = t64(x)
+    ref = torch.nn.functional.gelu(xt, approximate="tanh")
+    (ref * torch.from_numpy(R)).sum().backward()
+    np.testing.assert_allclose(out, ref.detach().numpy(), rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(dx, xt.grad.numpy(), rtol=1e-10, atol=1e-12)
+    # and within 5e-4 of the exact x * Phi(x)
+    exact = torch.nn.functional.gelu(torch.from_numpy(x)).numpy()
+    assert np.abs(out - exact).max() < 5e-4
+    picks, fd = finite_difference(lambda: float((layer.forward(x) * R).sum()), x)
+    np.testing.assert_allclose(dx.reshape(-1)[picks], fd, rtol=1e-6, atol=1e-7)
+
+
+def _attention_reference(x, layer):
+    """Causal multi-head attention in torch float64 from the layer's own weights."""
+    B, T, C = x.shape
+    nh = layer.n_head
+    params = {name: t64(p.data) for name, p in layer.named_parameters()}
+    xt = t64(x)
+    qkv = xt @ params["qkv.weight"].T + params["qkv.bias"]
+    q, k, v = (a.reshape(B, T, nh, C // nh).transpose(1, 2) for a in qkv.split(C, dim=-1))
+    y = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+    out = y.transpose(1, 2).reshape(B, T, C) @ params["proj.weight"].T + params["proj.bias"]
+    return xt, params, out
+
+
+@pytest.mark.parametrize("n_head", [1, 2, 4])
+def test_causal_self_attention_backward_matches_autograd_and_finite_differences(n_head):
+    layer = _randomised(nl.CausalSelfAttention(8, n_head), scale=0.5)
+    assert [name for name, _ in layer.named_parameters()] == [
+        "qkv.weight", "qkv.bias", "proj.weight", "proj.bias"]
+    x = rs.randn(3, 5, 8)
+    R = rs.randn(3, 5, 8)
+    out = layer(x)
+    dx = layer.backward(R)
+    np.testing.assert_allclose(layer.att.sum(axis=-1), 1, rtol=1e-12)
+    assert np.all(np.triu(layer.att[0, 0], k=1) == 0)  # nothing from the future
+
+    xt, params, ref = _attention_reference(x, layer)
+    (ref * torch.from_numpy(R)).sum().backward()
+    np.testing.assert_allclose(out, ref.detach().numpy(), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(dx, xt.grad.numpy(), rtol=1e-9, atol=1e-11)
+    for name, p in layer.named_parameters():
+        np.testing.assert_allclose(p.grad, params[name].grad.numpy(), rtol=1e-9, atol=1e-11,
+                                   err_msg=name)
+
+    loss = lambda: float((layer.forward(x) * R).sum())  # noqa: E731
+    for array, grad in [(x, dx), (layer.qkv.weight.data, layer.qkv.weight.grad),
+                        (layer.proj.weight.data, layer.proj.weight.grad)]:
+        picks, fd = finite_difference(loss, array)
+        np.testing.assert_allclose(grad.reshape(-1)[picks], fd, rtol=1e-6, atol=1e-7)
+
+
+def test_causal_self_attention_reads_no_later_position():
+    layer = _randomised(nl.CausalSelfAttention(8, 2), scale=0.5)
+    x = rs.randn(2, 6, 8)
+    before = layer(x).copy()
+    x[:, 4:] += rs.randn(2, 2, 8)  # change the last two positions only
+    after = layer(x)
+    np.testing.assert_array_equal(after[:, :4], before[:, :4])
+    assert not np.allclose(after[:, 4:], before[:, 4:])
+
+
+def test_children_follow_train_and_eval_and_the_dtype():
+    layer = nl.CausalSelfAttention(8, 2)
+    layer.eval()
+    assert not layer.qkv.training and not layer.proj.training
+    layer.train()
+    assert layer.qkv.training and layer.proj.training
+    nl.to_dtype([layer], np.float64)
+    assert {p.data.dtype for p in layer.parameters()} == {np.dtype(np.float64)}
+    with pytest.raises(ConfigError, match="multiple of n_head"):
+        nl.CausalSelfAttention(8, 3)

@@ -34,6 +34,9 @@ class Layer:
 
     param_names: tuple[str, ...] = ()
     buffer_names: tuple[str, ...] = ()
+    # attributes holding layers of their own (attention's qkv and proj Linears): their
+    # parameters are named "<child>.<name>", PyTorch's convention for nested modules
+    child_names: tuple[str, ...] = ()
 
     def __init__(self) -> None:
         self.training = True
@@ -46,18 +49,27 @@ class Layer:
     def forward(self, x: Any) -> Any:
         raise NotImplementedError
 
+    def children(self) -> list[tuple[str, "Layer"]]:
+        return [(name, getattr(self, name)) for name in self.child_names]
+
     def named_parameters(self) -> list[tuple[str, Any]]:
-        return [(name, getattr(self, name)) for name in self.param_names
-                if getattr(self, name) is not None]
+        own = [(name, getattr(self, name)) for name in self.param_names
+               if getattr(self, name) is not None]
+        return own + [(f"{child}.{name}", p) for child, layer in self.children()
+                      for name, p in layer.named_parameters()]
 
     def parameters(self) -> list[Any]:
         return [p for _, p in self.named_parameters()]
 
     def named_buffers(self) -> list[tuple[str, Any]]:
-        return [(name, getattr(self, name)) for name in self.buffer_names]
+        own = [(name, getattr(self, name)) for name in self.buffer_names]
+        return own + [(f"{child}.{name}", b) for child, layer in self.children()
+                      for name, b in layer.named_buffers()]
 
     def train(self, mode: bool = True) -> "Layer":
         self.training = mode
+        for _, layer in self.children():
+            layer.train(mode)
         return self
 
     def eval(self) -> "Layer":

@@ -18,13 +18,16 @@ the last axis, so it takes (B, C) as well as (B, T, C).
 
 from __future__ import annotations
 
+import math
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from tinylm.layers import base
 from tinylm.layers.base import LanguageModel, Layer
-from tinylm.layers.shape_checks import check_batch_norm_examples, check_flatten_input, check_group
+from tinylm.layers.shape_checks import (
+    check_batch_norm_examples, check_flatten_input, check_group, check_heads,
+)
 
 
 class Parameter:
@@ -228,6 +231,127 @@ class FlattenConsecutive(Layer):
 
     def backward(self, dout: np.ndarray) -> np.ndarray:
         return dout.reshape(self.in_shape)               # (B, T, C)
+
+
+class LayerNorm(Layer):
+    """Layer normalisation: Ba, Kiros and Hinton, "Layer Normalization", 2016.
+
+    Each position's vector (last axis) is normalised to zero mean and unit
+    variance over its own channels, then scaled by ``weight`` and shifted by
+    ``bias``: BatchNorm's arithmetic along the other axis, with no batch
+    statistics and so the same in training and in eval mode, as
+    torch.nn.LayerNorm (biased variance, eps inside the square root).
+    """
+
+    param_names = ("weight", "bias")
+
+    def __init__(self, dim: int, eps: float = 1e-5, dtype=np.float32) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = Parameter(np.ones(dim, dtype=dtype), "weight")
+        self.bias = Parameter(np.zeros(dim, dtype=dtype), "bias")
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        mean = x.mean(axis=-1, keepdims=True)            # (..., 1)
+        xc = x - mean                                    # (..., C)
+        var = np.square(xc).mean(axis=-1, keepdims=True)  # (..., 1) biased
+        self.inv_std = 1.0 / np.sqrt(var + self.eps)     # (..., 1)
+        self.xhat = xc * self.inv_std                    # (..., C)
+        self.out = self.xhat * self.weight.data + self.bias.data  # (..., C)
+        return self.out
+
+    def backward(self, dout: np.ndarray) -> np.ndarray:
+        C = dout.shape[-1]
+        d = dout.reshape(-1, C)                          # (N, C)
+        self.bias.grad = d.sum(axis=0)                   # (C,)
+        self.weight.grad = (d * self.xhat.reshape(-1, C)).sum(axis=0)  # (C,)
+        dxhat = dout * self.weight.data                  # (..., C)
+        # every x of a position moves its mean and variance: BatchNorm's closed form
+        # (docs/deep.md) with the sums over the channels instead of the batch
+        return self.inv_std / C * (C * dxhat - dxhat.sum(axis=-1, keepdims=True)
+                                   - self.xhat * (dxhat * self.xhat).sum(axis=-1, keepdims=True))
+
+
+GELU_C = math.sqrt(2.0 / math.pi)
+
+
+class GELU(Layer):
+    """The Gaussian error linear unit of Hendrycks and Gimpel, "Gaussian Error Linear
+    Units (GELUs)", 2016, in its tanh form:
+
+        gelu(x) = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x**3)))
+
+    which is PyTorch's ``gelu(x, approximate="tanh")`` (and GPT-2's); the exact
+    x * Phi(x) needs erf, which numpy does not have. It differs from the exact
+    form by less than 5e-4.
+    """
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        self.x = x                                           # (..., H)
+        self.t = np.tanh(GELU_C * (x + 0.044715 * x**3))     # (..., H)
+        self.out = 0.5 * x * (1 + self.t)                    # (..., H)
+        return self.out
+
+    def backward(self, dout: np.ndarray) -> np.ndarray:
+        x, t = self.x, self.t
+        # product rule: d/dx of 0.5 x (1 + t), where dt/dx = (1 - t**2) * c (1 + 3 * 0.044715 x**2)
+        dt = (1 - t * t) * GELU_C * (1 + 3 * 0.044715 * x * x)  # (..., H)
+        return dout * (0.5 * (1 + t) + 0.5 * x * dt)             # (..., H)
+
+
+class CausalSelfAttention(Layer):
+    """Masked multi-head self-attention: Vaswani et al., "Attention Is All You Need", 2017.
+
+    Each position asks a query of every position up to itself (the causal
+    mask: a language model may not read the token it is predicting) and
+    takes the softmax-weighted sum of their values. One Linear ``qkv`` makes
+    queries, keys and values for all heads at once; ``n_head`` heads of
+    C / n_head channels each attend independently; ``proj`` mixes the heads'
+    outputs. Input and output (B, T, C).
+    """
+
+    child_names = ("qkv", "proj")
+
+    def __init__(self, n_embd: int, n_head: int, dtype=np.float32) -> None:
+        super().__init__()
+        check_heads(n_embd, n_head)
+        self.n_head = n_head
+        self.qkv = Linear(n_embd, 3 * n_embd, dtype=dtype)
+        self.proj = Linear(n_embd, n_embd, dtype=dtype)
+
+    def _heads(self, a: np.ndarray) -> np.ndarray:
+        B, T, C = a.shape
+        return a.reshape(B, T, self.n_head, C // self.n_head).transpose(0, 2, 1, 3)  # (B, nh, T, hs)
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        B, T, C = x.shape
+        q, k, v = np.split(self.qkv(x), 3, axis=-1)           # 3 x (B, T, C)
+        q, k, v = self._heads(q), self._heads(k), self._heads(v)  # 3 x (B, nh, T, hs)
+        self.scale = 1.0 / math.sqrt(C // self.n_head)
+        scores = (q @ k.transpose(0, 1, 3, 2)) * self.scale   # (B, nh, T, T)
+        future = np.triu(np.ones((T, T), dtype=bool), k=1)    # (T, T) True above the diagonal
+        scores[..., future] = -np.inf
+        scores -= scores.max(axis=-1, keepdims=True)          # stable softmax; the diagonal is finite
+        att = np.exp(scores)
+        att /= att.sum(axis=-1, keepdims=True)                # (B, nh, T, T), rows sum to 1
+        y = att @ v                                           # (B, nh, T, hs)
+        self.q, self.k, self.v, self.att = q, k, v, att
+        self.out = self.proj(y.transpose(0, 2, 1, 3).reshape(B, T, C))  # (B, T, C)
+        return self.out
+
+    def backward(self, dout: np.ndarray) -> np.ndarray:
+        B, T, C = dout.shape
+        dy = self._heads(self.proj.backward(dout))            # (B, nh, T, hs)
+        datt = dy @ self.v.transpose(0, 1, 3, 2)              # (B, nh, T, T)
+        dv = self.att.transpose(0, 1, 3, 2) @ dy              # (B, nh, T, hs)
+        # softmax: d scores = att * (d att - sum(d att * att)); masked entries have att 0
+        dscores = self.att * (datt - (datt * self.att).sum(axis=-1, keepdims=True))
+        dscores *= self.scale                                 # (B, nh, T, T)
+        dq = dscores @ self.k                                 # (B, nh, T, hs)
+        dk = dscores.transpose(0, 1, 3, 2) @ self.q           # (B, nh, T, hs)
+        dqkv = np.concatenate([d.transpose(0, 2, 1, 3).reshape(B, T, C)
+                               for d in (dq, dk, dv)], axis=-1)  # (B, T, 3C)
+        return self.qkv.backward(dqkv)                        # (B, T, C)
 
 
 class Sequential(base.Sequential):

@@ -1,4 +1,4 @@
-"""Input checks shared by every backend's BatchNorm1d and FlattenConsecutive.
+"""Input checks shared by every backend's BatchNorm1d, FlattenConsecutive and attention.
 
 Kept in one place so that the numpy, PyTorch and scalar-engine layers
 refuse the same inputs with the same message.
@@ -39,3 +39,10 @@ def check_batch_norm_examples(n: int) -> int:
             f"BatchNorm1d in training mode needs at least 2 examples per channel, got {n}; "
             "use a larger batch or put the model in eval mode")
     return n
+
+
+def check_heads(n_embd: int, n_head: int) -> None:
+    """Attention splits the ``n_embd`` channels evenly between ``n_head`` heads."""
+    if n_head < 1 or n_embd % n_head:
+        raise ConfigError(f"n_embd {n_embd} is not a multiple of n_head {n_head}: attention "
+                          "splits the channels evenly between its heads")

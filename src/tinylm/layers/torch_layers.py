@@ -9,16 +9,20 @@ backward to write.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
 
 from tinylm.layers.base import LanguageModel, Layer, Sequential
-from tinylm.layers.shape_checks import check_batch_norm_examples, check_flatten_input, check_group
+from tinylm.layers.numpy_layers import GELU_C
+from tinylm.layers.shape_checks import (
+    check_batch_norm_examples, check_flatten_input, check_group, check_heads,
+)
 
 __all__ = ["Embedding", "Flatten", "Linear", "Tanh", "BatchNorm1d", "FlattenConsecutive",
-           "Sequential", "cross_entropy", "LM"]
+           "LayerNorm", "GELU", "CausalSelfAttention", "Sequential", "cross_entropy", "LM"]
 
 
 class Embedding(Layer):
@@ -121,6 +125,58 @@ class FlattenConsecutive(Layer):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.out = flatten_consecutive(x, self.n)
+        return self.out
+
+
+class LayerNorm(Layer):
+    """Layer normalisation (Ba, Kiros and Hinton, 2016) on raw tensors; see numpy_layers."""
+
+    param_names = ("weight", "bias")
+
+    def __init__(self, dim: int, eps: float = 1e-5, dtype=torch.float32) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = torch.ones(dim, dtype=dtype, requires_grad=True)
+        self.bias = torch.zeros(dim, dtype=dtype, requires_grad=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xc = x - x.mean(-1, keepdim=True)                # (..., C)
+        var = (xc * xc).mean(-1, keepdim=True)           # (..., 1) biased
+        xhat = xc * (1.0 / torch.sqrt(var + self.eps))   # (..., C)
+        self.out = xhat * self.weight + self.bias
+        return self.out
+
+
+class GELU(Layer):
+    """GELU in its tanh form, PyTorch's gelu(x, approximate="tanh"); see numpy_layers."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.out = 0.5 * x * (1 + torch.tanh(GELU_C * (x + 0.044715 * x**3)))  # (..., H)
+        return self.out
+
+
+class CausalSelfAttention(Layer):
+    """Masked multi-head self-attention (Vaswani et al., 2017), written out; see numpy_layers."""
+
+    child_names = ("qkv", "proj")
+
+    def __init__(self, n_embd: int, n_head: int, dtype=torch.float32) -> None:
+        super().__init__()
+        check_heads(n_embd, n_head)
+        self.n_head = n_head
+        self.qkv = Linear(n_embd, 3 * n_embd, dtype=dtype)
+        self.proj = Linear(n_embd, n_embd, dtype=dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, C = x.shape
+        hs = C // self.n_head
+        q, k, v = (a.reshape(B, T, self.n_head, hs).transpose(1, 2)
+                   for a in self.qkv(x).split(C, dim=-1))      # 3 x (B, nh, T, hs)
+        scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(hs))  # (B, nh, T, T)
+        future = torch.ones(T, T, dtype=torch.bool, device=x.device).triu(1)
+        att = torch.softmax(scores.masked_fill(future, float("-inf")), dim=-1)
+        y = (att @ v).transpose(1, 2).reshape(B, T, C)         # (B, T, C)
+        self.out = self.proj(y)
         return self.out
 
 

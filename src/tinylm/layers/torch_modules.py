@@ -16,11 +16,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tinylm.layers.shape_checks import check_batch_norm_examples, check_group
+from tinylm.layers.shape_checks import check_batch_norm_examples, check_group, check_heads
 from tinylm.layers.torch_layers import TorchLM, flatten_consecutive
 
 __all__ = ["Embedding", "Flatten", "Linear", "Tanh", "BatchNorm1d", "FlattenConsecutive",
-           "Sequential", "cross_entropy", "LM"]
+           "LayerNorm", "GELU", "CausalSelfAttention", "Sequential", "cross_entropy", "LM"]
 
 Embedding = nn.Embedding
 Flatten = nn.Flatten   # start_dim=1: (B, T, C) -> (B, T*C)
@@ -69,6 +69,39 @@ class FlattenConsecutive(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return flatten_consecutive(x, self.n)
+
+
+class LayerNorm(nn.LayerNorm):
+    """``nn.LayerNorm`` over the last axis, built as the other backends' ``LayerNorm(dim)``."""
+
+    def __init__(self, dim: int, eps: float = 1e-5) -> None:
+        super().__init__(dim, eps=eps)
+
+
+class GELU(nn.GELU):
+    """``nn.GELU`` in its tanh form, the formula every tinylm backend computes."""
+
+    def __init__(self) -> None:
+        super().__init__(approximate="tanh")
+
+
+class CausalSelfAttention(nn.Module):
+    """Masked multi-head self-attention (Vaswani et al., 2017) as everyday PyTorch writes it:
+    two ``nn.Linear`` and ``F.scaled_dot_product_attention`` with its causal mask."""
+
+    def __init__(self, n_embd: int, n_head: int) -> None:
+        super().__init__()
+        check_heads(n_embd, n_head)
+        self.n_head = n_head
+        self.qkv = nn.Linear(n_embd, 3 * n_embd)
+        self.proj = nn.Linear(n_embd, n_embd)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = (a.reshape(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+                   for a in self.qkv(x).split(C, dim=-1))      # 3 x (B, nh, T, hs)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, nh, T, hs)
+        return self.proj(y.transpose(1, 2).reshape(B, T, C))   # (B, T, C)
 
 
 class TorchModuleLM(TorchLM):
