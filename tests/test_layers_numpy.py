@@ -293,3 +293,49 @@ def test_children_follow_train_and_eval_and_the_dtype():
     assert {p.data.dtype for p in layer.parameters()} == {np.dtype(np.float64)}
     with pytest.raises(ConfigError, match="multiple of n_head"):
         nl.CausalSelfAttention(8, 3)
+
+    class Holder(nl.Layer):  # a child with buffers of its own
+        child_names = ("norm",)
+
+        def __init__(self):
+            super().__init__()
+            self.norm = nl.BatchNorm1d(3)
+
+    holder = Holder()
+    assert [name for name, _ in holder.named_buffers()] == ["norm.running_mean", "norm.running_var"]
+    nl.to_dtype([holder], np.float64)
+    assert holder.norm.running_var.dtype == np.float64 and holder.norm.weight.data.dtype == np.float64
+
+
+def test_transformer_block_backward_matches_autograd_and_finite_differences():
+    from tinylm.layers import torch_layers as tl
+
+    layer = _randomised(nl.Block(8, 2), scale=0.5)
+    assert [name for name, _ in layer.named_parameters()] == [
+        "ln1.weight", "ln1.bias", "attn.qkv.weight", "attn.qkv.bias", "attn.proj.weight",
+        "attn.proj.bias", "ln2.weight", "ln2.bias", "mlp.0.weight", "mlp.0.bias", "mlp.2.weight",
+        "mlp.2.bias"]
+    x = rs.randn(2, 5, 8)
+    R = rs.randn(2, 5, 8)
+    out = layer(x)
+    dx = layer.backward(R)
+
+    ref = tl.Block(8, 2, dtype=torch.float64)  # autograd of the raw-tensor block, same weights
+    params = dict(ref.named_parameters())
+    with torch.no_grad():
+        for name, p in layer.named_parameters():
+            params[name].copy_(torch.from_numpy(p.data))
+    xt = t64(x)
+    ref_out = ref(xt)
+    (ref_out * torch.from_numpy(R)).sum().backward()
+    np.testing.assert_allclose(out, ref_out.detach().numpy(), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(dx, xt.grad.numpy(), rtol=1e-9, atol=1e-11)
+    for name, p in layer.named_parameters():
+        np.testing.assert_allclose(p.grad, params[name].grad.numpy(), rtol=1e-9, atol=1e-11,
+                                   err_msg=name)
+
+    loss = lambda: float((layer.forward(x) * R).sum())  # noqa: E731
+    for array, grad in [(x, dx), (layer.ln1.weight.data, layer.ln1.weight.grad),
+                        (layer.mlp.layers[0].weight.data, layer.mlp.layers[0].weight.grad)]:
+        picks, fd = finite_difference(loss, array)
+        np.testing.assert_allclose(grad.reshape(-1)[picks], fd, rtol=1e-6, atol=1e-7)

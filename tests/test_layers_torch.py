@@ -141,6 +141,7 @@ SEQUENCE_LAYERS = {
     "gelu": (lambda m: m.GELU(), (3, 5, 8)),
     "attention, 1 head": (lambda m: m.CausalSelfAttention(8, 1), (3, 5, 8)),
     "attention, 4 heads": (lambda m: m.CausalSelfAttention(8, 4), (3, 7, 8)),
+    "block": (lambda m: m.Block(8, 2), (3, 6, 8)),
 }
 
 

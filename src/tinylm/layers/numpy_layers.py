@@ -364,6 +364,36 @@ class Sequential(base.Sequential):
         return dout
 
 
+class Block(Layer):
+    """The pre-norm Transformer block (Radford et al., "Language Models are Unsupervised
+    Multitask Learners", 2019, after Vaswani et al., 2017).
+
+    x + attn(ln1(x)), then that + mlp(ln2(that)): each sub-layer reads a
+    normalised copy of the stream and adds its result back (a residual), so
+    the gradient reaches early blocks through the additions undiminished.
+    The MLP widens every position to 4 * n_embd with a GELU between.
+    """
+
+    child_names = ("ln1", "attn", "ln2", "mlp")
+
+    def __init__(self, n_embd: int, n_head: int, dtype=np.float32) -> None:
+        super().__init__()
+        self.ln1 = LayerNorm(n_embd, dtype=dtype)
+        self.attn = CausalSelfAttention(n_embd, n_head, dtype=dtype)
+        self.ln2 = LayerNorm(n_embd, dtype=dtype)
+        self.mlp = Sequential([Linear(n_embd, 4 * n_embd, dtype=dtype), GELU(),
+                               Linear(4 * n_embd, n_embd, dtype=dtype)])
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        h = x + self.attn(self.ln1(x))                   # (B, T, C)
+        self.out = h + self.mlp(self.ln2(h))             # (B, T, C)
+        return self.out
+
+    def backward(self, dout: np.ndarray) -> np.ndarray:
+        dh = dout + self.ln2.backward(self.mlp.backward(dout))   # (B, T, C)
+        return dh + self.ln1.backward(self.attn.backward(dh))    # (B, T, C)
+
+
 class CrossEntropy:
     """Mean negative log-likelihood of the targets under softmax(logits).
 
@@ -402,11 +432,14 @@ def to_dtype(layers: Sequence[Layer], dtype) -> None:
         if isinstance(layer, base.Sequential):
             to_dtype(layer.layers, dtype)
             continue
-        for _, p in layer.named_parameters():
-            p.data = p.data.astype(dtype)
-            p.grad = p.grad.astype(dtype)
-        for name, b in layer.named_buffers():
-            setattr(layer, name, b.astype(dtype))
+        for name in layer.param_names:
+            p = getattr(layer, name)
+            if p is not None:
+                p.data = p.data.astype(dtype)
+                p.grad = p.grad.astype(dtype)
+        for name in layer.buffer_names:
+            setattr(layer, name, getattr(layer, name).astype(dtype))
+        to_dtype([child for _, child in layer.children()], dtype)
 
 
 class NumpyLM(LanguageModel):

@@ -22,7 +22,8 @@ from tinylm.layers.shape_checks import (
 )
 
 __all__ = ["Embedding", "Flatten", "Linear", "Tanh", "BatchNorm1d", "FlattenConsecutive",
-           "LayerNorm", "GELU", "CausalSelfAttention", "Sequential", "cross_entropy", "LM"]
+           "LayerNorm", "GELU", "CausalSelfAttention", "Block", "Sequential", "cross_entropy",
+           "LM"]
 
 
 class Embedding(Layer):
@@ -177,6 +178,25 @@ class CausalSelfAttention(Layer):
         att = torch.softmax(scores.masked_fill(future, float("-inf")), dim=-1)
         y = (att @ v).transpose(1, 2).reshape(B, T, C)         # (B, T, C)
         self.out = self.proj(y)
+        return self.out
+
+
+class Block(Layer):
+    """The pre-norm Transformer block on raw tensors; see numpy_layers."""
+
+    child_names = ("ln1", "attn", "ln2", "mlp")
+
+    def __init__(self, n_embd: int, n_head: int, dtype=torch.float32) -> None:
+        super().__init__()
+        self.ln1 = LayerNorm(n_embd, dtype=dtype)
+        self.attn = CausalSelfAttention(n_embd, n_head, dtype=dtype)
+        self.ln2 = LayerNorm(n_embd, dtype=dtype)
+        self.mlp = Sequential([Linear(n_embd, 4 * n_embd, dtype=dtype), GELU(),
+                               Linear(4 * n_embd, n_embd, dtype=dtype)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x + self.attn(self.ln1(x))                   # (B, T, C)
+        self.out = h + self.mlp(self.ln2(h))             # (B, T, C)
         return self.out
 
 

@@ -20,7 +20,8 @@ from tinylm.layers.shape_checks import check_batch_norm_examples, check_group, c
 from tinylm.layers.torch_layers import TorchLM, flatten_consecutive
 
 __all__ = ["Embedding", "Flatten", "Linear", "Tanh", "BatchNorm1d", "FlattenConsecutive",
-           "LayerNorm", "GELU", "CausalSelfAttention", "Sequential", "cross_entropy", "LM"]
+           "LayerNorm", "GELU", "CausalSelfAttention", "Block", "Sequential", "cross_entropy",
+           "LM"]
 
 Embedding = nn.Embedding
 Flatten = nn.Flatten   # start_dim=1: (B, T, C) -> (B, T*C)
@@ -102,6 +103,22 @@ class CausalSelfAttention(nn.Module):
                    for a in self.qkv(x).split(C, dim=-1))      # 3 x (B, nh, T, hs)
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, nh, T, hs)
         return self.proj(y.transpose(1, 2).reshape(B, T, C))   # (B, T, C)
+
+
+class Block(nn.Module):
+    """The pre-norm Transformer block as nn.Modules; see numpy_layers."""
+
+    def __init__(self, n_embd: int, n_head: int) -> None:
+        super().__init__()
+        self.ln1 = LayerNorm(n_embd)
+        self.attn = CausalSelfAttention(n_embd, n_head)
+        self.ln2 = LayerNorm(n_embd)
+        self.mlp = nn.Sequential(nn.Linear(n_embd, 4 * n_embd), GELU(),
+                                 nn.Linear(4 * n_embd, n_embd))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.ln1(x))                   # (B, T, C)
+        return x + self.mlp(self.ln2(x))                 # (B, T, C)
 
 
 class TorchModuleLM(TorchLM):
