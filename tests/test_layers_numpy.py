@@ -307,6 +307,28 @@ def test_children_follow_train_and_eval_and_the_dtype():
     assert holder.norm.running_var.dtype == np.float64 and holder.norm.weight.data.dtype == np.float64
 
 
+def _check_against_raw_torch(layer, ref, x, R, out, dx):
+    """``layer``'s output and gradients (after forward(x), backward(R)) against autograd of
+    the raw-tensor layer ``ref`` (float64) given the same weights, then finite differences."""
+    params = dict(ref.named_parameters())
+    assert list(params) == [name for name, _ in layer.named_parameters()]
+    with torch.no_grad():
+        for name, p in layer.named_parameters():
+            params[name].copy_(torch.from_numpy(p.data))
+    xt = t64(x)
+    ref_out = ref(xt)
+    (ref_out * torch.from_numpy(R)).sum().backward()
+    np.testing.assert_allclose(out, ref_out.detach().numpy(), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(dx, xt.grad.numpy(), rtol=1e-9, atol=1e-11)
+    for name, p in layer.named_parameters():
+        np.testing.assert_allclose(p.grad, params[name].grad.numpy(), rtol=1e-9, atol=1e-11,
+                                   err_msg=name)
+    loss = lambda: float((layer.forward(x) * R).sum())  # noqa: E731
+    for array, grad in [(x, dx)] + [(p.data, p.grad) for _, p in layer.named_parameters()]:
+        picks, fd = finite_difference(loss, array, n=8)
+        np.testing.assert_allclose(grad.reshape(-1)[picks], fd, rtol=1e-6, atol=1e-7)
+
+
 def test_transformer_block_backward_matches_autograd_and_finite_differences():
     from tinylm.layers import torch_layers as tl
 
@@ -320,22 +342,29 @@ def test_transformer_block_backward_matches_autograd_and_finite_differences():
     out = layer(x)
     dx = layer.backward(R)
 
-    ref = tl.Block(8, 2, dtype=torch.float64)  # autograd of the raw-tensor block, same weights
-    params = dict(ref.named_parameters())
-    with torch.no_grad():
-        for name, p in layer.named_parameters():
-            params[name].copy_(torch.from_numpy(p.data))
-    xt = t64(x)
-    ref_out = ref(xt)
-    (ref_out * torch.from_numpy(R)).sum().backward()
-    np.testing.assert_allclose(out, ref_out.detach().numpy(), rtol=1e-10, atol=1e-12)
-    np.testing.assert_allclose(dx, xt.grad.numpy(), rtol=1e-9, atol=1e-11)
-    for name, p in layer.named_parameters():
-        np.testing.assert_allclose(p.grad, params[name].grad.numpy(), rtol=1e-9, atol=1e-11,
-                                   err_msg=name)
+    _check_against_raw_torch(layer, tl.Block(8, 2, dtype=torch.float64), x, R, out, dx)
 
-    loss = lambda: float((layer.forward(x) * R).sum())  # noqa: E731
-    for array, grad in [(x, dx), (layer.ln1.weight.data, layer.ln1.weight.grad),
-                        (layer.mlp.layers[0].weight.data, layer.mlp.layers[0].weight.grad)]:
-        picks, fd = finite_difference(loss, array)
-        np.testing.assert_allclose(grad.reshape(-1)[picks], fd, rtol=1e-6, atol=1e-7)
+
+@pytest.mark.parametrize("kind", ["RNN", "GRU"])
+def test_recurrent_backprop_through_time_matches_autograd_and_finite_differences(kind):
+    from tinylm.layers import torch_layers as tl
+
+    layer = _randomised(getattr(nl, kind)(5, 4), scale=0.7)
+    x = rs.randn(3, 6, 5)
+    out = layer(x)
+    R = rs.randn(*out.shape)
+    dx = layer.backward(R)
+    assert out.shape == (3, 6, 4) and dx.shape == x.shape
+
+    _check_against_raw_torch(layer, getattr(tl, kind)(5, 4, dtype=torch.float64), x, R, out, dx)
+
+
+def test_recurrent_outputs_depend_on_the_past_only():
+    for kind in ("RNN", "GRU"):
+        layer = _randomised(getattr(nl, kind)(5, 4), scale=0.7)
+        x = rs.randn(2, 6, 5)
+        before = layer(x).copy()
+        x[:, 3:] += 1.0
+        after = layer(x)
+        np.testing.assert_array_equal(after[:, :3], before[:, :3])
+        assert not np.allclose(after[:, 3:], before[:, 3:])

@@ -394,6 +394,133 @@ class Block(Layer):
         return dh + self.ln1.backward(self.attn.backward(dh))    # (B, T, C)
 
 
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    """1 / (1 + exp(-x)), as 0.5 (1 + tanh(x / 2)): the same function, with no overflow."""
+    return 0.5 * (1 + np.tanh(0.5 * x))
+
+
+class RNN(Layer):
+    """A recurrent net of tanh cells (Elman, "Finding Structure in Time", 1990), unrolled
+    over the positions of (B, T, C) and trained by backpropagation through time.
+
+    h_t = tanh(xh_to_h([x_t, h_{t-1}])), from a learned ``start`` state h_{-1};
+    the output is every h_t, (B, T, n_embd2). The backward pass runs the
+    positions in reverse, carrying the gradient of each h into the step
+    before; the weight gradients of all positions are one matmul at the end.
+    """
+
+    param_names = ("start",)
+    child_names = ("xh_to_h",)
+
+    def __init__(self, n_embd: int, n_embd2: int, dtype=np.float32) -> None:
+        super().__init__()
+        self.start = Parameter(np.zeros((1, n_embd2), dtype=dtype), "start")
+        self.xh_to_h = Linear(n_embd + n_embd2, n_embd2, dtype=dtype)
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        B, T, C = x.shape
+        W, b = self.xh_to_h.weight.data, self.xh_to_h.bias.data
+        h = np.broadcast_to(self.start.data, (B, W.shape[0]))     # (B, H)
+        self.xh, hs = [], []
+        for t in range(T):
+            xh = np.concatenate([x[:, t], h], axis=1)             # (B, C+H)
+            h = np.tanh(xh @ W.T + b)                             # (B, H)
+            self.xh.append(xh)
+            hs.append(h)
+        self.out = np.stack(hs, axis=1)                           # (B, T, H)
+        return self.out
+
+    def backward(self, dout: np.ndarray) -> np.ndarray:
+        B, T, H = dout.shape
+        W = self.xh_to_h.weight.data
+        C = W.shape[1] - H
+        dx = np.empty((B, T, C), dtype=dout.dtype)
+        dpre = np.empty((T, B, H), dtype=dout.dtype)
+        dh = np.zeros((B, H), dtype=dout.dtype)                   # from the step after
+        for t in reversed(range(T)):
+            dh = dh + dout[:, t]                                  # (B, H)
+            dpre[t] = dh * (1 - self.out[:, t] ** 2)              # (B, H) through tanh
+            dxh = dpre[t] @ W                                     # (B, C+H)
+            dx[:, t], dh = dxh[:, :C], dxh[:, C:]
+        xh = np.stack(self.xh)                                    # (T, B, C+H)
+        self.xh_to_h.weight.grad = dpre.reshape(-1, H).T @ xh.reshape(T * B, -1)  # (H, C+H)
+        self.xh_to_h.bias.grad = dpre.sum(axis=(0, 1))            # (H,)
+        self.start.grad = dh.sum(axis=0, keepdims=True)           # (1, H): h_{-1} of every row
+        return dx                                                 # (B, T, C)
+
+
+class GRU(Layer):
+    """A recurrent net of gated cells: Cho et al., "Learning Phrase Representations using
+    RNN Encoder-Decoder for Statistical Machine Translation", 2014.
+
+    At each position a reset gate r decides how much of h_{t-1} the candidate
+    hbar may read, and an update gate z how much of h_{t-1} to replace by it:
+
+        r = sigmoid(xh_to_r([x, h]))      hbar = tanh(xh_to_hbar([x, r * h]))
+        z = sigmoid(xh_to_z([x, h]))      h_t = (1 - z) * h + z * hbar
+
+    Where z stays near 0 the state, and its gradient, pass through
+    unchanged, which a tanh cell cannot do. Unrolled and trained as ``RNN``.
+    """
+
+    param_names = ("start",)
+    child_names = ("xh_to_z", "xh_to_r", "xh_to_hbar")
+
+    def __init__(self, n_embd: int, n_embd2: int, dtype=np.float32) -> None:
+        super().__init__()
+        self.start = Parameter(np.zeros((1, n_embd2), dtype=dtype), "start")
+        self.xh_to_z = Linear(n_embd + n_embd2, n_embd2, dtype=dtype)
+        self.xh_to_r = Linear(n_embd + n_embd2, n_embd2, dtype=dtype)
+        self.xh_to_hbar = Linear(n_embd + n_embd2, n_embd2, dtype=dtype)
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        B, T, C = x.shape
+        lz, lr, lhb = self.xh_to_z, self.xh_to_r, self.xh_to_hbar
+        h = np.broadcast_to(self.start.data, (B, lz.weight.data.shape[0]))  # (B, H)
+        self.steps, hs = [], []
+        for t in range(T):
+            xh = np.concatenate([x[:, t], h], axis=1)                       # (B, C+H)
+            r = sigmoid(xh @ lr.weight.data.T + lr.bias.data)               # (B, H)
+            xhr = np.concatenate([x[:, t], r * h], axis=1)                  # (B, C+H)
+            hbar = np.tanh(xhr @ lhb.weight.data.T + lhb.bias.data)         # (B, H)
+            z = sigmoid(xh @ lz.weight.data.T + lz.bias.data)               # (B, H)
+            self.steps.append((h, xh, r, xhr, hbar, z))
+            h = (1 - z) * h + z * hbar                                      # (B, H)
+            hs.append(h)
+        self.out = np.stack(hs, axis=1)                                     # (B, T, H)
+        return self.out
+
+    def backward(self, dout: np.ndarray) -> np.ndarray:
+        B, T, H = dout.shape
+        lz, lr, lhb = self.xh_to_z, self.xh_to_r, self.xh_to_hbar
+        C = lz.weight.data.shape[1] - H
+        dx = np.empty((B, T, C), dtype=dout.dtype)
+        dpre = {name: np.empty((T, B, H), dtype=dout.dtype) for name in ("z", "r", "hbar")}
+        dh = np.zeros((B, H), dtype=dout.dtype)                             # from the step after
+        for t in reversed(range(T)):
+            h, xh, r, xhr, hbar, z = self.steps[t]
+            dnext = dh + dout[:, t]                                         # (B, H) d h_t
+            dz = dnext * (hbar - h)                                         # h_t = h + z (hbar - h)
+            dh = dnext * (1 - z)                                            # (B, H) d h, direct path
+            dpre["hbar"][t] = dnext * z * (1 - hbar**2)                     # (B, H) through tanh
+            dxhr = dpre["hbar"][t] @ lhb.weight.data                        # (B, C+H)
+            drh = dxhr[:, C:]                                               # (B, H) d (r * h)
+            dh += drh * r
+            dpre["r"][t] = drh * h * r * (1 - r)                            # (B, H) through sigmoid
+            dpre["z"][t] = dz * z * (1 - z)                                 # (B, H) through sigmoid
+            dxh = dpre["r"][t] @ lr.weight.data + dpre["z"][t] @ lz.weight.data  # (B, C+H)
+            dx[:, t] = dxhr[:, :C] + dxh[:, :C]
+            dh += dxh[:, C:]
+        xh = np.stack([step[1] for step in self.steps]).reshape(T * B, -1)  # (T*B, C+H)
+        xhr = np.stack([step[3] for step in self.steps]).reshape(T * B, -1)  # (T*B, C+H)
+        for layer, name, inputs in ((lz, "z", xh), (lr, "r", xh), (lhb, "hbar", xhr)):
+            d = dpre[name].reshape(T * B, H)
+            layer.weight.grad = d.T @ inputs                                # (H, C+H)
+            layer.bias.grad = d.sum(axis=0)                                 # (H,)
+        self.start.grad = dh.sum(axis=0, keepdims=True)                     # (1, H)
+        return dx                                                           # (B, T, C)
+
+
 class CrossEntropy:
     """Mean negative log-likelihood of the targets under softmax(logits).
 

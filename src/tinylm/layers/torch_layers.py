@@ -22,8 +22,8 @@ from tinylm.layers.shape_checks import (
 )
 
 __all__ = ["Embedding", "Flatten", "Linear", "Tanh", "BatchNorm1d", "FlattenConsecutive",
-           "LayerNorm", "GELU", "CausalSelfAttention", "Block", "Sequential", "cross_entropy",
-           "LM"]
+           "LayerNorm", "GELU", "CausalSelfAttention", "Block", "RNN", "GRU", "Sequential",
+           "cross_entropy", "LM"]
 
 
 class Embedding(Layer):
@@ -198,6 +198,68 @@ class Block(Layer):
         h = x + self.attn(self.ln1(x))                   # (B, T, C)
         self.out = h + self.mlp(self.ln2(h))             # (B, T, C)
         return self.out
+
+
+class RNN(Layer):
+    """The tanh recurrent net unrolled over time on raw tensors; see numpy_layers.
+    Autograd does the backpropagation through time."""
+
+    param_names = ("start",)
+    child_names = ("xh_to_h",)
+
+    def __init__(self, n_embd: int, n_embd2: int, dtype=torch.float32) -> None:
+        super().__init__()
+        self.start = torch.zeros((1, n_embd2), dtype=dtype, requires_grad=True)
+        self.xh_to_h = Linear(n_embd + n_embd2, n_embd2, dtype=dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.out = rnn_forward(x, self.start, self.xh_to_h)
+        return self.out
+
+
+class GRU(Layer):
+    """The gated recurrent net unrolled over time on raw tensors; see numpy_layers."""
+
+    param_names = ("start",)
+    child_names = ("xh_to_z", "xh_to_r", "xh_to_hbar")
+
+    def __init__(self, n_embd: int, n_embd2: int, dtype=torch.float32) -> None:
+        super().__init__()
+        self.start = torch.zeros((1, n_embd2), dtype=dtype, requires_grad=True)
+        self.xh_to_z = Linear(n_embd + n_embd2, n_embd2, dtype=dtype)
+        self.xh_to_r = Linear(n_embd + n_embd2, n_embd2, dtype=dtype)
+        self.xh_to_hbar = Linear(n_embd + n_embd2, n_embd2, dtype=dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.out = gru_forward(x, self.start, self.xh_to_z, self.xh_to_r, self.xh_to_hbar)
+        return self.out
+
+
+def rnn_forward(x: torch.Tensor, start: torch.Tensor, xh_to_h: Callable) -> torch.Tensor:
+    """RNN's forward, shared with the nn.Module version: every h_t, (B, T, H)."""
+    B, T, _ = x.shape
+    h = start.expand(B, -1)                                       # (B, H)
+    hs = []
+    for t in range(T):
+        h = torch.tanh(xh_to_h(torch.cat([x[:, t], h], dim=1)))   # (B, H)
+        hs.append(h)
+    return torch.stack(hs, dim=1)                                 # (B, T, H)
+
+
+def gru_forward(x: torch.Tensor, start: torch.Tensor, xh_to_z: Callable, xh_to_r: Callable,
+                xh_to_hbar: Callable) -> torch.Tensor:
+    """GRU's forward, shared with the nn.Module version: every h_t, (B, T, H)."""
+    B, T, _ = x.shape
+    h = start.expand(B, -1)                                       # (B, H)
+    hs = []
+    for t in range(T):
+        xh = torch.cat([x[:, t], h], dim=1)                       # (B, C+H)
+        r = torch.sigmoid(xh_to_r(xh))                            # (B, H)
+        hbar = torch.tanh(xh_to_hbar(torch.cat([x[:, t], r * h], dim=1)))  # (B, H)
+        z = torch.sigmoid(xh_to_z(xh))                            # (B, H)
+        h = (1 - z) * h + z * hbar                                # (B, H)
+        hs.append(h)
+    return torch.stack(hs, dim=1)                                 # (B, T, H)
 
 
 def flatten_consecutive(x: torch.Tensor, n: int) -> torch.Tensor:

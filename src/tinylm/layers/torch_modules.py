@@ -17,11 +17,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from tinylm.layers.shape_checks import check_batch_norm_examples, check_group, check_heads
-from tinylm.layers.torch_layers import TorchLM, flatten_consecutive
+from tinylm.layers.torch_layers import TorchLM, flatten_consecutive, gru_forward, rnn_forward
 
 __all__ = ["Embedding", "Flatten", "Linear", "Tanh", "BatchNorm1d", "FlattenConsecutive",
-           "LayerNorm", "GELU", "CausalSelfAttention", "Block", "Sequential", "cross_entropy",
-           "LM"]
+           "LayerNorm", "GELU", "CausalSelfAttention", "Block", "RNN", "GRU", "Sequential",
+           "cross_entropy", "LM"]
 
 Embedding = nn.Embedding
 Flatten = nn.Flatten   # start_dim=1: (B, T, C) -> (B, T*C)
@@ -119,6 +119,33 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.ln1(x))                   # (B, T, C)
         return x + self.mlp(self.ln2(x))                 # (B, T, C)
+
+
+class RNN(nn.Module):
+    """The tanh recurrent net unrolled over time, as nn.Modules; see numpy_layers."""
+
+    def __init__(self, n_embd: int, n_embd2: int) -> None:
+        super().__init__()
+        self.start = nn.Parameter(torch.zeros(1, n_embd2))
+        self.xh_to_h = nn.Linear(n_embd + n_embd2, n_embd2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return rnn_forward(x, self.start, self.xh_to_h)
+
+
+class GRU(nn.Module):
+    """The gated recurrent net unrolled over time, as nn.Modules; see numpy_layers.
+    (``nn.GRU`` applies its reset gate after the hidden matmul, a different cell.)"""
+
+    def __init__(self, n_embd: int, n_embd2: int) -> None:
+        super().__init__()
+        self.start = nn.Parameter(torch.zeros(1, n_embd2))
+        self.xh_to_z = nn.Linear(n_embd + n_embd2, n_embd2)
+        self.xh_to_r = nn.Linear(n_embd + n_embd2, n_embd2)
+        self.xh_to_hbar = nn.Linear(n_embd + n_embd2, n_embd2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return gru_forward(x, self.start, self.xh_to_z, self.xh_to_r, self.xh_to_hbar)
 
 
 class TorchModuleLM(TorchLM):
