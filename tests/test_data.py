@@ -147,3 +147,45 @@ def test_context_zero_and_bad_loader():
     assert X.shape == (3, 0) and Y.tolist() == [1, 2, 0]
     with pytest.raises(ConfigError, match="unknown loader"):
         data.make_examples(["ab"], tok, 1, "bogus")
+
+
+# --- sequences: a prediction at every position ------------------------------------
+
+def test_word_sequences_pad_inputs_and_ignore_padded_targets():
+    tok = data.Tokenizer.from_lines(["ab", "c"])  # \n=0 a=1 b=2 c=3
+    X, Y = data.word_sequences(["ab", "c"], tok)  # block size: the longest item + 1
+    assert X.tolist() == [[0, 1, 2], [0, 3, 0]]
+    assert Y.tolist() == [[1, 2, 0], [3, 0, data.IGNORE]]
+    X5, Y5 = data.word_sequences(["ab", "c"], tok, block_size=5)
+    assert X5.shape == Y5.shape == (2, 5) and (Y5[:, 3:] == data.IGNORE).all()
+    with pytest.raises(DataError, match="an item of 2 characters needs a block size of at least 3"):
+        data.word_sequences(["ab", "c"], tok, block_size=2)
+
+
+def test_stream_sequences_shift_each_window_by_one():
+    tok = data.Tokenizer.from_lines(["ab", "c"])
+    X, Y = data.stream_sequences(["ab", "c"], tok, 2)  # stream: a b \n c \n
+    assert X.tolist() == [[1, 2], [2, 0], [0, 3]]
+    assert Y.tolist() == [[2, 0], [0, 3], [3, 0]]
+    with pytest.raises(DataError, match="too few for a block size of 5"):
+        data.stream_sequences(["ab", "c"], tok, 5)
+
+
+def test_sequences_predict_what_the_fixed_window_examples_predict(names_splits):
+    """Both kinds of model score every character and every end token of an item once, with
+    the same preceding token (the bigram's context): the same targets and the same pairs, so
+    a bigram's mean loss is the same under either protocol."""
+    train = names_splits[0][:3000]
+    tok = data.Tokenizer.from_lines(train)
+    X, Y = data.word_sequences(train, tok)
+    valid = Y != data.IGNORE
+    Xw, Yw = data.word_examples(train, tok, 1)
+    assert np.array_equal(Y[valid], Yw) and np.array_equal(X[valid], Xw[:, 0])
+    counts = np.ones((tok.vocab_size, tok.vocab_size))
+    np.add.at(counts, (Xw[:, 0], Yw), 1)
+    logp = np.log(counts / counts.sum(axis=1, keepdims=True))
+    assert logp[X[valid], Y[valid]].mean() == logp[Xw[:, 0], Yw].mean()
+    # the stream windows cover the joined text's next-token pairs as stream_examples does
+    Xs, Ys = data.stream_sequences(train, tok, 8)
+    Xe, Ye = data.stream_examples(train, tok, 8)
+    assert np.array_equal(Ys[:, -1], Ye) and np.array_equal(Xs, Xe)

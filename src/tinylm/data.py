@@ -15,6 +15,16 @@ Two ways to turn lines into examples:
 * ``stream``: every line plus "\\n" is joined into one continuous text and a
   window of ``context + 1`` tokens slides over it, so contexts run across
   item boundaries. It exists to reproduce the classic reference figures.
+
+Sequence models (recurrent nets, Transformers) predict at every position of
+a block of ``block_size`` tokens instead, from everything before it:
+``word_sequences`` makes each item one row, EOT + characters as inputs and
+characters + EOT as targets, padded with ``IGNORE`` targets; and
+``stream_sequences`` makes every window of the joined text a row, its
+targets the window shifted by one. Either way every character and every end
+token of an item is predicted once, as in the fixed-window ``words`` and
+``stream`` examples, so a mean loss over the targets measures the same
+quantity for both kinds of model.
 """
 
 from __future__ import annotations
@@ -33,6 +43,7 @@ from tinylm.errors import ConfigError, DataError
 
 EOT = "\n"
 LOADERS = ("words", "stream")
+IGNORE = -1  # the target of a padding position: no prediction is scored there
 
 
 def default_dataset() -> Path:
@@ -243,6 +254,45 @@ def word_examples(
     positions = np.arange(len(tokens))[:, None] - context + np.arange(context)  # (N, context)
     X = np.where(positions >= starts[:, None], windows[:, :context], eot)
     return X, windows[:, context].copy()  # a writable array of its own, not a view
+
+
+def word_sequences(
+    lines: Sequence[str], tokenizer: Tokenizer, block_size: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each line one row of a sequence model: X (N, T) = EOT + characters, padded with EOT;
+    Y (N, T) = characters + EOT, padded with ``IGNORE``. T is ``block_size``, by default
+    the longest line + 1 (the fewest positions that hold every item)."""
+    longest = max((len(line) for line in lines), default=0)
+    T = longest + 1 if block_size is None else block_size
+    if not isinstance(T, (int, np.integer)) or T < 1:
+        raise DataError(f"block size must be a whole number >= 1, got {T!r}")
+    if longest + 1 > T:
+        raise DataError(f"an item of {longest} characters needs a block size of at least "
+                        f"{longest + 1}, got {T}")
+    eot = tokenizer.eot
+    X = np.full((len(lines), T), eot, dtype=np.int64)
+    Y = np.full((len(lines), T), IGNORE, dtype=np.int64)
+    for i, line in enumerate(lines):
+        ids = tokenizer.encode(line)
+        X[i, 1:len(ids) + 1] = ids
+        Y[i, :len(ids)] = ids
+        Y[i, len(ids)] = eot
+    return X, Y
+
+
+def stream_sequences(
+    lines: Sequence[str], tokenizer: Tokenizer, block_size: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Every window of ``block_size`` tokens of the joined text, one per start position:
+    X (N, T) the window, Y (N, T) the window shifted by one token."""
+    if not isinstance(block_size, (int, np.integer)) or block_size < 1:
+        raise DataError(f"block size must be a whole number >= 1, got {block_size!r}")
+    tokens = stream_tokens(lines, tokenizer)
+    n = len(tokens) - block_size
+    if n <= 0:
+        raise DataError(f"{len(tokens)} tokens are too few for a block size of {block_size}")
+    windows = np.lib.stride_tricks.sliding_window_view(tokens, block_size + 1)[:n]  # (N, T+1)
+    return windows[:, :-1].copy(), windows[:, 1:].copy()
 
 
 def make_examples(
