@@ -368,3 +368,39 @@ def test_recurrent_outputs_depend_on_the_past_only():
         after = layer(x)
         np.testing.assert_array_equal(after[:, :3], before[:, :3])
         assert not np.allclose(after[:, 3:], before[:, 3:])
+
+
+@pytest.mark.parametrize("kind", ["transformer", "gru"])
+def test_sequence_model_backward_end_to_end_matches_autograd_and_finite_differences(kind):
+    """The whole numpy model and its padded per-position loss, in float64: every parameter's
+    gradient against autograd of the raw-tensor model and against finite differences."""
+    from tinylm.layers import torch_layers as tl
+
+    make = {"transformer": lambda m, **kw: m.Transformer(9, 6, 8, 2, 2, **kw),
+            "gru": lambda m, **kw: m.RecurrentLM(9, 5, 6, "gru", **kw)}[kind]
+    model = _randomised(make(nl), scale=0.4)
+    idx = rs.randint(0, 9, size=(3, 6))
+    targets = rs.randint(0, 9, size=(3, 6))
+    targets[0, 3:] = -1
+    criterion = nl.SequenceCrossEntropy()
+    loss = criterion.forward(model(idx), targets)
+    model.backward(criterion.backward())
+
+    ref = make(tl, dtype=torch.float64)
+    params = dict(ref.named_parameters())
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            params[name].copy_(torch.from_numpy(p.data))
+    ref_loss = tl.sequence_cross_entropy(ref(torch.from_numpy(idx)), torch.from_numpy(targets))
+    ref_loss.backward()
+    assert loss == pytest.approx(ref_loss.item(), rel=1e-12)
+    for name, p in model.named_parameters():
+        np.testing.assert_allclose(p.grad, params[name].grad.numpy(), rtol=1e-8, atol=1e-11,
+                                   err_msg=name)
+
+    def f():
+        return nl.SequenceCrossEntropy().forward(model(idx), targets)
+    for name, p in model.named_parameters():
+        picks, fd = finite_difference(f, p.data, n=4)
+        np.testing.assert_allclose(p.grad.reshape(-1)[picks], fd, rtol=1e-5, atol=1e-8,
+                                   err_msg=name)

@@ -176,3 +176,79 @@ def test_sequence_layers_agree_on_outputs_and_gradients_across_backends(kind):
         for name, p in params.items():
             np.testing.assert_allclose(p.grad.numpy(), grads[name], rtol=1e-4, atol=1e-5,
                                        err_msg=f"{module.__name__} {name}")
+
+
+SEQUENCE_MODELS = {
+    "transformer": lambda m: m.Transformer(11, 8, 16, 4, 2),
+    "rnn": lambda m: m.RecurrentLM(11, 8, 12, "rnn"),
+    "gru": lambda m: m.RecurrentLM(11, 8, 12, "gru"),
+}
+
+
+def _sequence_batch(rs, B=4, T=7, V=11):
+    idx = rs.randint(0, V, size=(B, T))
+    targets = rs.randint(0, V, size=(B, T))
+    targets[1, 4:] = targets[3, 2:] = -1  # padding: no prediction scored there
+    return idx, targets
+
+
+@pytest.mark.parametrize("kind", list(SEQUENCE_MODELS))
+def test_sequence_models_agree_on_logits_loss_and_gradients_across_backends(kind):
+    """numpy with its hand-written backward, raw tensors and nn.Modules, the same float32
+    weights: the same logits at every position, the same loss with padding ignored, and
+    the same gradients; padding positions give no gradient."""
+    rs = np.random.RandomState(4)
+    ref = SEQUENCE_MODELS[kind](nl)
+    for _, p in ref.named_parameters():
+        p.data[...] = 0.3 * rs.randn(*p.data.shape)
+    idx, targets = _sequence_batch(rs)
+    logits = ref(idx)
+    criterion = nl.SequenceCrossEntropy()
+    loss = criterion.forward(logits, targets)
+    dlogits = criterion.backward()
+    assert logits.shape == (4, 7, 11) and not dlogits[1, 4:].any() and not dlogits[3, 2:].any()
+    ref.backward(dlogits)
+    grads = {name: p.grad for name, p in ref.named_parameters()}
+    for module in (tl, tm):
+        model = SEQUENCE_MODELS[kind](module)
+        params = dict(model.named_parameters())
+        assert list(params) == list(grads)
+        with torch.no_grad():
+            for name, p in params.items():
+                p.copy_(torch.from_numpy(dict(ref.named_parameters())[name].data))
+        t_logits = model(torch.from_numpy(idx))
+        t_loss = module.sequence_cross_entropy(t_logits, torch.from_numpy(targets))
+        t_loss.backward()
+        np.testing.assert_allclose(t_logits.detach().numpy(), logits, rtol=1e-5, atol=1e-5)
+        assert t_loss.item() == pytest.approx(loss, abs=1e-6)
+        for name, p in params.items():
+            np.testing.assert_allclose(p.grad.numpy(), grads[name], rtol=1e-4, atol=1e-6,
+                                       err_msg=f"{module.__name__} {name}")
+
+
+@pytest.mark.parametrize("kind", list(SEQUENCE_MODELS))
+def test_sequence_model_weights_load_into_a_plain_torch_module(kind):
+    """The numpy model's parameter names are PyTorch's (``blocks.0.attn.qkv.weight``): its
+    arrays load, strictly, into the nn.Module version, which then gives the same logits."""
+    rs = np.random.RandomState(5)
+    ref = SEQUENCE_MODELS[kind](nl)
+    for _, p in ref.named_parameters():
+        p.data[...] = 0.3 * rs.randn(*p.data.shape)
+    model = SEQUENCE_MODELS[kind](tm)
+    model.load_state_dict({name: torch.from_numpy(p.data) for name, p in ref.named_parameters()})
+    idx, _ = _sequence_batch(rs)
+    with torch.no_grad():
+        np.testing.assert_allclose(model(torch.from_numpy(idx)).numpy(), ref(idx),
+                                   rtol=1e-5, atol=1e-5)
+    if kind == "transformer":
+        assert "blocks.1.attn.qkv.weight" in model.state_dict()
+
+
+def test_a_transformer_refuses_more_positions_than_its_block_size():
+    from tinylm.errors import ConfigError
+
+    for module in (nl, tl, tm):
+        model = module.Transformer(11, 4, 8, 2, 1)
+        idx = np.zeros((2, 5), dtype=np.int64)
+        with pytest.raises(ConfigError, match="block size 4"):
+            model(idx if module is nl else torch.from_numpy(idx))

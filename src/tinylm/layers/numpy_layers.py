@@ -25,8 +25,10 @@ import numpy as np
 
 from tinylm.layers import base
 from tinylm.layers.base import LanguageModel, Layer
+from tinylm.data import IGNORE
 from tinylm.layers.shape_checks import (
-    check_batch_norm_examples, check_flatten_input, check_group, check_heads,
+    check_batch_norm_examples, check_block, check_cell, check_flatten_input, check_group,
+    check_heads,
 )
 
 
@@ -521,6 +523,63 @@ class GRU(Layer):
         return dx                                                           # (B, T, C)
 
 
+class Transformer(Layer):
+    """A decoder-only Transformer language model in the manner of GPT-2 (Radford et al.,
+    "Language Models are Unsupervised Multitask Learners", 2019).
+
+    Token and position embeddings are added, ``n_layers`` pre-norm ``Block``s
+    transform the stream, a final LayerNorm and ``lm_head`` give logits at
+    every position: (B, T) token ids -> (B, T, vocab_size), T <= block_size.
+    Parameter names follow PyTorch's nesting: ``blocks.0.attn.qkv.weight``.
+    """
+
+    child_names = ("wte", "wpe", "blocks", "ln_f", "lm_head")
+
+    def __init__(self, vocab_size: int, block_size: int, n_embd: int, n_head: int,
+                 n_layers: int, dtype=np.float32) -> None:
+        super().__init__()
+        self.block_size = block_size
+        self.wte = Embedding(vocab_size, n_embd, dtype=dtype)
+        self.wpe = Embedding(block_size, n_embd, dtype=dtype)
+        self.blocks = Sequential([Block(n_embd, n_head, dtype=dtype) for _ in range(n_layers)])
+        self.ln_f = LayerNorm(n_embd, dtype=dtype)
+        self.lm_head = Linear(n_embd, vocab_size, bias=False, dtype=dtype)
+
+    def forward(self, idx: np.ndarray) -> np.ndarray:
+        T = check_block(idx.shape, self.block_size)
+        x = self.wte(idx) + self.wpe(np.arange(T))       # (B, T, C) + (T, C)
+        self.out = self.lm_head(self.ln_f(self.blocks(x)))  # (B, T, V)
+        return self.out
+
+    def backward(self, dlogits: np.ndarray) -> None:
+        dx = self.blocks.backward(self.ln_f.backward(self.lm_head.backward(dlogits)))  # (B, T, C)
+        self.wte.backward(dx)
+        self.wpe.backward(dx.sum(axis=0))                # (T, C): each position's row, over the batch
+        return None  # token ids are not differentiable
+
+
+class RecurrentLM(Layer):
+    """A recurrent language model: embedding, an ``RNN`` or ``GRU`` over the positions, and
+    a Linear read-out of each hidden state: (B, T) -> (B, T, vocab_size)."""
+
+    child_names = ("wte", "rnn", "lm_head")
+
+    def __init__(self, vocab_size: int, n_embd: int, n_embd2: int, cell: str = "rnn",
+                 dtype=np.float32) -> None:
+        super().__init__()
+        self.wte = Embedding(vocab_size, n_embd, dtype=dtype)
+        self.rnn = {"rnn": RNN, "gru": GRU}[check_cell(cell)](n_embd, n_embd2, dtype=dtype)
+        self.lm_head = Linear(n_embd2, vocab_size, dtype=dtype)
+
+    def forward(self, idx: np.ndarray) -> np.ndarray:
+        self.out = self.lm_head(self.rnn(self.wte(idx)))  # (B, T, V)
+        return self.out
+
+    def backward(self, dlogits: np.ndarray) -> None:
+        self.wte.backward(self.rnn.backward(self.lm_head.backward(dlogits)))
+        return None
+
+
 class CrossEntropy:
     """Mean negative log-likelihood of the targets under softmax(logits).
 
@@ -551,6 +610,30 @@ class CrossEntropy:
 def cross_entropy(logits: np.ndarray, targets: np.ndarray) -> float:
     """The loss of ``CrossEntropy`` without keeping anything for a backward pass."""
     return CrossEntropy().forward(logits, targets)
+
+
+class SequenceCrossEntropy:
+    """The mean negative log-likelihood over every position whose target is not IGNORE.
+
+    logits (B, T, V), targets (B, T): the loss of a model that predicts at
+    every position, padding excluded, so that it is the mean per predicted
+    token, as ``CrossEntropy`` is for one prediction per example.
+    """
+
+    def forward(self, logits: np.ndarray, targets: np.ndarray) -> float:
+        V = logits.shape[-1]
+        flat = targets.reshape(-1)                                        # (B*T,)
+        self.valid = flat != IGNORE                                       # (B*T,)
+        if not self.valid.any():
+            raise ValueError("every target is IGNORE: there is nothing to score")
+        self.shape = logits.shape
+        self._ce = CrossEntropy()
+        return self._ce.forward(logits.reshape(-1, V)[self.valid], flat[self.valid])
+
+    def backward(self) -> np.ndarray:
+        dflat = np.zeros((self.valid.size, self.shape[-1]), dtype=self._ce.probs.dtype)  # (B*T, V)
+        dflat[self.valid] = self._ce.backward()          # padding positions get no gradient
+        return dflat.reshape(self.shape)                 # (B, T, V)
 
 
 def to_dtype(layers: Sequence[Layer], dtype) -> None:

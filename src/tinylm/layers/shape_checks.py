@@ -1,4 +1,5 @@
-"""Input checks shared by every backend's BatchNorm1d, FlattenConsecutive and attention.
+"""Input checks shared by every backend's BatchNorm1d, FlattenConsecutive, attention and
+sequence models.
 
 Kept in one place so that the numpy, PyTorch and scalar-engine layers
 refuse the same inputs with the same message.
@@ -46,3 +47,22 @@ def check_heads(n_embd: int, n_head: int) -> None:
     if n_head < 1 or n_embd % n_head:
         raise ConfigError(f"n_embd {n_embd} is not a multiple of n_head {n_head}: attention "
                           "splits the channels evenly between its heads")
+
+
+def check_block(shape: Sequence[int], block_size: int) -> int:
+    """A sequence model reads (B, T) token ids with 1 <= T <= its block size; returns T."""
+    if len(shape) != 2 or not 1 <= shape[1] <= block_size:
+        raise ConfigError(f"a sequence model of block size {block_size} reads (B, T) token ids "
+                          f"with 1 <= T <= {block_size}, got shape {tuple(shape)}")
+    return shape[1]
+
+
+RECURRENT_CELLS = ("rnn", "gru")
+
+
+def check_cell(cell: str) -> str:
+    """A recurrent language model's cell: "rnn" (tanh) or "gru"."""
+    if cell not in RECURRENT_CELLS:
+        raise ConfigError(f"unknown recurrent cell {cell!r}; choose one of "
+                          f"{', '.join(RECURRENT_CELLS)}")
+    return cell

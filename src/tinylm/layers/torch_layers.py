@@ -16,14 +16,16 @@ import numpy as np
 import torch
 
 from tinylm.layers.base import LanguageModel, Layer, Sequential
+from tinylm.data import IGNORE
 from tinylm.layers.numpy_layers import GELU_C
 from tinylm.layers.shape_checks import (
-    check_batch_norm_examples, check_flatten_input, check_group, check_heads,
+    check_batch_norm_examples, check_block, check_cell, check_flatten_input, check_group,
+    check_heads,
 )
 
 __all__ = ["Embedding", "Flatten", "Linear", "Tanh", "BatchNorm1d", "FlattenConsecutive",
-           "LayerNorm", "GELU", "CausalSelfAttention", "Block", "RNN", "GRU", "Sequential",
-           "cross_entropy", "LM"]
+           "LayerNorm", "GELU", "CausalSelfAttention", "Block", "RNN", "GRU", "Transformer",
+           "RecurrentLM", "Sequential", "cross_entropy", "sequence_cross_entropy", "LM"]
 
 
 class Embedding(Layer):
@@ -235,6 +237,45 @@ class GRU(Layer):
         return self.out
 
 
+class Transformer(Layer):
+    """The decoder-only Transformer language model on raw tensors; see numpy_layers."""
+
+    child_names = ("wte", "wpe", "blocks", "ln_f", "lm_head")
+
+    def __init__(self, vocab_size: int, block_size: int, n_embd: int, n_head: int,
+                 n_layers: int, dtype=torch.float32) -> None:
+        super().__init__()
+        self.block_size = block_size
+        self.wte = Embedding(vocab_size, n_embd, dtype=dtype)
+        self.wpe = Embedding(block_size, n_embd, dtype=dtype)
+        self.blocks = Sequential([Block(n_embd, n_head, dtype=dtype) for _ in range(n_layers)])
+        self.ln_f = LayerNorm(n_embd, dtype=dtype)
+        self.lm_head = Linear(n_embd, vocab_size, bias=False, dtype=dtype)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        T = check_block(idx.shape, self.block_size)
+        x = self.wte(idx) + self.wpe(torch.arange(T, device=idx.device))  # (B, T, C)
+        self.out = self.lm_head(self.ln_f(self.blocks(x)))                # (B, T, V)
+        return self.out
+
+
+class RecurrentLM(Layer):
+    """The recurrent language model on raw tensors; see numpy_layers."""
+
+    child_names = ("wte", "rnn", "lm_head")
+
+    def __init__(self, vocab_size: int, n_embd: int, n_embd2: int, cell: str = "rnn",
+                 dtype=torch.float32) -> None:
+        super().__init__()
+        self.wte = Embedding(vocab_size, n_embd, dtype=dtype)
+        self.rnn = {"rnn": RNN, "gru": GRU}[check_cell(cell)](n_embd, n_embd2, dtype=dtype)
+        self.lm_head = Linear(n_embd2, vocab_size, dtype=dtype)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        self.out = self.lm_head(self.rnn(self.wte(idx)))  # (B, T, V)
+        return self.out
+
+
 def rnn_forward(x: torch.Tensor, start: torch.Tensor, xh_to_h: Callable) -> torch.Tensor:
     """RNN's forward, shared with the nn.Module version: every h_t, (B, T, H)."""
     B, T, _ = x.shape
@@ -275,6 +316,13 @@ def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Mean negative log-likelihood of ``targets``; logsumexp keeps exp() from overflowing."""
     logprobs = logits - torch.logsumexp(logits, dim=1, keepdim=True)  # (B, V)
     return -logprobs[torch.arange(logits.shape[0]), targets].mean()
+
+
+def sequence_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean negative log-likelihood over the positions whose target is not IGNORE."""
+    flat = targets.reshape(-1)                                        # (B*T,)
+    valid = flat != IGNORE
+    return cross_entropy(logits.reshape(-1, logits.shape[-1])[valid], flat[valid])
 
 
 def as_long(x: Any) -> torch.Tensor:

@@ -16,12 +16,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tinylm.layers.shape_checks import check_batch_norm_examples, check_group, check_heads
+from tinylm.data import IGNORE
+from tinylm.layers.shape_checks import (
+    check_batch_norm_examples, check_block, check_cell, check_group, check_heads,
+)
 from tinylm.layers.torch_layers import TorchLM, flatten_consecutive, gru_forward, rnn_forward
 
 __all__ = ["Embedding", "Flatten", "Linear", "Tanh", "BatchNorm1d", "FlattenConsecutive",
-           "LayerNorm", "GELU", "CausalSelfAttention", "Block", "RNN", "GRU", "Sequential",
-           "cross_entropy", "LM"]
+           "LayerNorm", "GELU", "CausalSelfAttention", "Block", "RNN", "GRU", "Transformer",
+           "RecurrentLM", "Sequential", "cross_entropy", "sequence_cross_entropy", "LM"]
 
 Embedding = nn.Embedding
 Flatten = nn.Flatten   # start_dim=1: (B, T, C) -> (B, T*C)
@@ -146,6 +149,45 @@ class GRU(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return gru_forward(x, self.start, self.xh_to_z, self.xh_to_r, self.xh_to_hbar)
+
+
+class Transformer(nn.Module):
+    """The decoder-only Transformer language model as everyday PyTorch; see numpy_layers.
+    Its ``state_dict`` has the names of the numpy and raw-tensor versions."""
+
+    def __init__(self, vocab_size: int, block_size: int, n_embd: int, n_head: int,
+                 n_layers: int) -> None:
+        super().__init__()
+        self.block_size = block_size
+        self.wte = nn.Embedding(vocab_size, n_embd)
+        self.wpe = nn.Embedding(block_size, n_embd)
+        self.blocks = nn.Sequential(*[Block(n_embd, n_head) for _ in range(n_layers)])
+        self.ln_f = LayerNorm(n_embd)
+        self.lm_head = nn.Linear(n_embd, vocab_size, bias=False)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        T = check_block(idx.shape, self.block_size)
+        x = self.wte(idx) + self.wpe(torch.arange(T, device=idx.device))  # (B, T, C)
+        return self.lm_head(self.ln_f(self.blocks(x)))                    # (B, T, V)
+
+
+class RecurrentLM(nn.Module):
+    """The recurrent language model as nn.Modules; see numpy_layers."""
+
+    def __init__(self, vocab_size: int, n_embd: int, n_embd2: int, cell: str = "rnn") -> None:
+        super().__init__()
+        self.wte = nn.Embedding(vocab_size, n_embd)
+        self.rnn = {"rnn": RNN, "gru": GRU}[check_cell(cell)](n_embd, n_embd2)
+        self.lm_head = nn.Linear(n_embd2, vocab_size)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.lm_head(self.rnn(self.wte(idx)))     # (B, T, V)
+
+
+def sequence_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """``F.cross_entropy`` over every position, padding (IGNORE) excluded."""
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
+                           ignore_index=IGNORE)
 
 
 class TorchModuleLM(TorchLM):
