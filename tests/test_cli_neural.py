@@ -172,7 +172,7 @@ def test_the_three_large_implementations_agree_on_the_classic_recipe(tmp_path):
 # --- settings from one declaration ---------------------------------------------------------
 
 @pytest.mark.parametrize("flags,message", [
-    (["--model", "mlp", "--n-layers", "3"], "--n-layers does not apply to --model mlp (it is read by bnmlp)"),
+    (["--model", "mlp", "--n-layers", "3"], "--n-layers does not apply to --model mlp (it is read by bnmlp, transformer)"),
     (["--model", "wavenet", "--n-layers", "3"], "--n-layers does not apply to --model wavenet"),
     (["--model", "bigram", "--n-hidden", "8"], "--n-hidden does not apply to --model bigram"),
     (["--model", "bigram", "--n-embd", "8"], "--n-embd does not apply to --model bigram"),
@@ -204,8 +204,10 @@ def test_the_bigram_penalty_can_be_set(tmp_path, names, capsys):
 def test_help_shows_every_default_and_each_models_own(capsys):
     assert main(["train", "--help"]) == 0
     text = " ".join(capsys.readouterr().out.split())
-    assert "--lr X (peak) learning rate (default: 0.01; bigram: 50; bnmlp, wavenet: 0.1)" in text
-    assert "--n-layers N hidden layers of the deep MLP (default: 1; bnmlp: 5)" in text
+    assert ("--lr X (peak) learning rate (default: 0.01; bigram: 50; bnmlp, wavenet: 0.1; "
+            "transformer, rnn, gru: 0.0005)") in text
+    assert ("--n-layers N hidden layers of the deep MLP, blocks of the transformer (default: 1; "
+            "bnmlp: 5; transformer: 4)") in text
     assert "(default: 0 = all)" not in text and "0 = all (default: 0)" in text
     assert "mlp-classic: the MLP of Bengio et al. 2003" in text
     assert main(["sample", "--help"]) == 0
@@ -334,3 +336,84 @@ def test_sigterm_before_the_training_loop_is_one_line_and_143(tmp_path, names):
     assert p.returncode == 143
     assert len(err.strip().splitlines()) == 1 and "SIGTERM" in err
     assert main(["eval", "-o", str(run)]) == 0  # the committed state is whole
+
+
+# --- sequence models: a prediction at every position ----------------------------------------
+
+SEQ = {"transformer": ["--model", "transformer", "--n-embd", "16", "--n-layers", "2",
+                       "--n-heads", "2"],
+       "rnn": ["--model", "rnn", "--n-embd", "8", "--n-embd2", "16"],
+       "gru": ["--model", "gru", "--n-embd", "8", "--n-embd2", "16"]}
+SEQ_RUN = ["--steps", "20", "--eval-every", "10", "--batch-size", "8", "--lr", "0.01"]
+
+
+@pytest.mark.parametrize("model", list(SEQ))
+def test_sequence_models_train_sample_eval_and_resume_bit_identically(tmp_path, names, capsys,
+                                                                      monkeypatch, model):
+    from tinylm.cli import neural
+
+    straight, halves = tmp_path / "straight", tmp_path / "halves"
+    args = ["-i", str(names), *SEQ[model], *SEQ_RUN, "-n", "3"]
+    assert main(["train", "-o", str(straight), *args]) == 0
+    out = capsys.readouterr().out
+    assert f"training {model} (numpy" in out and ("(new)" in out or "(copy" in out)
+    config = json.loads((straight / "config.json").read_text())
+    assert config["model_config"]["block_size"] == max(map(len, names.read_text().split())) + 1
+    final = read_metrics(straight)[-1]
+    assert final["step"] == 20 and final["test_loss"] < 3.0  # below ln(V) = 2.89 + margin
+    assert main(["eval", "-o", str(straight)]) == 0
+    assert f"{final['test_loss']:.4f}" in capsys.readouterr().out
+    assert main(["sample", "-o", str(straight), "-n", "4", "--prompt", "em"]) == 0
+    lines = [l for l in capsys.readouterr().out.splitlines() if l.startswith("  ")]
+    assert len(lines) == 4 and all(l.strip().startswith("em") for l in lines)
+    original = neural._Reporter.__call__
+
+    def interrupt(self, record):
+        original(self, record)
+        if record.get("loss") is not None and record["step"] == 12:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(neural._Reporter, "__call__", interrupt)
+    assert main(["train", "-o", str(halves), *args]) == 130
+    monkeypatch.setattr(neural._Reporter, "__call__", original)
+    assert main(["train", "-o", str(halves), "--resume", "-n", "3"]) == 0
+    assert (straight / "metrics.jsonl").read_text() == (halves / "metrics.jsonl").read_text()
+    with np.load(straight / "weights-000000020.npz") as a, \
+            np.load(halves / "weights-000000020.npz") as b:
+        assert a.files == b.files and all(np.array_equal(a[k], b[k]) for k in a.files)
+
+
+@pytest.mark.parametrize("model", list(SEQ))
+def test_sequence_models_compute_the_same_numbers_on_every_backend(tmp_path, names, model):
+    """numpy (hand-written backward), raw torch and torch.nn: the same weights at the start,
+    every metric record within 1e-5, and the same sampled text."""
+    pytest.importorskip("torch")
+    runs = {}
+    for backend in ("numpy", "torch", "torch-module"):
+        runs[backend] = tmp_path / backend
+        assert main(["train", "-i", str(names), "-o", str(runs[backend]), *SEQ[model], *SEQ_RUN,
+                     "--backend", backend, "--sample-tokens", "40", "-n", "0"]) == 0
+    reference = read_metrics(runs["numpy"])
+    for backend in ("torch", "torch-module"):
+        metrics = read_metrics(runs[backend])
+        assert len(metrics) == len(reference)
+        for a, b in zip(reference, metrics):
+            assert a.keys() == b.keys() and all(abs(a[k] - b[k]) <= 1e-5 for k in a), (a, b)
+        assert (runs[backend] / "sample.txt").read_text() == (runs["numpy"] / "sample.txt").read_text()
+
+
+def test_sequence_models_on_the_stream_loader_and_their_refusals(tmp_path, names, capsys):
+    run = tmp_path / "stream"
+    assert main(["train", "-i", str(names), "-o", str(run), *SEQ["transformer"], *SEQ_RUN,
+                 "--loader", "stream", "--block-size", "6", "-n", "2"]) == 0
+    assert json.loads((run / "config.json").read_text())["model_config"]["block_size"] == 6
+    capsys.readouterr()
+    assert main(["train", "-i", str(names), "-o", str(tmp_path / "d"), *SEQ["gru"], *SEQ_RUN,
+                 "--diagnose-every", "5"]) == 2
+    assert "--diagnose-every is not available for the gru model" in _one_error_line(capsys)
+    assert main(["train", "-i", str(names), "-o", str(tmp_path / "h"), *SEQ["transformer"],
+                 "--n-heads", "3", *SEQ_RUN]) == 2
+    assert "n_embd 16 is not a multiple of n_head 3" in _one_error_line(capsys)
+    assert main(["diagnose", "-o", str(run)]) == 2
+    assert "not available for the transformer model" in _one_error_line(capsys)
+    assert not (tmp_path / "d").exists() and not (tmp_path / "h").exists()

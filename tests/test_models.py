@@ -134,7 +134,7 @@ def test_config_round_trip_and_validation():
     assert again == config
     assert set(MODELS) >= {"bigram", "mlp"}
     with pytest.raises(ConfigError, match="unknown model"):
-        ModelConfig("transformer", vocab_size=27)
+        ModelConfig("lstm", vocab_size=27)
     for field, value in [("vocab_size", 0), ("context", -1), ("n_hidden", 2.5), ("n_embd", True)]:
         with pytest.raises(ConfigError, match=field):
             ModelConfig.from_dict({"model": "mlp", "vocab_size": 27, field: value})

@@ -15,6 +15,12 @@ the batch means. This is the protocol of the classic reference figures.
 
 A batch size of 0 means the full split in every batch (full-batch gradient
 descent, as the neural bigram uses).
+
+A sequence model's split (``per_position``: rows of ``block_size`` tokens
+with a target at every position, ``data.make_sequences``) draws its batches
+uniformly from its rows for either loader (consecutive stream windows would
+overlap in all but one token), and its evaluation is the exact mean over
+every target that is not IGNORE.
 """
 
 from __future__ import annotations
@@ -24,8 +30,9 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from tinylm.data import Tokenizer, make_examples
+from tinylm.data import IGNORE, Tokenizer, make_examples, make_sequences
 from tinylm.errors import DataError
+from tinylm.models import ModelConfig, is_sequence
 from tinylm.rng import RNG
 
 # Forward passes of the exact evaluation use chunks of this many examples:
@@ -46,20 +53,43 @@ class Split:
     def __len__(self) -> int:
         return len(self.Y)
 
+    @property
+    def per_position(self) -> bool:
+        """Rows of a sequence model: a target at every position (Y is (N, T))."""
+        return self.Y.ndim == 2
+
 
 def make_split(
-    name: str, lines: Sequence[str], tokenizer: Tokenizer, context: int, loader: str
+    name: str, lines: Sequence[str], tokenizer: Tokenizer, context: int, loader: str,
+    block_size: int | None = None,
 ) -> Split:
-    """The examples of ``lines`` for ``loader``; ``DataError`` naming the split if there are none."""
+    """The examples of ``lines`` for ``loader``; ``DataError`` naming the split if there are none.
+
+    With ``block_size``, the rows of a sequence model (``data.make_sequences``):
+    Y is (N, block_size) and ``n_tokens`` counts the targets that are scored.
+    """
     try:
-        X, Y = make_examples(lines, tokenizer, context, loader)
+        if block_size is None:
+            X, Y = make_examples(lines, tokenizer, context, loader)
+        else:
+            X, Y = make_sequences(lines, tokenizer, block_size, loader)
     except DataError as e:
         raise DataError(f"the {name} split: {e}") from None
     if len(Y) == 0:
         raise DataError(f"the {name} split has no examples")
-    # stream: one window per start position, len(tokens) - context of them
-    n_tokens = len(Y) + context if loader == "stream" else len(Y)
+    if block_size is not None:
+        n_tokens = int((Y != IGNORE).sum())
+    else:
+        # stream: one window per start position, len(tokens) - context of them
+        n_tokens = len(Y) + context if loader == "stream" else len(Y)
     return Split(name, loader, X, Y, n_tokens)
+
+
+def split_for(name: str, lines: Sequence[str], tokenizer: Tokenizer, config: ModelConfig,
+              loader: str) -> Split:
+    """``make_split`` for the model of ``config``: its context, or its block of positions."""
+    block = config.block_size if is_sequence(config) else None
+    return make_split(name, lines, tokenizer, config.context, loader, block)
 
 
 class Batches:
@@ -78,13 +108,13 @@ class Batches:
         self.position = position
         B = batch_size
         self._X = np.empty((B,) + split.X.shape[1:], dtype=split.X.dtype)
-        self._Y = np.empty(B, dtype=split.Y.dtype)
+        self._Y = np.empty((B,) + split.Y.shape[1:], dtype=split.Y.dtype)
 
     def next(self) -> tuple[np.ndarray, np.ndarray]:
         split, B = self.split, self.batch_size
         if B == 0:
             return split.X, split.Y
-        if split.loader == "stream":
+        if split.loader == "stream" and not split.per_position:
             start = self.position
             self.position = int((start + B) % len(split))
             if start + B <= len(split):
@@ -94,7 +124,7 @@ class Batches:
             # the same numbers as int(rng.random() * N) one example at a time
             starts = (self.rng.random_array(B) * len(split)).astype(np.int64)
         np.take(split.X, starts, axis=0, out=self._X)
-        np.take(split.Y, starts, out=self._Y)
+        np.take(split.Y, starts, axis=0, out=self._Y)
         return self._X, self._Y
 
 
@@ -108,7 +138,7 @@ def eval_batches(
     (the exact mean over examples); ``max_batches`` limits it to the first
     ``max_batches * batch_size`` examples.
     """
-    if split.loader == "stream" and batch_size > 0:
+    if split.loader == "stream" and batch_size > 0 and not split.per_position:
         n_batches = max(1, split.n_tokens // batch_size)
         if max_batches is not None:
             n_batches = min(n_batches, max_batches)
@@ -125,4 +155,6 @@ def eval_batches(
         n = min(n, max_batches * batch_size)
     for lo in range(0, n, EVAL_CHUNK):
         hi = min(n, lo + EVAL_CHUNK)
-        yield split.X[lo:hi], split.Y[lo:hi], hi - lo
+        Y = split.Y[lo:hi]
+        # rows of a sequence model weigh what they score: their targets that are not IGNORE
+        yield split.X[lo:hi], Y, int((Y != IGNORE).sum()) if split.per_position else hi - lo

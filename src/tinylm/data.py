@@ -306,6 +306,17 @@ def make_examples(
     raise ConfigError(f"unknown loader {loader!r}; choose one of {', '.join(LOADERS)}")
 
 
+def make_sequences(
+    lines: Sequence[str], tokenizer: Tokenizer, block_size: int, loader: str = "words"
+) -> tuple[np.ndarray, np.ndarray]:
+    """(X, Y), both (N, block_size), of a sequence model for ``lines`` with the named loader."""
+    if loader == "words":
+        return word_sequences(lines, tokenizer, block_size)
+    if loader == "stream":
+        return stream_sequences(lines, tokenizer, block_size)
+    raise ConfigError(f"unknown loader {loader!r}; choose one of {', '.join(LOADERS)}")
+
+
 def _check_context(context: int) -> None:
     if not isinstance(context, (int, np.integer)) or context < 0:
         raise DataError(f"context must be a whole number >= 0, got {context!r}")

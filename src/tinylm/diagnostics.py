@@ -39,7 +39,7 @@ import numpy as np
 from tinylm.batches import Batches, make_split
 from tinylm.errors import CheckpointError, ConfigError
 from tinylm.io import append_jsonl, atomic_write_bytes, check_out_dir, make_out_dir, read_jsonl
-from tinylm.models import layer_module
+from tinylm.models import is_sequence, layer_module
 from tinylm.optim import make_optimizer
 from tinylm.rng import RNG
 from tinylm.runs import open_run
@@ -735,6 +735,9 @@ def diagnose_run(run_dir: str | os.PathLike, plot_dir: str | os.PathLike | None 
     if run.kind != "neural":
         raise ConfigError(f"{str(run_dir)!r} holds an n-gram run: it has no layers to diagnose")
     config = run.config
+    if is_sequence(run.model_config):
+        raise ConfigError(f"tinylm diagnose is not available for the {run.model_config.model} "
+                          "model yet: its statistics are made for layer stacks")
     split = make_split("train", run.lines3[0], run.tokenizer, run.model_config.context, config.loader)
     # a larger batch than training's: smoother histograms, steadier statistics
     B = batch_size or min(len(split), DIAGNOSE_BATCH)

@@ -34,7 +34,7 @@ import numpy as np
 from tinylm import settings
 from tinylm.errors import ConfigError
 from tinylm.rng import RNG
-from tinylm.settings import NONNEG_FLOAT, POSITIVE_INT, REQUIRED, choice, setting
+from tinylm.settings import NONNEG_FLOAT, NONNEG_INT, POSITIVE_INT, REQUIRED, choice, setting
 
 BACKENDS = ("numpy", "torch", "torch-module", "micrograd")
 TORCH_BACKENDS = ("torch", "torch-module")
@@ -50,6 +50,9 @@ _BACKEND_MODULES = {
 DEEP_INITS = ("default", "kaiming", "noscale", "naive")
 DEFAULT_MODEL = "mlp"  # a neural run with neither --model nor --recipe
 FIXED_WINDOW = ("mlp", "bnmlp", "wavenet")  # the models that read a context window of any size
+# the models that predict at every position of a block of tokens (tinylm.layers: Transformer,
+# RecurrentLM), trained on data.word_sequences / stream_sequences
+SEQUENCE = ("rnn", "gru", "transformer")
 
 
 @dataclass(frozen=True)
@@ -68,9 +71,17 @@ class ModelConfig(settings.Settings):
                               flag=False)
     context: int = setting(3, "tokens the model reads to predict the next", POSITIVE_INT,
                            models=FIXED_WINDOW)
-    n_embd: int = setting(10, "embedding size per token", POSITIVE_INT, models=FIXED_WINDOW)
+    n_embd: int = setting(10, "embedding size per token", POSITIVE_INT,
+                          models=FIXED_WINDOW + SEQUENCE)
     n_hidden: int = setting(200, "hidden units per layer", POSITIVE_INT, models=FIXED_WINDOW)
-    n_layers: int = setting(1, "hidden layers of the deep MLP", POSITIVE_INT, models=("bnmlp",))
+    n_layers: int = setting(1, "hidden layers of the deep MLP, blocks of the transformer",
+                            POSITIVE_INT, models=("bnmlp", "transformer"))
+    n_heads: int = setting(4, "attention heads per block (n_embd must be a multiple)",
+                           POSITIVE_INT, models=("transformer",))
+    n_embd2: int = setting(64, "hidden state size of the recurrent nets", POSITIVE_INT,
+                           models=("rnn", "gru"))
+    block_size: int = setting(0, "positions a sequence model reads at once (0: the longest "
+                              "item + 1, from the data)", NONNEG_INT, models=SEQUENCE)
     init: str = setting("default", "initialisation of the deep models: default = kaiming (Kaiming "
                         "gains, 0.1x output layer); noscale: without the 0.1; naive: N(0, 1) weights",
                         choice(DEEP_INITS), models=("bnmlp", "wavenet"))
@@ -92,6 +103,8 @@ class Blueprint:
     init: dict[str, np.ndarray]
     reads: int
     penalties: dict[str, float] = field(default_factory=dict)
+    # a sequence model: one network (its children named as in PyTorch) instead of ``layers``
+    net: Any = None
 
 
 Builder = Callable[[ModelConfig, ModuleType, RNG], Blueprint]
@@ -135,9 +148,17 @@ def build_model(config: ModelConfig, backend: str, rng: RNG):
     """
     L = layer_module(backend)
     blueprint = MODELS[config.model](config, L, rng)
-    model = L.LM(config, blueprint.layers, blueprint.reads, blueprint.penalties)
+    if blueprint.net is not None:
+        model = L.SequenceLM(config, blueprint.net)
+    else:
+        model = L.LM(config, blueprint.layers, blueprint.reads, blueprint.penalties)
     model.load_state_dict(blueprint.init, strict=False)
     return model
+
+
+def is_sequence(config: ModelConfig) -> bool:
+    """Whether ``config``'s model predicts at every position of a block (see ``SEQUENCE``)."""
+    return config.model in SEQUENCE
 
 
 def _check_init(config: ModelConfig, *choices: str) -> None:
@@ -339,3 +360,88 @@ def wavenet(config: ModelConfig, L: ModuleType, rng: RNG) -> Blueprint:
     output = f"layers.{len(layers)}"
     layers.append(L.Linear(H, V))                    # (B, V)
     return Blueprint(layers, _deep_weights(config, rng, hidden, output), reads=config.context)
+
+
+# --- sequence models: a prediction at every position ------------------------------------------
+
+def _sequence_layers(L: ModuleType, config: ModelConfig) -> None:
+    if not hasattr(L, "SequenceLM"):
+        raise ConfigError(f"the {config.model} model needs the numpy, torch or torch-module "
+                          "backend")
+    if config.block_size < 1:
+        raise ConfigError(f"the {config.model} model needs a block size (0 means: from the data, "
+                          "which the trainer fills in)")
+
+
+# The reference toolkit's defaults for its Transformer, RNN and GRU: AdamW at lr 5e-4 with
+# weight decay 0.01, batch 32.
+SEQUENCE_TRAINING = dict(n_embd=64, batch_size=32, optimizer="adamw", lr=5e-4,
+                         weight_decay=0.01, lr_schedule="constant")
+
+
+@register("transformer", n_layers=4, n_heads=4, **SEQUENCE_TRAINING)
+def transformer(config: ModelConfig, L: ModuleType, rng: RNG) -> Blueprint:
+    """A decoder-only Transformer (Vaswani et al., 2017, in GPT-2's pre-norm layout,
+    Radford et al., 2019): see ``tinylm.layers.numpy_layers.Transformer``.
+
+    Initialisation, GPT-2's, in this order: token then position embeddings
+    N(0, 0.02); for each block its qkv, proj, mlp.0 and mlp.2 weights N(0,
+    0.02), the two that write into the residual stream (attn.proj, mlp.2)
+    scaled by 1/sqrt(2 n_layers) so that the stream's variance does not grow
+    with depth; then lm_head N(0, 0.02). Biases start at 0, LayerNorms at
+    weight 1, bias 0.
+    """
+    _sequence_layers(L, config)
+    V, T, C, N = config.vocab_size, config.block_size, config.n_embd, config.n_layers
+    net = L.Transformer(V, T, C, config.n_heads, N)
+    std, resid = 0.02, 0.02 / math.sqrt(2 * N)
+    init = {"wte.weight": rng.randn_array(V * C, 0.0, std).reshape(V, C),
+            "wpe.weight": rng.randn_array(T * C, 0.0, std).reshape(T, C)}
+    for i in range(N):
+        for name, fan_out, fan_in, s in (("attn.qkv", 3 * C, C, std), ("attn.proj", C, C, resid),
+                                         ("mlp.0", 4 * C, C, std), ("mlp.2", C, 4 * C, resid)):
+            init[f"blocks.{i}.{name}.weight"] = rng.randn_array(fan_out * fan_in, 0.0, s).reshape(
+                fan_out, fan_in)
+    init["lm_head.weight"] = rng.randn_array(V * C, 0.0, std).reshape(V, C)
+    # nothing drawn for the rest, but set: nn.Modules start theirs at random
+    for i in range(N):
+        for name, size in (("ln1", C), ("attn.qkv", 3 * C), ("attn.proj", C), ("ln2", C),
+                           ("mlp.0", 4 * C), ("mlp.2", C)):
+            if name.startswith("ln"):
+                init[f"blocks.{i}.{name}.weight"] = np.ones(size, dtype=np.float32)
+            init[f"blocks.{i}.{name}.bias"] = np.zeros(size, dtype=np.float32)
+    init["ln_f.weight"], init["ln_f.bias"] = np.ones(C, np.float32), np.zeros(C, np.float32)
+    return Blueprint([], init, reads=T, net=net)
+
+
+CELL_LINEARS = {"rnn": ("xh_to_h",), "gru": ("xh_to_z", "xh_to_r", "xh_to_hbar")}
+
+
+def _recurrent(config: ModelConfig, L: ModuleType, rng: RNG, cell: str) -> Blueprint:
+    """Embedding N(0, 1), then each cell Linear's weight and bias uniform in
+    +-1/sqrt(fan_in) (PyTorch's defaults), then the read-out's; the start state is 0."""
+    _sequence_layers(L, config)
+    V, C, H = config.vocab_size, config.n_embd, config.n_embd2
+    net = L.RecurrentLM(V, C, H, cell)
+    init = {"wte.weight": rng.randn_array(V * C).reshape(V, C)}
+    cells = [(f"rnn.{name}", H, C + H) for name in CELL_LINEARS[cell]]
+    for name, fan_out, fan_in in cells + [("lm_head", V, H)]:
+        s = 1.0 / math.sqrt(fan_in)
+        init[f"{name}.weight"] = rng.rand_array(fan_out * fan_in, -s, s).reshape(fan_out, fan_in)
+        init[f"{name}.bias"] = rng.rand_array(fan_out, -s, s)
+    init["rnn.start"] = np.zeros((1, H), dtype=np.float32)
+    return Blueprint([], init, reads=config.block_size, net=net)
+
+
+@register("rnn", **SEQUENCE_TRAINING)
+def rnn(config: ModelConfig, L: ModuleType, rng: RNG) -> Blueprint:
+    """A tanh recurrent net (Elman, 1990) read out at every position; see
+    ``tinylm.layers.numpy_layers.RNN`` and ``_recurrent`` for the initialisation."""
+    return _recurrent(config, L, rng, "rnn")
+
+
+@register("gru", **SEQUENCE_TRAINING)
+def gru(config: ModelConfig, L: ModuleType, rng: RNG) -> Blueprint:
+    """A gated recurrent net (Cho et al., 2014) read out at every position; see
+    ``tinylm.layers.numpy_layers.GRU`` and ``_recurrent`` for the initialisation."""
+    return _recurrent(config, L, rng, "gru")

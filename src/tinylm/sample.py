@@ -11,8 +11,10 @@ Generation works on a tape of token ids. ``sample_tokens`` continues a tape
 for a fixed number of tokens (the classic ``sample.txt``); ``sample_items``
 produces whole items, each ending at the end-of-text token. For a model
 trained on independent words the tape restarts from end-of-text padding for
-every item; a model trained on the continuous stream keeps one tape, so each
-item sees the end of the previous one as it did in training.
+every item (a sequence model, which reads a growing prefix up to its block
+size, from one end-of-text token); a model trained on the continuous
+stream keeps one tape, so each item sees the end of the previous one as it
+did in training.
 """
 
 from __future__ import annotations
@@ -91,9 +93,12 @@ def logits_array(logits) -> np.ndarray:
 
 
 def _logits_row(model, tape: list[int]) -> np.ndarray:
-    idx = np.array([tape[len(tape) - model.context :]], dtype=np.int64)  # (1, context)
+    # a fixed-window model reads exactly its context; a sequence model up to its block size,
+    # and its prediction for what follows is the one at the last position
+    idx = np.array([tape[max(0, len(tape) - model.context):]], dtype=np.int64)  # (1, T)
     logits, _ = model.forward(idx)
-    return logits_array(logits)[0]
+    logits = logits_array(logits)
+    return logits[0, -1] if getattr(model, "per_position", False) else logits[0]
 
 
 def next_token(model, tape: list[int], rng: RNG, temperature: float = 1.0,
@@ -152,6 +157,9 @@ def sample_items(model, tokenizer: Tokenizer, n: int, rng: RNG, *, prompt: str =
 
 
 def _start_tape(model, tokenizer: Tokenizer) -> list[int]:
+    # a sequence model's items begin with one end-of-text token, as its training rows do
+    if getattr(model, "per_position", False):
+        return [tokenizer.eot]
     return [tokenizer.eot] * max(1, model.context)
 
 

@@ -43,7 +43,7 @@ from tinylm.batches import Batches, Split, eval_batches
 from tinylm.data import LOADERS
 from tinylm.errors import CheckpointError, ConfigError, TinylmError
 from tinylm.models import BACKENDS
-from tinylm.layers.numpy_layers import cross_entropy
+from tinylm.layers.numpy_layers import cross_entropy, sequence_cross_entropy
 from tinylm.optim import OPTIMIZERS, SCHEDULES, lr_at, make_optimizer
 from tinylm.recipes import recipe_names
 from tinylm.rng import RNG
@@ -162,7 +162,8 @@ def evaluate(model, split: Split, batch_size: int, max_batches: int | None = Non
     with eval_mode(model):
         for X, Y, w in eval_batches(split, batch_size, max_batches):
             logits, _ = model.forward(X)
-            total += w * cross_entropy(logits_array(logits), Y)
+            loss = sequence_cross_entropy if split.per_position else cross_entropy
+            total += w * loss(logits_array(logits), Y)
             weight += w
     return total / weight
 

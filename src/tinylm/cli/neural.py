@@ -19,11 +19,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 from tinylm import data, diagnostics, runs, settings, threads
-from tinylm.batches import make_split
+from tinylm.batches import split_for
 from tinylm.cli.common import add_run_dir, format_perplexity, print_loss, sample_and_save
 from tinylm.errors import ConfigError
 from tinylm.io import atomic_write_text, check_out_dir
-from tinylm.models import ModelConfig, build_model
+from tinylm.models import ModelConfig, build_model, is_sequence
 from tinylm.rng import RNG
 from tinylm.sample import sample_tokens
 from tinylm.train import (
@@ -74,6 +74,13 @@ def train(args: argparse.Namespace, lines3: tuple[list[str], list[str], list[str
                                            tokenizer.vocab_size)
     # the count is part of the arithmetic (tinylm.threads): saved, so a resume keeps it
     config = dataclasses.replace(config, threads=threads.effective(config.threads))
+    if is_sequence(mconfig):
+        if mconfig.block_size == 0:  # the fewest positions that hold every item and its end
+            longest = max(len(line) for lines in lines3 for line in lines)
+            mconfig = dataclasses.replace(mconfig, block_size=longest + 1)
+        if config.diagnose_every:
+            raise ConfigError(f"--diagnose-every is not available for the {mconfig.model} "
+                              "model yet: its statistics are made for layer stacks")
     rng = RNG(config.seed)
     model = build_model(mconfig, config.backend, rng)
     trainer = _trainer(model, mconfig, config, lines3, tokenizer, rng)
@@ -145,7 +152,7 @@ def _what(model, mconfig: ModelConfig, config: TrainConfig) -> str:
 
 def _trainer(model, mconfig: ModelConfig, config: TrainConfig, lines3, tokenizer: data.Tokenizer,
              rng: RNG) -> Trainer:
-    splits = {name: make_split(name, lines, tokenizer, mconfig.context, config.loader)
+    splits = {name: split_for(name, lines, tokenizer, mconfig, config.loader)
               for name, lines in zip(data.SPLIT_NAMES, lines3)}
     if config.sample_tokens:
         tokenizer.encode(config.sample_prompt)  # refuse a prompt the vocabulary cannot spell, now
@@ -303,7 +310,7 @@ def _finish(model, tokenizer: data.Tokenizer, config: TrainConfig, train_lines: 
 
 def evaluate(run: runs.Run) -> None:
     config = run.config
-    splits = {name: make_split(name, lines, run.tokenizer, run.model_config.context, config.loader)
+    splits = {name: split_for(name, lines, run.tokenizer, run.model_config, config.loader)
               for name, lines in zip(data.SPLIT_NAMES, run.lines3)}
     batch = config.batch_size or len(splits["train"])
     print(f"{run.model_config.model} ({config.backend}) at step {run.step}, loader {config.loader}")

@@ -290,7 +290,8 @@ class GELU(Layer):
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         self.x = x                                           # (..., H)
-        self.t = np.tanh(GELU_C * (x + 0.044715 * x**3))     # (..., H)
+        # x * x * x, as PyTorch's kernel writes it (and far cheaper than a power)
+        self.t = np.tanh(GELU_C * (x + 0.044715 * (x * x * x)))  # (..., H)
         self.out = 0.5 * x * (1 + self.t)                    # (..., H)
         return self.out
 
@@ -636,6 +637,11 @@ class SequenceCrossEntropy:
         return dflat.reshape(self.shape)                 # (B, T, V)
 
 
+def sequence_cross_entropy(logits: np.ndarray, targets: np.ndarray) -> float:
+    """The loss of ``SequenceCrossEntropy`` without keeping anything for a backward pass."""
+    return SequenceCrossEntropy().forward(logits, targets)
+
+
 def to_dtype(layers: Sequence[Layer], dtype) -> None:
     """Cast every parameter and buffer of ``layers`` in place (float64 for gradient checks)."""
     for layer in layers:
@@ -721,4 +727,44 @@ class NumpyLM(LanguageModel):
         self.net.train(mode)
 
 
-LM = NumpyLM  # the name models.build_model looks for in every backend module
+class NumpySequenceLM(NumpyLM):
+    """A language model that predicts at every position: one network (``Transformer``,
+    ``RecurrentLM``) whose parameters keep their own dotted names.
+
+    ``forward(idx (B, T), targets (B, T) or None) -> (logits (B, T, V), loss)``,
+    the loss the mean over the targets that are not ``IGNORE``; T is at most
+    ``context``, the block size.
+    """
+
+    per_position = True
+
+    def __init__(self, config: Any, net: Layer) -> None:
+        LanguageModel.__init__(self, config, config.block_size, {})
+        self.context = config.block_size
+        self.net = net
+        self.layers = [net]
+        self._params = dict(net.named_parameters())
+        for name, p in self._params.items():
+            p.name = name
+        self._criterion = SequenceCrossEntropy()
+        self._has_loss = False
+
+    def forward(self, idx: np.ndarray, targets: np.ndarray | None = None
+                ) -> tuple[np.ndarray, float | None]:
+        logits = self.net(np.asarray(idx))                                # (B, T, V)
+        self._has_loss = targets is not None
+        if targets is None:
+            return logits, None
+        return logits, self._criterion.forward(logits, np.asarray(targets))
+
+    def backward(self) -> None:
+        if not self._has_loss:
+            raise RuntimeError("backward() needs a forward pass with targets first")
+        self.net.backward(self._criterion.backward())                     # (B, T, V) in
+
+    def _named_buffers(self) -> dict[str, tuple[Layer, str]]:
+        return {}  # no sequence layer keeps running statistics
+
+
+LM = NumpyLM  # the names models.build_model looks for in every backend module
+SequenceLM = NumpySequenceLM

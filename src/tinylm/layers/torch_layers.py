@@ -154,7 +154,7 @@ class GELU(Layer):
     """GELU in its tanh form, PyTorch's gelu(x, approximate="tanh"); see numpy_layers."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.out = 0.5 * x * (1 + torch.tanh(GELU_C * (x + 0.044715 * x**3)))  # (..., H)
+        self.out = 0.5 * x * (1 + torch.tanh(GELU_C * (x + 0.044715 * (x * x * x))))  # (..., H)
         return self.out
 
 
@@ -393,4 +393,30 @@ class TorchLM(LanguageModel):
         self.net.train(mode)
 
 
-LM = TorchLM  # the name models.build_model looks for in every backend module
+class TorchSequenceLM(TorchLM):
+    """A raw-tensor language model that predicts at every position; see
+    numpy_layers.NumpySequenceLM. Parameters keep the network's dotted names."""
+
+    per_position = True
+    sequence_loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = \
+        staticmethod(sequence_cross_entropy)
+
+    def __init__(self, config: Any, net: Any) -> None:
+        LanguageModel.__init__(self, config, config.block_size, {})
+        self.context = config.block_size
+        self.net = net
+        self.layers = [net]
+        self._params = dict(net.named_parameters())
+        self._loss = None
+
+    def forward(self, idx: Any, targets: Any = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        logits = self.net(as_long(idx))                                  # (B, T, V)
+        self._loss = None if targets is None else self.sequence_loss_fn(logits, as_long(targets))
+        return logits, self._loss
+
+    def _named_buffers(self) -> dict[str, torch.Tensor]:
+        return dict(self.net.named_buffers())
+
+
+LM = TorchLM  # the names models.build_model looks for in every backend module
+SequenceLM = TorchSequenceLM

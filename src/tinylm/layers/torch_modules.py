@@ -20,7 +20,9 @@ from tinylm.data import IGNORE
 from tinylm.layers.shape_checks import (
     check_batch_norm_examples, check_block, check_cell, check_group, check_heads,
 )
-from tinylm.layers.torch_layers import TorchLM, flatten_consecutive, gru_forward, rnn_forward
+from tinylm.layers.torch_layers import (
+    TorchLM, TorchSequenceLM, flatten_consecutive, gru_forward, rnn_forward,
+)
 
 __all__ = ["Embedding", "Flatten", "Linear", "Tanh", "BatchNorm1d", "FlattenConsecutive",
            "LayerNorm", "GELU", "CausalSelfAttention", "Block", "RNN", "GRU", "Transformer",
@@ -215,4 +217,13 @@ def _keep_output(module: nn.Module, inputs: Any, output: Any) -> None:
     module.out = output
 
 
-LM = TorchModuleLM  # the name models.build_model looks for in every backend module
+class TorchModuleSequenceLM(TorchSequenceLM):
+    """The per-position language model over an nn.Module network (``Transformer``,
+    ``RecurrentLM``), with ``F.cross_entropy(ignore_index=IGNORE)``."""
+
+    backend = "torch-module"
+    sequence_loss_fn = staticmethod(sequence_cross_entropy)
+
+
+LM = TorchModuleLM  # the names models.build_model looks for in every backend module
+SequenceLM = TorchModuleSequenceLM
