@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 
 import numpy as np
@@ -52,6 +53,23 @@ def test_train_sample_eval(tmp_path, names, capsys):
     evaluated = capsys.readouterr().out
     test_line = next(l for l in evaluated.splitlines() if l.strip().startswith("test:"))
     assert f"{final['test_loss']:.4f}" in test_line
+
+
+@contextlib.contextmanager
+def interrupted_at(monkeypatch, step: int):
+    """Within the block, a training run gets Ctrl-C right after the update of ``step``."""
+    from tinylm.cli import neural
+
+    original = neural._Reporter.__call__
+
+    def interrupt(self, record):
+        original(self, record)
+        if record.get("loss") is not None and record["step"] == step:
+            raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(neural._Reporter, "__call__", interrupt)
+        yield
 
 
 def _one_error_line(capsys):
@@ -121,22 +139,12 @@ def test_existing_run_needs_resume_and_resume_flags_must_agree(tmp_path, names, 
 
 
 def test_ctrl_c_saves_and_resume_continues_bit_identically(tmp_path, names, capsys, monkeypatch):
-    from tinylm.cli import neural
-
     straight, stopped = tmp_path / "straight", tmp_path / "stopped"
     assert main(["train", "-i", str(names), "-o", str(straight), "-n", "2", *SMALL]) == 0
-    original = neural._Reporter.__call__
-
-    def interrupt(self, record):
-        original(self, record)
-        if record.get("loss") is not None and record["step"] == 16:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(neural._Reporter, "__call__", interrupt)
-    assert main(["train", "-i", str(names), "-o", str(stopped), "-n", "2", *SMALL]) == 130
+    with interrupted_at(monkeypatch, 16):
+        assert main(["train", "-i", str(names), "-o", str(stopped), "-n", "2", *SMALL]) == 130
     err = capsys.readouterr().err
     assert "checkpoint saved in" in err and "--resume" in err and "step 17" in err
-    monkeypatch.setattr(neural._Reporter, "__call__", original)
     assert main(["train", "-o", str(stopped), "-n", "2", "--model", "mlp", "--resume"]) == 0
     assert (straight / "metrics.jsonl").read_text() == (stopped / "metrics.jsonl").read_text()
     assert (straight / "samples.txt").read_text() == (stopped / "samples.txt").read_text()
@@ -350,8 +358,6 @@ SEQ_RUN = ["--steps", "20", "--eval-every", "10", "--batch-size", "8", "--lr", "
 @pytest.mark.parametrize("model", list(SEQ))
 def test_sequence_models_train_sample_eval_and_resume_bit_identically(tmp_path, names, capsys,
                                                                       monkeypatch, model):
-    from tinylm.cli import neural
-
     straight, halves = tmp_path / "straight", tmp_path / "halves"
     args = ["-i", str(names), *SEQ[model], *SEQ_RUN, "-n", "3"]
     assert main(["train", "-o", str(straight), *args]) == 0
@@ -366,16 +372,8 @@ def test_sequence_models_train_sample_eval_and_resume_bit_identically(tmp_path, 
     assert main(["sample", "-o", str(straight), "-n", "4", "--prompt", "em"]) == 0
     lines = [l for l in capsys.readouterr().out.splitlines() if l.startswith("  ")]
     assert len(lines) == 4 and all(l.strip().startswith("em") for l in lines)
-    original = neural._Reporter.__call__
-
-    def interrupt(self, record):
-        original(self, record)
-        if record.get("loss") is not None and record["step"] == 12:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(neural._Reporter, "__call__", interrupt)
-    assert main(["train", "-o", str(halves), *args]) == 130
-    monkeypatch.setattr(neural._Reporter, "__call__", original)
+    with interrupted_at(monkeypatch, 12):
+        assert main(["train", "-o", str(halves), *args]) == 130
     assert main(["train", "-o", str(halves), "--resume", "-n", "3"]) == 0
     assert (straight / "metrics.jsonl").read_text() == (halves / "metrics.jsonl").read_text()
     with np.load(straight / "weights-000000020.npz") as a, \

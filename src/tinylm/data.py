@@ -299,22 +299,20 @@ def make_examples(
     lines: Sequence[str], tokenizer: Tokenizer, context: int, loader: str = "words"
 ) -> tuple[np.ndarray, np.ndarray]:
     """(X, Y) for ``lines`` with the named loader ('words' or 'stream')."""
-    if loader == "words":
-        return word_examples(lines, tokenizer, context)
-    if loader == "stream":
-        return stream_examples(lines, tokenizer, context)
-    raise ConfigError(f"unknown loader {loader!r}; choose one of {', '.join(LOADERS)}")
+    return _by_loader(loader, word_examples, stream_examples)(lines, tokenizer, context)
 
 
 def make_sequences(
     lines: Sequence[str], tokenizer: Tokenizer, block_size: int, loader: str = "words"
 ) -> tuple[np.ndarray, np.ndarray]:
     """(X, Y), both (N, block_size), of a sequence model for ``lines`` with the named loader."""
-    if loader == "words":
-        return word_sequences(lines, tokenizer, block_size)
-    if loader == "stream":
-        return stream_sequences(lines, tokenizer, block_size)
-    raise ConfigError(f"unknown loader {loader!r}; choose one of {', '.join(LOADERS)}")
+    return _by_loader(loader, word_sequences, stream_sequences)(lines, tokenizer, block_size)
+
+
+def _by_loader(loader: str, words, stream):
+    if loader not in LOADERS:
+        raise ConfigError(f"unknown loader {loader!r}; choose one of {', '.join(LOADERS)}")
+    return words if loader == "words" else stream
 
 
 def _check_context(context: int) -> None:
