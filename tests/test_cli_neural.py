@@ -230,7 +230,8 @@ def test_recipes_lists_what_each_recipe_sets(capsys):
     assert "--loader stream --seed 1337" in out and "--eval-train-batches 20" in out
     assert "--sample-prompt '\\nrichard'" in out
     assert main(["recipes"]) == 0
-    assert capsys.readouterr().out.count("--model") == 3
+    from tinylm.recipes import RECIPES
+    assert capsys.readouterr().out.count("--model") == len(RECIPES) == 5
 
 
 def test_files_already_split(tmp_path, names, capsys):

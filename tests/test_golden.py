@@ -394,3 +394,29 @@ def test_wavenet_classic_protocol(tmp_path):
     assert lr[8999] == 0.1 and lr[9000] == pytest.approx(0.01)
     assert (round(evals[1]["train_loss"], 4), round(evals[1]["val_loss"], 4)) == (2.0655, 2.0966)
     assert_figures(out, train=2.0527, val=2.0841, test=2.0757)
+
+
+# --- slow: the sequence models ---------------------------------------------------------------
+
+
+@slow
+def test_transformer_makemore_recipe(tmp_path):
+    """README and docs/sequence.md `tinylm train --recipe transformer-makemore --backend
+    torch-module` (204,544 parameters, 10,000 AdamW steps, about 4.5 minutes on one thread):
+    val 1.9982, test 1.9916; the initial loss 3.5227 (PyTorch's default initialisation)."""
+    pytest.importorskip("torch")
+    out = train_run(tmp_path / "tm", "--recipe", "transformer-makemore", "--backend",
+                    "torch-module", "-n", "0")
+    evals = evaluations(out)
+    assert [r["step"] for r in evals] == list(range(0, 10_000, 500)) + [9999]
+    assert round(evals[0]["train_loss"], 4) == 3.5227
+    assert_figures(out, train=1.8690, val=1.9982, test=1.9916)
+
+
+@slow
+def test_gru_makemore_recipe(tmp_path):
+    """README and docs/sequence.md `tinylm train --recipe gru-makemore` (numpy, 28,315
+    parameters, 30,000 AdamW steps, about 2.5 minutes): val 2.0150, test 2.0124."""
+    out = train_run(tmp_path / "gru", "--recipe", "gru-makemore", "-n", "0")
+    assert evaluations(out)[-1]["step"] == 29_999
+    assert_figures(out, train=1.9449, val=2.0150, test=2.0124)

@@ -384,33 +384,33 @@ def transformer(config: ModelConfig, L: ModuleType, rng: RNG) -> Blueprint:
     """A decoder-only Transformer (Vaswani et al., 2017, in GPT-2's pre-norm layout,
     Radford et al., 2019): see ``tinylm.layers.numpy_layers.Transformer``.
 
-    Initialisation, GPT-2's, in this order: token then position embeddings
-    N(0, 0.02); for each block its qkv, proj, mlp.0 and mlp.2 weights N(0,
-    0.02), the two that write into the residual stream (attn.proj, mlp.2)
-    scaled by 1/sqrt(2 n_layers) so that the stream's variance does not grow
-    with depth; then lm_head N(0, 0.02). Biases start at 0, LayerNorms at
-    weight 1, bias 0.
+    Initialisation, PyTorch's own defaults as the reference toolkit's model
+    gets them, in this order: token then position embeddings N(0, 1); for
+    each block the weight then bias of qkv, proj, mlp.0 and mlp.2, uniform in
+    +-1/sqrt(fan_in); then lm_head's weight (it has no bias) the same way.
+    LayerNorms start at weight 1, bias 0. (GPT-2's N(0, 0.02) trained slower
+    at this size: test 2.033 against 1.992 after the 10,000 steps of
+    transformer-makemore.)
     """
     _sequence_layers(L, config)
     V, T, C, N = config.vocab_size, config.block_size, config.n_embd, config.n_layers
     net = L.Transformer(V, T, C, config.n_heads, N)
-    std, resid = 0.02, 0.02 / math.sqrt(2 * N)
-    init = {"wte.weight": rng.randn_array(V * C, 0.0, std).reshape(V, C),
-            "wpe.weight": rng.randn_array(T * C, 0.0, std).reshape(T, C)}
+    init = {"wte.weight": rng.randn_array(V * C).reshape(V, C),
+            "wpe.weight": rng.randn_array(T * C).reshape(T, C)}
     for i in range(N):
-        for name, fan_out, fan_in, s in (("attn.qkv", 3 * C, C, std), ("attn.proj", C, C, resid),
-                                         ("mlp.0", 4 * C, C, std), ("mlp.2", C, 4 * C, resid)):
-            init[f"blocks.{i}.{name}.weight"] = rng.randn_array(fan_out * fan_in, 0.0, s).reshape(
+        init[f"blocks.{i}.ln1.weight"] = np.ones(C, dtype=np.float32)
+        init[f"blocks.{i}.ln1.bias"] = np.zeros(C, dtype=np.float32)
+        init[f"blocks.{i}.ln2.weight"] = np.ones(C, dtype=np.float32)
+        init[f"blocks.{i}.ln2.bias"] = np.zeros(C, dtype=np.float32)
+        for name, fan_out, fan_in in (("attn.qkv", 3 * C, C), ("attn.proj", C, C),
+                                      ("mlp.0", 4 * C, C), ("mlp.2", C, 4 * C)):
+            s = 1.0 / math.sqrt(fan_in)
+            init[f"blocks.{i}.{name}.weight"] = rng.rand_array(fan_out * fan_in, -s, s).reshape(
                 fan_out, fan_in)
-    init["lm_head.weight"] = rng.randn_array(V * C, 0.0, std).reshape(V, C)
-    # nothing drawn for the rest, but set: nn.Modules start theirs at random
-    for i in range(N):
-        for name, size in (("ln1", C), ("attn.qkv", 3 * C), ("attn.proj", C), ("ln2", C),
-                           ("mlp.0", 4 * C), ("mlp.2", C)):
-            if name.startswith("ln"):
-                init[f"blocks.{i}.{name}.weight"] = np.ones(size, dtype=np.float32)
-            init[f"blocks.{i}.{name}.bias"] = np.zeros(size, dtype=np.float32)
+            init[f"blocks.{i}.{name}.bias"] = rng.rand_array(fan_out, -s, s)
     init["ln_f.weight"], init["ln_f.bias"] = np.ones(C, np.float32), np.zeros(C, np.float32)
+    s = 1.0 / math.sqrt(C)
+    init["lm_head.weight"] = rng.rand_array(V * C, -s, s).reshape(V, C)
     return Blueprint([], init, reads=T, net=net)
 
 

@@ -50,6 +50,23 @@ _DEEP_CLASSIC: dict[str, Any] = {
     "eval_train_batches": None,
 }
 
+# The reference toolkit's training of its sequence models: every name its own item, batches
+# of 32, AdamW at a constant 5e-4 with betas (0.9, 0.99) and weight decay 0.01.
+_SEQUENCE_REFERENCE: dict[str, Any] = {
+    "loader": "words",
+    "seed": 42,
+    "n_embd": 64,
+    "block_size": 0,
+    "batch_size": 32,
+    "optimizer": "adamw",
+    "lr": 5e-4,
+    "beta2": 0.99,
+    "weight_decay": 0.01,
+    "lr_schedule": "constant",
+    "eval_every": 500,
+    "eval_train_batches": 100,
+}
+
 RECIPES: dict[str, Recipe] = {
     "mlp-classic": Recipe(
         "the MLP of Bengio et al. 2003 in its classic modern protocol: a continuous stream of "
@@ -82,6 +99,14 @@ RECIPES: dict[str, Recipe] = {
         "the hierarchical WaveNet-style model (76,579 parameters): 8 characters fused pairwise "
         "over 3 levels, 200,000 SGD steps",
         {"model": "wavenet", "context": 8, "n_embd": 24, "n_hidden": 128, **_DEEP_CLASSIC}),
+    "transformer-makemore": Recipe(
+        "the reference toolkit's Transformer: 4 pre-norm blocks of 4 heads, n_embd 64, AdamW "
+        "5e-4, 10,000 steps (where, on val, it stops improving)",
+        {"model": "transformer", "n_layers": 4, "n_heads": 4, "steps": 10_000,
+         **_SEQUENCE_REFERENCE}),
+    "gru-makemore": Recipe(
+        "the reference toolkit's GRU: n_embd 64, hidden state 64, AdamW 5e-4, 30,000 steps",
+        {"model": "gru", "n_embd2": 64, "steps": 30_000, **_SEQUENCE_REFERENCE}),
 }
 
 

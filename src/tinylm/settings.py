@@ -83,6 +83,8 @@ NONNEG_INT = Kind(int, lambda v: _is_int(v) and v >= 0, "zero or a positive whol
 POSITIVE_FLOAT = Kind(float, lambda v: _is_number(v) and v > 0, "a positive finite number", metavar="X")
 NONNEG_FLOAT = Kind(float, lambda v: _is_number(v) and v >= 0, "zero or a positive finite number",
                     metavar="X")
+FRACTION = Kind(float, lambda v: _is_number(v) and 0 <= v < 1, "a number from 0 up to 1 (not 1)",
+                metavar="X")
 SEED = Kind(int, lambda v: _is_int(v) and 0 < v < 2**64, "a whole number from 1 to 2**64 - 1",
             metavar="S", to_json=str, from_json=_int_or_text)
 TEXT = Kind(str, lambda v: isinstance(v, str), "text", metavar="TEXT")

@@ -49,7 +49,7 @@ from tinylm.recipes import recipe_names
 from tinylm.rng import RNG
 from tinylm.sample import eval_mode, logits_array
 from tinylm.settings import (
-    ALL_OR_POSITIVE, NONNEG_FLOAT, NONNEG_INT, POSITIVE_FLOAT, POSITIVE_INT, SEED, TEXT, choice,
+    ALL_OR_POSITIVE, FRACTION, NONNEG_FLOAT, NONNEG_INT, POSITIVE_FLOAT, POSITIVE_INT, SEED, TEXT, choice,
     optional, setting,
 )
 
@@ -75,6 +75,8 @@ class TrainConfig(settings.Settings):
                          POSITIVE_INT, resume=True)
     optimizer: str = setting("adamw", "the optimizer", choice(OPTIMIZERS))
     lr: float = setting(1e-2, "(peak) learning rate", POSITIVE_FLOAT)
+    beta2: float = setting(0.999, "AdamW's decay of its squared-gradient average (its "
+                           "gradient average decays by 0.9)", FRACTION)
     lr_schedule: str = setting("cosine", "learning-rate schedule: constant; cosine to 0; step: "
                                "x0.1 after 75%% of the steps", choice(SCHEDULES))
     weight_decay: float = setting(0.0, "decoupled weight decay (AdamW) or L2 term (SGD)",
@@ -220,7 +222,8 @@ class Trainer:
         self.config = config
         self.model = model
         self.optimizer = make_optimizer(model, config.optimizer, lr=config.lr,
-                                        weight_decay=config.weight_decay)
+                                        weight_decay=config.weight_decay,
+                                        betas=(0.9, config.beta2))
         self.splits = splits
         self.rng = rng
         self.store = store
