@@ -188,6 +188,16 @@ def bigram(config: ModelConfig, L: ModuleType, rng: RNG) -> Blueprint:
     return Blueprint(layers, init, reads=1, penalties={"layers.0.weight": float(config.reg)})
 
 
+def default_linear(rng: RNG, init: dict[str, np.ndarray], name: str, fan_out: int, fan_in: int,
+                   bias: bool = True) -> None:
+    """``name``.weight, then ``name``.bias, uniform in +-1/sqrt(fan_in): PyTorch's own
+    default for nn.Linear, drawn from ``rng`` into ``init``."""
+    s = 1.0 / math.sqrt(fan_in)
+    init[f"{name}.weight"] = rng.rand_array(fan_out * fan_in, -s, s).reshape(fan_out, fan_in)
+    if bias:
+        init[f"{name}.bias"] = rng.rand_array(fan_out, -s, s)
+
+
 @register("mlp")
 def mlp(config: ModelConfig, L: ModuleType, rng: RNG) -> Blueprint:
     """The MLP language model of Bengio, Ducharme, Vincent and Jauvin, "A Neural
@@ -208,12 +218,8 @@ def mlp(config: ModelConfig, L: ModuleType, rng: RNG) -> Blueprint:
         L.Linear(H, V),           # (B, V)
     ]
     init = {"layers.0.weight": rng.randn_array(V * E, 0.0, 1.0).reshape(V, E)}
-    s = 1.0 / math.sqrt(T * E)
-    init["layers.2.weight"] = rng.rand_array(H * T * E, -s, s).reshape(H, T * E)
-    init["layers.2.bias"] = rng.rand_array(H, -s, s)
-    s = 1.0 / math.sqrt(H)
-    init["layers.4.weight"] = rng.rand_array(V * H, -s, s).reshape(V, H)
-    init["layers.4.bias"] = rng.rand_array(V, -s, s)
+    default_linear(rng, init, "layers.2", H, T * E)
+    default_linear(rng, init, "layers.4", V, H)
     return Blueprint(layers, init, reads=T)
 
 
@@ -404,13 +410,9 @@ def transformer(config: ModelConfig, L: ModuleType, rng: RNG) -> Blueprint:
         init[f"blocks.{i}.ln2.bias"] = np.zeros(C, dtype=np.float32)
         for name, fan_out, fan_in in (("attn.qkv", 3 * C, C), ("attn.proj", C, C),
                                       ("mlp.0", 4 * C, C), ("mlp.2", C, 4 * C)):
-            s = 1.0 / math.sqrt(fan_in)
-            init[f"blocks.{i}.{name}.weight"] = rng.rand_array(fan_out * fan_in, -s, s).reshape(
-                fan_out, fan_in)
-            init[f"blocks.{i}.{name}.bias"] = rng.rand_array(fan_out, -s, s)
+            default_linear(rng, init, f"blocks.{i}.{name}", fan_out, fan_in)
     init["ln_f.weight"], init["ln_f.bias"] = np.ones(C, np.float32), np.zeros(C, np.float32)
-    s = 1.0 / math.sqrt(C)
-    init["lm_head.weight"] = rng.rand_array(V * C, -s, s).reshape(V, C)
+    default_linear(rng, init, "lm_head", V, C, bias=False)
     return Blueprint([], init, reads=T, net=net)
 
 
@@ -426,9 +428,7 @@ def _recurrent(config: ModelConfig, L: ModuleType, rng: RNG, cell: str) -> Bluep
     init = {"wte.weight": rng.randn_array(V * C).reshape(V, C)}
     cells = [(f"rnn.{name}", H, C + H) for name in CELL_LINEARS[cell]]
     for name, fan_out, fan_in in cells + [("lm_head", V, H)]:
-        s = 1.0 / math.sqrt(fan_in)
-        init[f"{name}.weight"] = rng.rand_array(fan_out * fan_in, -s, s).reshape(fan_out, fan_in)
-        init[f"{name}.bias"] = rng.rand_array(fan_out, -s, s)
+        default_linear(rng, init, name, fan_out, fan_in)
     init["rnn.start"] = np.zeros((1, H), dtype=np.float32)
     return Blueprint([], init, reads=config.block_size, net=net)
 
