@@ -15,6 +15,14 @@ every item (a sequence model, which reads a growing prefix up to its block
 size, from one end-of-text token); a model trained on the continuous
 stream keeps one tape, so each item sees the end of the previous one as it
 did in training.
+
+A sequence model reads the tape through a ``Cache`` (``cache=True``, the
+default): each new token costs one position's work, the Transformer
+attending to the keys and values it kept and a recurrent net stepping on
+from its last state, instead of a forward pass over the whole prefix. The
+logits are those of the whole prefix up to rounding, so the tokens are the
+same (tested). Once a tape outgrows the block size the window slides, every
+position moves, and each token is a forward pass over the window again.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ import numpy as np
 
 from tinylm.data import EOT, Tokenizer
 from tinylm.errors import ConfigError
+from tinylm.layers.base import Cache
 from tinylm.models import TORCH_BACKENDS
 from tinylm.rng import RNG
 
@@ -92,24 +101,50 @@ def logits_array(logits) -> np.ndarray:
     return np.array([[getattr(v, "data", v) for v in row] for row in logits], dtype=np.float64)
 
 
-def _logits_row(model, tape: list[int]) -> np.ndarray:
-    # a fixed-window model reads exactly its context; a sequence model up to its block size,
-    # and its prediction for what follows is the one at the last position
-    idx = np.array([tape[max(0, len(tape) - model.context):]], dtype=np.int64)  # (1, T)
-    logits, _ = model.forward(idx)
-    logits = logits_array(logits)
-    return logits[0, -1] if getattr(model, "per_position", False) else logits[0]
+class Reader:
+    """Reads a growing tape into a model and gives the logits of the token after it.
+
+    A fixed-window model reads exactly its context. A sequence model reads up
+    to its block size, its prediction the one at the last position; with
+    ``cache`` it is fed only the tokens it has not read yet. Call ``reset()``
+    when the tape starts over.
+    """
+
+    def __init__(self, model, cache: bool = True) -> None:
+        self.model = model
+        self.cached = cache and getattr(model, "per_position", False)
+        self.reset()
+
+    def reset(self) -> None:
+        self.cache = Cache() if self.cached else None
+        self.read = 0  # tokens of the tape the cache holds
+
+    def logits(self, tape: list[int]) -> np.ndarray:
+        model = self.model
+        if self.cache is not None and len(tape) <= model.context:
+            idx = np.array([tape[self.read:]], dtype=np.int64)  # (1, new tokens)
+            logits, _ = model.forward(idx, cache=self.cache)
+            self.read = len(tape)
+            return logits_array(logits)[0, -1]
+        self.cache = None  # the window slides from here on: nothing kept still holds
+        idx = np.array([tape[max(0, len(tape) - model.context):]], dtype=np.int64)  # (1, T)
+        logits, _ = model.forward(idx)
+        logits = logits_array(logits)
+        return logits[0, -1] if getattr(model, "per_position", False) else logits[0]
 
 
 def next_token(model, tape: list[int], rng: RNG, temperature: float = 1.0,
-               top_k: int | None = None) -> int:
-    """Sample the token that follows ``tape`` (the model reads its last ``context`` ids)."""
-    probs = probabilities(_logits_row(model, tape), temperature, top_k)
+               top_k: int | None = None, reader: Reader | None = None) -> int:
+    """Sample the token that follows ``tape`` (the model reads its last ``context`` ids),
+    through ``reader`` if given (which then must have read this tape's beginning)."""
+    reader = reader or Reader(model, cache=False)
+    probs = probabilities(reader.logits(tape), temperature, top_k)
     return pick(probs, rng.random())
 
 
 def sample_tokens(model, tokenizer: Tokenizer, prompt: str, n: int, rng: RNG,
-                  temperature: float = 1.0, top_k: int | None = None) -> str:
+                  temperature: float = 1.0, top_k: int | None = None,
+                  cache: bool = True) -> str:
     """The prompt followed by ``n`` sampled characters (the tape is never reset).
 
     The prompt is padded on the left with end-of-text tokens if it is shorter
@@ -117,9 +152,10 @@ def sample_tokens(model, tokenizer: Tokenizer, prompt: str, n: int, rng: RNG,
     """
     tape = _start_tape(model, tokenizer) + tokenizer.encode(prompt)
     out = []
+    reader = Reader(model, cache)
     with eval_mode(model):
         for _ in range(n):
-            token = next_token(model, tape, rng, temperature, top_k)
+            token = next_token(model, tape, rng, temperature, top_k, reader)
             tape.append(token)
             out.append(token)
     return prompt + tokenizer.decode(out)
@@ -127,7 +163,7 @@ def sample_tokens(model, tokenizer: Tokenizer, prompt: str, n: int, rng: RNG,
 
 def sample_items(model, tokenizer: Tokenizer, n: int, rng: RNG, *, prompt: str = "",
                  temperature: float = 1.0, top_k: int | None = None,
-                 continuous: bool = False) -> list[str]:
+                 continuous: bool = False, cache: bool = True) -> list[str]:
     """``n`` items, each the prompt plus characters sampled up to end-of-text.
 
     ``continuous`` keeps one tape across items (for models trained on the
@@ -138,14 +174,16 @@ def sample_items(model, tokenizer: Tokenizer, n: int, rng: RNG, *, prompt: str =
     prompt_ids = tokenizer.encode(prompt)
     items = []
     tape = _start_tape(model, tokenizer)
+    reader = Reader(model, cache)
     with eval_mode(model):
         for _ in range(n):
             if not continuous:
                 tape = _start_tape(model, tokenizer)
+                reader.reset()
             tape.extend(prompt_ids)
             chars = []
             for _ in range(MAX_ITEM_TOKENS):
-                token = next_token(model, tape, rng, temperature, top_k)
+                token = next_token(model, tape, rng, temperature, top_k, reader)
                 tape.append(token)
                 if token == tokenizer.eot:
                     break

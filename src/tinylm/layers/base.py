@@ -43,8 +43,8 @@ class Layer:
         self.out: Any = None
         self.out_grad: Any = None  # d loss / d out, where a backend records it
 
-    def __call__(self, x: Any) -> Any:
-        return self.forward(x)
+    def __call__(self, x: Any, *args: Any) -> Any:
+        return self.forward(x, *args)
 
     def forward(self, x: Any) -> Any:
         raise NotImplementedError
@@ -102,6 +102,33 @@ class Sequential(Layer):
         for layer in self.layers:
             layer.train(mode)
         return self
+
+
+class Cache:
+    """What a sequence model has already computed for the tokens it has read.
+
+    Fed one new token at a time, a Transformer would otherwise recompute the
+    keys and values of every earlier position, and a recurrent net rerun
+    every earlier step. Each attention layer keeps its keys and values here
+    and each recurrent net its last hidden state, under a slot of its own;
+    ``length`` counts the tokens read, which is also the position of the
+    next one. Only for inference: what a backward pass needs is not kept.
+    """
+
+    def __init__(self) -> None:
+        self.length = 0
+        self._slots: dict[int, dict[str, Any]] = {}
+
+    def slot(self, layer: Any) -> dict[str, Any]:
+        """The dict where ``layer`` keeps its state (empty before the first token)."""
+        return self._slots.setdefault(id(layer), {})
+
+
+def check_cached(targets: Any, cache: Cache | None) -> None:
+    """A cache is for generating: a forward pass that trains keeps what backward needs instead."""
+    if cache is not None and targets is not None:
+        raise ValueError("a forward pass with a cache is for inference: give targets or a cache, "
+                         "not both")
 
 
 class LanguageModel:

@@ -24,7 +24,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from tinylm.layers import base
-from tinylm.layers.base import LanguageModel, Layer
+from tinylm.layers.base import Cache, LanguageModel, Layer, check_cached
 from tinylm.data import IGNORE
 from tinylm.layers.shape_checks import (
     check_batch_norm_examples, check_block, check_cell, check_flatten_input, check_group,
@@ -326,17 +326,25 @@ class CausalSelfAttention(Layer):
         B, T, C = a.shape
         return a.reshape(B, T, self.n_head, C // self.n_head).transpose(0, 2, 1, 3)  # (B, nh, T, hs)
 
-    def forward(self, x: np.ndarray) -> np.ndarray:
+    def forward(self, x: np.ndarray, cache: Cache | None = None) -> np.ndarray:
         B, T, C = x.shape
         q, k, v = np.split(self.qkv(x), 3, axis=-1)           # 3 x (B, T, C)
         q, k, v = self._heads(q), self._heads(k), self._heads(v)  # 3 x (B, nh, T, hs)
+        if cache is not None:  # the T new positions attend to the past ones too
+            past = cache.slot(self)
+            if past:
+                k = np.concatenate([past["k"], k], axis=2)    # (B, nh, Tk, hs)
+                v = np.concatenate([past["v"], v], axis=2)
+            past["k"], past["v"] = k, v
+        Tk = k.shape[2]
         self.scale = 1.0 / math.sqrt(C // self.n_head)
-        scores = (q @ k.transpose(0, 1, 3, 2)) * self.scale   # (B, nh, T, T)
-        future = np.triu(np.ones((T, T), dtype=bool), k=1)    # (T, T) True above the diagonal
-        scores[..., future] = -np.inf
+        scores = (q @ k.transpose(0, 1, 3, 2)) * self.scale   # (B, nh, T, Tk)
+        if T > 1:  # True where a key lies after the query's own position (the last T of Tk)
+            future = np.triu(np.ones((T, Tk), dtype=bool), k=Tk - T + 1)
+            scores[..., future] = -np.inf
         scores -= scores.max(axis=-1, keepdims=True)          # stable softmax; the diagonal is finite
         att = np.exp(scores)
-        att /= att.sum(axis=-1, keepdims=True)                # (B, nh, T, T), rows sum to 1
+        att /= att.sum(axis=-1, keepdims=True)                # (B, nh, T, Tk), rows sum to 1
         y = att @ v                                           # (B, nh, T, hs)
         self.q, self.k, self.v, self.att = q, k, v, att
         self.out = self.proj(y.transpose(0, 2, 1, 3).reshape(B, T, C))  # (B, T, C)
@@ -387,8 +395,8 @@ class Block(Layer):
         self.mlp = Sequential([Linear(n_embd, 4 * n_embd, dtype=dtype), GELU(),
                                Linear(4 * n_embd, n_embd, dtype=dtype)])
 
-    def forward(self, x: np.ndarray) -> np.ndarray:
-        h = x + self.attn(self.ln1(x))                   # (B, T, C)
+    def forward(self, x: np.ndarray, cache: Cache | None = None) -> np.ndarray:
+        h = x + self.attn(self.ln1(x), cache)            # (B, T, C)
         self.out = h + self.mlp(self.ln2(h))             # (B, T, C)
         return self.out
 
@@ -400,6 +408,12 @@ class Block(Layer):
 def sigmoid(x: np.ndarray) -> np.ndarray:
     """1 / (1 + exp(-x)), as 0.5 (1 + tanh(x / 2)): the same function, with no overflow."""
     return 0.5 * (1 + np.tanh(0.5 * x))
+
+
+def _first_state(start: np.ndarray, B: int, cache: Cache | None, layer: Layer) -> np.ndarray:
+    """h_{-1} of a recurrent net: the learned start, or where the cached run left off."""
+    carried = None if cache is None else cache.slot(layer).get("h")
+    return np.broadcast_to(start, (B, start.shape[1])) if carried is None else carried
 
 
 class RNN(Layer):
@@ -420,10 +434,10 @@ class RNN(Layer):
         self.start = Parameter(np.zeros((1, n_embd2), dtype=dtype), "start")
         self.xh_to_h = Linear(n_embd + n_embd2, n_embd2, dtype=dtype)
 
-    def forward(self, x: np.ndarray) -> np.ndarray:
+    def forward(self, x: np.ndarray, cache: Cache | None = None) -> np.ndarray:
         B, T, C = x.shape
         W, b = self.xh_to_h.weight.data, self.xh_to_h.bias.data
-        h = np.broadcast_to(self.start.data, (B, W.shape[0]))     # (B, H)
+        h = _first_state(self.start.data, B, cache, self)         # (B, H)
         self.xh, hs = [], []
         for t in range(T):
             xh = np.concatenate([x[:, t], h], axis=1)             # (B, C+H)
@@ -431,6 +445,8 @@ class RNN(Layer):
             self.xh.append(xh)
             hs.append(h)
         self.out = np.stack(hs, axis=1)                           # (B, T, H)
+        if cache is not None:
+            cache.slot(self)["h"] = h
         return self.out
 
     def backward(self, dout: np.ndarray) -> np.ndarray:
@@ -476,10 +492,10 @@ class GRU(Layer):
         self.xh_to_r = Linear(n_embd + n_embd2, n_embd2, dtype=dtype)
         self.xh_to_hbar = Linear(n_embd + n_embd2, n_embd2, dtype=dtype)
 
-    def forward(self, x: np.ndarray) -> np.ndarray:
+    def forward(self, x: np.ndarray, cache: Cache | None = None) -> np.ndarray:
         B, T, C = x.shape
         lz, lr, lhb = self.xh_to_z, self.xh_to_r, self.xh_to_hbar
-        h = np.broadcast_to(self.start.data, (B, lz.weight.data.shape[0]))  # (B, H)
+        h = _first_state(self.start.data, B, cache, self)                   # (B, H)
         self.steps, hs = [], []
         for t in range(T):
             xh = np.concatenate([x[:, t], h], axis=1)                       # (B, C+H)
@@ -491,6 +507,8 @@ class GRU(Layer):
             h = (1 - z) * h + z * hbar                                      # (B, H)
             hs.append(h)
         self.out = np.stack(hs, axis=1)                                     # (B, T, H)
+        if cache is not None:
+            cache.slot(self)["h"] = h
         return self.out
 
     def backward(self, dout: np.ndarray) -> np.ndarray:
@@ -546,10 +564,13 @@ class Transformer(Layer):
         self.ln_f = LayerNorm(n_embd, dtype=dtype)
         self.lm_head = Linear(n_embd, vocab_size, bias=False, dtype=dtype)
 
-    def forward(self, idx: np.ndarray) -> np.ndarray:
-        T = check_block(idx.shape, self.block_size)
-        x = self.wte(idx) + self.wpe(np.arange(T))       # (B, T, C) + (T, C)
-        self.out = self.lm_head(self.ln_f(self.blocks(x)))  # (B, T, V)
+    def forward(self, idx: np.ndarray, cache: Cache | None = None) -> np.ndarray:
+        past = 0 if cache is None else cache.length      # the positions already read
+        T = check_block((len(idx), past + idx.shape[1]), self.block_size) - past
+        x = self.wte(idx) + self.wpe(np.arange(past, past + T))  # (B, T, C) + (T, C)
+        for block in self.blocks.layers:
+            x = block(x, cache)                          # (B, T, C)
+        self.out = self.lm_head(self.ln_f(x))            # (B, T, V)
         return self.out
 
     def backward(self, dlogits: np.ndarray) -> None:
@@ -572,8 +593,8 @@ class RecurrentLM(Layer):
         self.rnn = {"rnn": RNN, "gru": GRU}[check_cell(cell)](n_embd, n_embd2, dtype=dtype)
         self.lm_head = Linear(n_embd2, vocab_size, dtype=dtype)
 
-    def forward(self, idx: np.ndarray) -> np.ndarray:
-        self.out = self.lm_head(self.rnn(self.wte(idx)))  # (B, T, V)
+    def forward(self, idx: np.ndarray, cache: Cache | None = None) -> np.ndarray:
+        self.out = self.lm_head(self.rnn(self.wte(idx), cache))  # (B, T, V)
         return self.out
 
     def backward(self, dlogits: np.ndarray) -> None:
@@ -733,7 +754,8 @@ class NumpySequenceLM(NumpyLM):
 
     ``forward(idx (B, T), targets (B, T) or None) -> (logits (B, T, V), loss)``,
     the loss the mean over the targets that are not ``IGNORE``; T is at most
-    ``context``, the block size.
+    ``context``, the block size. Given a ``Cache`` (and no targets), idx holds
+    only the tokens after those the cache has read, and the logits are theirs.
     """
 
     per_position = True
@@ -749,9 +771,13 @@ class NumpySequenceLM(NumpyLM):
         self._criterion = SequenceCrossEntropy()
         self._has_loss = False
 
-    def forward(self, idx: np.ndarray, targets: np.ndarray | None = None
-                ) -> tuple[np.ndarray, float | None]:
-        logits = self.net(np.asarray(idx))                                # (B, T, V)
+    def forward(self, idx: np.ndarray, targets: np.ndarray | None = None,
+                cache: Cache | None = None) -> tuple[np.ndarray, float | None]:
+        idx = np.asarray(idx)
+        check_cached(targets, cache)
+        logits = self.net(idx, cache)                                     # (B, T, V)
+        if cache is not None:
+            cache.length += idx.shape[1]
         self._has_loss = targets is not None
         if targets is None:
             return logits, None

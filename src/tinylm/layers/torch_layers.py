@@ -15,7 +15,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import torch
 
-from tinylm.layers.base import LanguageModel, Layer, Sequential
+from tinylm.layers.base import Cache, LanguageModel, Layer, Sequential, check_cached
 from tinylm.data import IGNORE
 from tinylm.layers.numpy_layers import GELU_C
 from tinylm.layers.shape_checks import (
@@ -170,14 +170,16 @@ class CausalSelfAttention(Layer):
         self.qkv = Linear(n_embd, 3 * n_embd, dtype=dtype)
         self.proj = Linear(n_embd, n_embd, dtype=dtype)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: Cache | None = None) -> torch.Tensor:
         B, T, C = x.shape
         hs = C // self.n_head
         q, k, v = (a.reshape(B, T, self.n_head, hs).transpose(1, 2)
                    for a in self.qkv(x).split(C, dim=-1))      # 3 x (B, nh, T, hs)
-        scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(hs))  # (B, nh, T, T)
-        future = torch.ones(T, T, dtype=torch.bool, device=x.device).triu(1)
-        att = torch.softmax(scores.masked_fill(future, float("-inf")), dim=-1)
+        k, v = cached_keys(cache, self, k, v)                  # 2 x (B, nh, Tk, hs)
+        scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(hs))  # (B, nh, T, Tk)
+        if T > 1:  # a single new position may read every key
+            scores = scores.masked_fill(future_mask(T, k.shape[2], x.device), float("-inf"))
+        att = torch.softmax(scores, dim=-1)
         y = (att @ v).transpose(1, 2).reshape(B, T, C)         # (B, T, C)
         self.out = self.proj(y)
         return self.out
@@ -196,8 +198,8 @@ class Block(Layer):
         self.mlp = Sequential([Linear(n_embd, 4 * n_embd, dtype=dtype), GELU(),
                                Linear(4 * n_embd, n_embd, dtype=dtype)])
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = x + self.attn(self.ln1(x))                   # (B, T, C)
+    def forward(self, x: torch.Tensor, cache: Cache | None = None) -> torch.Tensor:
+        h = x + self.attn(self.ln1(x), cache)            # (B, T, C)
         self.out = h + self.mlp(self.ln2(h))             # (B, T, C)
         return self.out
 
@@ -214,8 +216,9 @@ class RNN(Layer):
         self.start = torch.zeros((1, n_embd2), dtype=dtype, requires_grad=True)
         self.xh_to_h = Linear(n_embd + n_embd2, n_embd2, dtype=dtype)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.out = rnn_forward(x, self.start, self.xh_to_h)
+    def forward(self, x: torch.Tensor, cache: Cache | None = None) -> torch.Tensor:
+        self.out = rnn_forward(x, first_state(self.start, cache, self), self.xh_to_h)
+        keep_state(cache, self, self.out)
         return self.out
 
 
@@ -232,8 +235,10 @@ class GRU(Layer):
         self.xh_to_r = Linear(n_embd + n_embd2, n_embd2, dtype=dtype)
         self.xh_to_hbar = Linear(n_embd + n_embd2, n_embd2, dtype=dtype)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.out = gru_forward(x, self.start, self.xh_to_z, self.xh_to_r, self.xh_to_hbar)
+    def forward(self, x: torch.Tensor, cache: Cache | None = None) -> torch.Tensor:
+        self.out = gru_forward(x, first_state(self.start, cache, self),
+                               self.xh_to_z, self.xh_to_r, self.xh_to_hbar)
+        keep_state(cache, self, self.out)
         return self.out
 
 
@@ -252,10 +257,11 @@ class Transformer(Layer):
         self.ln_f = LayerNorm(n_embd, dtype=dtype)
         self.lm_head = Linear(n_embd, vocab_size, bias=False, dtype=dtype)
 
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        T = check_block(idx.shape, self.block_size)
-        x = self.wte(idx) + self.wpe(torch.arange(T, device=idx.device))  # (B, T, C)
-        self.out = self.lm_head(self.ln_f(self.blocks(x)))                # (B, T, V)
+    def forward(self, idx: torch.Tensor, cache: Cache | None = None) -> torch.Tensor:
+        x = self.wte(idx) + self.wpe(positions(idx, cache, self.block_size))  # (B, T, C)
+        for block in self.blocks.layers:
+            x = block(x, cache)                                           # (B, T, C)
+        self.out = self.lm_head(self.ln_f(x))                             # (B, T, V)
         return self.out
 
 
@@ -271,13 +277,51 @@ class RecurrentLM(Layer):
         self.rnn = {"rnn": RNN, "gru": GRU}[check_cell(cell)](n_embd, n_embd2, dtype=dtype)
         self.lm_head = Linear(n_embd2, vocab_size, dtype=dtype)
 
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        self.out = self.lm_head(self.rnn(self.wte(idx)))  # (B, T, V)
+    def forward(self, idx: torch.Tensor, cache: Cache | None = None) -> torch.Tensor:
+        self.out = self.lm_head(self.rnn(self.wte(idx), cache))  # (B, T, V)
         return self.out
 
 
+def positions(idx: torch.Tensor, cache: Cache | None, block_size: int) -> torch.Tensor:
+    """The positions of idx's tokens: after those a cache has read, within the block."""
+    past = 0 if cache is None else cache.length
+    T = check_block((len(idx), past + idx.shape[1]), block_size) - past
+    return torch.arange(past, past + T, device=idx.device)
+
+
+def cached_keys(cache: Cache | None, layer: Any, k: torch.Tensor, v: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The new positions' keys and values after those a cache holds, which it then keeps."""
+    if cache is None:
+        return k, v
+    past = cache.slot(layer)
+    if past:
+        k = torch.cat([past["k"], k], dim=2)                      # (B, nh, Tk, hs)
+        v = torch.cat([past["v"], v], dim=2)
+    past["k"], past["v"] = k, v
+    return k, v
+
+
+def future_mask(T: int, Tk: int, device: Any) -> torch.Tensor:
+    """True where a key lies after its query: the T queries are the last T of Tk positions."""
+    return torch.ones(T, Tk, dtype=torch.bool, device=device).triu(Tk - T + 1)
+
+
+def first_state(start: torch.Tensor, cache: Cache | None, layer: Any) -> torch.Tensor:
+    """h_{-1} of a recurrent net: the learned start, or where a cached run left off."""
+    carried = None if cache is None else cache.slot(layer).get("h")
+    return start if carried is None else carried
+
+
+def keep_state(cache: Cache | None, layer: Any, hs: torch.Tensor) -> None:
+    """Keep a recurrent net's last hidden state (of hs, (B, T, H)) for the next tokens."""
+    if cache is not None:
+        cache.slot(layer)["h"] = hs[:, -1]
+
+
 def rnn_forward(x: torch.Tensor, start: torch.Tensor, xh_to_h: Callable) -> torch.Tensor:
-    """RNN's forward, shared with the nn.Module version: every h_t, (B, T, H)."""
+    """RNN's forward, shared with the nn.Module version: every h_t, (B, T, H), from the
+    state h_{-1} ``start``, (1, H) or (B, H)."""
     B, T, _ = x.shape
     h = start.expand(B, -1)                                       # (B, H)
     hs = []
@@ -409,8 +453,13 @@ class TorchSequenceLM(TorchLM):
         self._params = dict(net.named_parameters())
         self._loss = None
 
-    def forward(self, idx: Any, targets: Any = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        logits = self.net(as_long(idx))                                  # (B, T, V)
+    def forward(self, idx: Any, targets: Any = None, cache: Cache | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        check_cached(targets, cache)
+        idx = as_long(idx)
+        logits = self.net(idx, cache)                                    # (B, T, V)
+        if cache is not None:
+            cache.length += idx.shape[1]
         self._loss = None if targets is None else self.sequence_loss_fn(logits, as_long(targets))
         return logits, self._loss
 

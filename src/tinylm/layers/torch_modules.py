@@ -17,11 +17,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from tinylm.data import IGNORE
+from tinylm.layers.base import Cache
 from tinylm.layers.shape_checks import (
-    check_batch_norm_examples, check_block, check_cell, check_group, check_heads,
+    check_batch_norm_examples, check_cell, check_group, check_heads,
 )
 from tinylm.layers.torch_layers import (
-    TorchLM, TorchSequenceLM, flatten_consecutive, gru_forward, rnn_forward,
+    TorchLM, TorchSequenceLM, cached_keys, first_state, flatten_consecutive, future_mask,
+    gru_forward, keep_state, positions, rnn_forward,
 )
 
 __all__ = ["Embedding", "Flatten", "Linear", "Tanh", "BatchNorm1d", "FlattenConsecutive",
@@ -102,11 +104,16 @@ class CausalSelfAttention(nn.Module):
         self.qkv = nn.Linear(n_embd, 3 * n_embd)
         self.proj = nn.Linear(n_embd, n_embd)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: Cache | None = None) -> torch.Tensor:
         B, T, C = x.shape
         q, k, v = (a.reshape(B, T, self.n_head, C // self.n_head).transpose(1, 2)
                    for a in self.qkv(x).split(C, dim=-1))      # 3 x (B, nh, T, hs)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, nh, T, hs)
+        k, v = cached_keys(cache, self, k, v)                  # 2 x (B, nh, Tk, hs)
+        if k.shape[2] == T:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, nh, T, hs)
+        else:  # is_causal aligns the mask top-left; with past keys it must be bottom-right
+            keep = ~future_mask(T, k.shape[2], x.device)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=keep)
         return self.proj(y.transpose(1, 2).reshape(B, T, C))   # (B, T, C)
 
 
@@ -121,8 +128,8 @@ class Block(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(n_embd, 4 * n_embd), GELU(),
                                  nn.Linear(4 * n_embd, n_embd))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.ln1(x))                   # (B, T, C)
+    def forward(self, x: torch.Tensor, cache: Cache | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln1(x), cache)            # (B, T, C)
         return x + self.mlp(self.ln2(x))                 # (B, T, C)
 
 
@@ -134,8 +141,10 @@ class RNN(nn.Module):
         self.start = nn.Parameter(torch.zeros(1, n_embd2))
         self.xh_to_h = nn.Linear(n_embd + n_embd2, n_embd2)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return rnn_forward(x, self.start, self.xh_to_h)
+    def forward(self, x: torch.Tensor, cache: Cache | None = None) -> torch.Tensor:
+        hs = rnn_forward(x, first_state(self.start, cache, self), self.xh_to_h)
+        keep_state(cache, self, hs)
+        return hs
 
 
 class GRU(nn.Module):
@@ -149,8 +158,11 @@ class GRU(nn.Module):
         self.xh_to_r = nn.Linear(n_embd + n_embd2, n_embd2)
         self.xh_to_hbar = nn.Linear(n_embd + n_embd2, n_embd2)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return gru_forward(x, self.start, self.xh_to_z, self.xh_to_r, self.xh_to_hbar)
+    def forward(self, x: torch.Tensor, cache: Cache | None = None) -> torch.Tensor:
+        hs = gru_forward(x, first_state(self.start, cache, self),
+                         self.xh_to_z, self.xh_to_r, self.xh_to_hbar)
+        keep_state(cache, self, hs)
+        return hs
 
 
 class Transformer(nn.Module):
@@ -167,10 +179,11 @@ class Transformer(nn.Module):
         self.ln_f = LayerNorm(n_embd)
         self.lm_head = nn.Linear(n_embd, vocab_size, bias=False)
 
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        T = check_block(idx.shape, self.block_size)
-        x = self.wte(idx) + self.wpe(torch.arange(T, device=idx.device))  # (B, T, C)
-        return self.lm_head(self.ln_f(self.blocks(x)))                    # (B, T, V)
+    def forward(self, idx: torch.Tensor, cache: Cache | None = None) -> torch.Tensor:
+        x = self.wte(idx) + self.wpe(positions(idx, cache, self.block_size))  # (B, T, C)
+        for block in self.blocks:
+            x = block(x, cache)                                           # (B, T, C)
+        return self.lm_head(self.ln_f(x))                                 # (B, T, V)
 
 
 class RecurrentLM(nn.Module):
@@ -182,8 +195,8 @@ class RecurrentLM(nn.Module):
         self.rnn = {"rnn": RNN, "gru": GRU}[check_cell(cell)](n_embd, n_embd2)
         self.lm_head = nn.Linear(n_embd2, vocab_size)
 
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        return self.lm_head(self.rnn(self.wte(idx)))     # (B, T, V)
+    def forward(self, idx: torch.Tensor, cache: Cache | None = None) -> torch.Tensor:
+        return self.lm_head(self.rnn(self.wte(idx), cache))  # (B, T, V)
 
 
 def sequence_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
