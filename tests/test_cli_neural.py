@@ -26,6 +26,15 @@ def names(tmp_path):
     return path
 
 
+def test_warmup_sets_the_learning_rate_of_the_first_steps(tmp_path, names):
+    run = tmp_path / "run"
+    assert main(["train", "-i", str(names), "-o", str(run), *SMALL, "--lr", "0.01",
+                 "--lr-schedule", "constant", "--warmup", "4"]) == 0
+    lrs = [r["lr"] for r in read_metrics(run) if "lr" in r]
+    assert lrs[:5] == [pytest.approx(x) for x in (0.0025, 0.005, 0.0075, 0.01, 0.01)]
+    assert json.loads((run / "config.json").read_text())["train_config"]["warmup"] == 4
+
+
 def test_train_sample_eval(tmp_path, names, capsys):
     run = tmp_path / "run"
     assert main(["train", "-i", str(names), "-o", str(run), "-n", "4", *SMALL]) == 0
@@ -92,6 +101,7 @@ def _one_error_line(capsys):
     (["--batch-size", "10000000"], "is larger than the train split"),
     (["--lr", "nan"], "--lr"),
     (["--threads", "-1"], "--threads"),
+    (["--steps", "30", "--warmup", "30"], "warmup"),
 ])
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, capsys, flags, message):
     run = tmp_path / "run"

@@ -301,3 +301,15 @@ def test_schedules():
         lr_at(0, 10, 0.1, "linear")
     with pytest.raises(ConfigError, match="steps"):
         lr_at(0, 0, 0.1, "cosine")
+
+
+def test_warmup_climbs_linearly_then_the_schedule_runs_over_the_remaining_steps():
+    assert [lr_at(s, 100, 0.1, warmup=4) for s in range(6)] == \
+        [pytest.approx(x) for x in (0.025, 0.05, 0.075, 0.1, 0.1, 0.1)]
+    cos = [lr_at(s, 100, 0.1, "cosine", warmup=10) for s in range(100)]
+    assert cos[9] == pytest.approx(0.1) and cos[10] == pytest.approx(0.1)  # the peak, twice
+    assert cos[55] == pytest.approx(0.05)  # half-way through the 90 decaying steps
+    assert all(a > b for a, b in zip(cos[10:], cos[11:]))
+    assert lr_at(150, 200, 0.1, "step", warmup=20) == pytest.approx(0.01)  # drop point unchanged
+    with pytest.raises(ConfigError, match="warmup"):
+        lr_at(0, 10, 0.1, warmup=10)

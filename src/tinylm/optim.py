@@ -390,21 +390,29 @@ def make_optimizer(model: Any, kind: str = "adamw", lr: float = 1e-3, weight_dec
 
 
 def lr_at(step: int, steps: int, base_lr: float, schedule: str = "constant",
-          drop_at: float = 0.75, drop_factor: float = 0.1) -> float:
+          drop_at: float = 0.75, drop_factor: float = 0.1, warmup: int = 0) -> float:
     """The learning rate for update number ``step`` (0-based) of ``steps``; set it before the update.
 
+    warmup:   the first ``warmup`` updates climb linearly to base_lr (update i at
+              base_lr * (i + 1) / warmup), so that Adam's first steps, taken
+              while its moment estimates rest on a few gradients, stay small;
+              the schedule then runs over the remaining steps.
     constant: base_lr throughout.
-    cosine:   base_lr * 0.5 * (1 + cos(pi * step / steps)), from base_lr down towards 0.
+    cosine:   base_lr * 0.5 * (1 + cos(pi * progress)), from base_lr down towards 0.
     step:     base_lr for the first ``drop_at`` fraction of the steps, then base_lr * drop_factor.
     """
     if schedule not in SCHEDULES:
         raise ConfigError(f"unknown schedule {schedule!r}; choose one of {', '.join(SCHEDULES)}")
     if steps < 1:
         raise ConfigError(f"the number of steps must be >= 1, got {steps}")
+    if not 0 <= warmup < steps:
+        raise ConfigError(f"the warmup ({warmup} steps) must be shorter than the run ({steps} steps)")
+    if step < warmup:
+        return base_lr * (step + 1) / warmup
     if schedule == "constant":
         return base_lr
     if schedule == "cosine":
-        return base_lr * 0.5 * (1 + math.cos(math.pi * step / steps))
+        return base_lr * 0.5 * (1 + math.cos(math.pi * (step - warmup) / (steps - warmup)))
     return base_lr if step < drop_at * steps else base_lr * drop_factor
 
 

@@ -79,6 +79,8 @@ class TrainConfig(settings.Settings):
                            "gradient average decays by 0.9)", FRACTION)
     lr_schedule: str = setting("cosine", "learning-rate schedule: constant; cosine to 0; step: "
                                "x0.1 after 75%% of the steps", choice(SCHEDULES))
+    warmup: int = setting(0, "steps over which the learning rate climbs linearly to --lr before "
+                          "the schedule begins (0: none)", NONNEG_INT)
     weight_decay: float = setting(0.0, "decoupled weight decay (AdamW) or L2 term (SGD)",
                                   NONNEG_FLOAT)
     eval_every: int = setting(500, "evaluate every this many steps and at the last", POSITIVE_INT)
@@ -150,7 +152,7 @@ def loss_value(loss) -> float:
 
 
 def learning_rate(config: TrainConfig, step: int) -> float:
-    return float(lr_at(step, config.steps, config.lr, config.lr_schedule))
+    return float(lr_at(step, config.steps, config.lr, config.lr_schedule, warmup=config.warmup))
 
 
 def evaluate(model, split: Split, batch_size: int, max_batches: int | None = None) -> float:
@@ -219,6 +221,7 @@ class Trainer:
             # refused here, before a run directory is written, not at the first update
             raise ConfigError("batch_size 1 cannot train a model with BatchNorm1d: "
                               "a batch needs at least 2 examples to have a variance")
+        learning_rate(config, 0)  # a schedule that does not fit the steps is refused here too
         self.config = config
         self.model = model
         self.optimizer = make_optimizer(model, config.optimizer, lr=config.lr,
