@@ -35,6 +35,51 @@ def test_warmup_sets_the_learning_rate_of_the_first_steps(tmp_path, names):
     assert json.loads((run / "config.json").read_text())["train_config"]["warmup"] == 4
 
 
+KEEP_BEST = [*SMALL, "--steps", "60", "--eval-every", "5", "--lr", "0.5", "--lr-schedule",
+             "constant", "--keep", "best", "-n", "3"]
+
+
+def test_keep_best_tests_and_samples_the_weights_of_the_lowest_val_loss(tmp_path, names, capsys):
+    from tinylm.runs import open_run
+    from tinylm.train import evaluate
+
+    run = tmp_path / "run"
+    assert main(["train", "-i", str(names), "-o", str(run), *KEEP_BEST]) == 0
+    records = read_metrics(run)
+    vals = [(r["val_loss"], r["step"]) for r in records if "val_loss" in r]
+    final = records[-1]
+    assert (final["best_val_loss"], final["best_step"]) == min(vals)  # the first of equal lows
+    assert final["best_step"] < 59  # this run's val loss rose again: the kept weights are older
+    out = capsys.readouterr().out
+    assert f"kept the weights of step {final['best_step']}" in out
+    opened = open_run(run)  # tinylm sample and eval read the kept weights
+    assert evaluate(opened.model, opened_split(opened, "val"), 32) == pytest.approx(
+        final["best_val_loss"], abs=1e-6)
+    assert evaluate(opened.model, opened_split(opened, "test"), 32) == pytest.approx(
+        final["test_loss"], abs=1e-6)
+    assert main(["eval", "-o", str(run)]) == 0
+    assert f"kept weights of step {final['best_step']}" in capsys.readouterr().out
+
+
+def opened_split(run, name):
+    from tinylm.batches import split_for
+    from tinylm.data import SPLIT_NAMES
+
+    lines = dict(zip(SPLIT_NAMES, run.lines3))[name]
+    return split_for(name, lines, run.tokenizer, run.model_config, run.config.loader)
+
+
+def test_keep_best_resumes_bit_identically(tmp_path, names, monkeypatch):
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    assert main(["train", "-i", str(names), "-o", str(straight), *KEEP_BEST]) == 0
+    with interrupted_at(monkeypatch, 37):
+        assert main(["train", "-i", str(names), "-o", str(stopped), *KEEP_BEST]) == 130
+    assert "best" in json.loads((stopped / "manifest.json").read_text())["state"]
+    assert main(["train", "-o", str(stopped), "-n", "3", "--resume"]) == 0
+    for name in ("metrics.jsonl", "samples.txt", "weights-000000060.npz"):
+        assert (straight / name).read_bytes() == (stopped / name).read_bytes(), name
+
+
 def test_train_sample_eval(tmp_path, names, capsys):
     run = tmp_path / "run"
     assert main(["train", "-i", str(names), "-o", str(run), "-n", "4", *SMALL]) == 0

@@ -407,7 +407,8 @@ def open_run(out: str | os.PathLike, backend: str | None = None) -> Run:
                 raise CheckpointError("the model and the vocabulary disagree")
             # the initial draw is overwritten by the saved arrays; any seed will do
             run.model = build_model(run.model_config, backend or run.config.backend, RNG(1))
-            run.model.load_state_dict(arrays["model"])
+            # the weights the run keeps: the best by val if it kept them (a resume loads the last)
+            run.model.load_state_dict(arrays.get("best", arrays["model"]))
         else:
             run.ngram = NgramConfig(**manifest["ngram"])
             if run.ngram.vocab_size != tokenizer.vocab_size:

@@ -53,6 +53,9 @@ from tinylm.settings import (
     optional, setting,
 )
 
+# which weights a run keeps: after its last step, or at its lowest val loss
+KEEP = ("last", "best")
+
 
 @dataclass(frozen=True)
 class TrainConfig(settings.Settings):
@@ -84,6 +87,10 @@ class TrainConfig(settings.Settings):
     weight_decay: float = setting(0.0, "decoupled weight decay (AdamW) or L2 term (SGD)",
                                   NONNEG_FLOAT)
     eval_every: int = setting(500, "evaluate every this many steps and at the last", POSITIVE_INT)
+    keep: str = setting("last", "the weights the run keeps for its test loss, its samples and "
+                        "'tinylm sample/eval': last (after the final step) or best (at the "
+                        "evaluation with the lowest val loss: early stopping without stopping)",
+                        choice(KEEP))
     eval_train_batches: int | None = setting(
         None, "batches of the train split to estimate its loss on, 0 = all", ALL_OR_POSITIVE)
     sample_prompt: str = setting("\n", "prompt of sample.txt", TEXT)
@@ -175,6 +182,15 @@ def evaluate(model, split: Split, batch_size: int, max_batches: int | None = Non
 # --- the trainer ---------------------------------------------------------------------
 
 @dataclass
+class Best:
+    """The evaluation with the lowest val loss so far, and the weights it measured."""
+
+    step: int
+    val_loss: float
+    weights: dict[str, np.ndarray]
+
+
+@dataclass
 class TrainState:
     """What changes as a run goes: the next step to run, the loader position, the records."""
 
@@ -183,7 +199,8 @@ class TrainState:
     metrics: list[dict] = field(default_factory=list)
 
 
-_KEY_ORDER = ("step", "loss", "lr", "train_loss", "val_loss", "test_loss", "test_perplexity")
+_KEY_ORDER = ("step", "loss", "lr", "train_loss", "val_loss", "test_loss", "test_perplexity",
+              "best_step", "best_val_loss")
 
 # Without --checkpoint-every, a checkpoint at least this often: a kill loses at most this much.
 CHECKPOINT_SECONDS = 60.0
@@ -235,6 +252,7 @@ class Trainer:
         self._signal: int | None = None
         self._saved_at = time.monotonic()
         self._saved_step: int | None = None  # the step of the last checkpoint this trainer took
+        self.best: Best | None = None  # with keep "best": the evaluation with the lowest val loss
 
     # --- checkpoints ---
 
@@ -245,6 +263,9 @@ class Trainer:
         state = {"step": self.state.step, "rng_state": str(self.rng.get_state()),
                  "loader_position": self.state.position}
         arrays = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
+        if self.best is not None:  # the last weights resume the run; the best are what it keeps
+            state["best"] = {"step": self.best.step, "val_loss": self.best.val_loss}
+            arrays["best"] = self.best.weights
         if not all(np.isfinite(a).all() for a in arrays["model"].values()):
             raise TrainingDiverged(f"the weights stopped being finite numbers by step "
                                    f"{self.state.step}: the learning rate ({self.optimizer.lr:g}) "
@@ -279,6 +300,13 @@ class Trainer:
             while metrics and "test_loss" in metrics[-1]:
                 metrics.pop()
         self.state = TrainState(step=step, position=position, metrics=metrics)
+        self.best = None
+        if "best" in state:
+            try:
+                self.best = Best(int(state["best"]["step"]), float(state["best"]["val_loss"]),
+                                 arrays["best"])
+            except (KeyError, TypeError, ValueError):
+                raise CheckpointError("the checkpoint's best weights are incomplete") from None
 
     # --- the loop ---
 
@@ -338,6 +366,8 @@ class Trainer:
                         train_loss = self._evaluate(step, "train", eval_bs, cfg.eval_train_batches)
                         val_loss = self._evaluate(step, "val", eval_bs)
                         evaluation = {"step": step, "train_loss": train_loss, "val_loss": val_loss}
+                        if cfg.keep == "best" and (self.best is None or val_loss < self.best.val_loss):
+                            self.best = Best(step, val_loss, self.model.state_dict())
                         # logged with the update it precedes: a checkpoint never holds an
                         # evaluation of a step it has not taken
                         self._record(evaluation, log=False)
@@ -351,10 +381,9 @@ class Trainer:
                         self.store.flush()  # evaluations reach the file at once, updates in bulk
                     self._record({"step": step, "loss": loss, "lr": lr})
                 if not state.metrics or "test_loss" not in state.metrics[-1]:
-                    test_loss = self._evaluate(cfg.steps, "test", eval_bs)
+                    record = self._test(eval_bs)
                     self._check_signal()
-                    self._record({"step": cfg.steps, "test_loss": test_loss,
-                                  "test_perplexity": perplexity(test_loss)})
+                    self._record(record)
                 if self.store is not None:
                     self.save()
             except TrainingDiverged:
@@ -374,6 +403,26 @@ class Trainer:
                 self.save()
                 raise TrainingInterrupted(state.step, True, signum) from None
         return TrainResult(cfg.steps, state.metrics, time.perf_counter() - t0, start)
+
+    def _test(self, batch_size: int) -> dict:
+        """The test record, measured once, at the end, on the weights the run keeps."""
+        steps = self.config.steps
+        if self.best is None:
+            loss = self._evaluate(steps, "test", batch_size)
+            return {"step": steps, "test_loss": loss, "test_perplexity": perplexity(loss)}
+        last = self.model.state_dict()
+        self.model.load_state_dict(self.best.weights)
+        try:
+            loss = self._evaluate(steps, "test", batch_size)
+        finally:
+            self.model.load_state_dict(last)  # the checkpoint must resume from the last step
+        return {"step": steps, "test_loss": loss, "test_perplexity": perplexity(loss),
+                "best_step": self.best.step, "best_val_loss": self.best.val_loss}
+
+    def keep_weights(self) -> None:
+        """Load the weights the run keeps into the model (the best by val, with keep "best")."""
+        if self.best is not None:
+            self.model.load_state_dict(self.best.weights)
 
     def _check_signal(self) -> None:
         if self._signal is not None:

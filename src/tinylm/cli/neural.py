@@ -179,8 +179,15 @@ def _run(trainer: Trainer, model, mconfig: ModelConfig, config: TrainConfig,
         reporter.close()
     val = result.last("val_loss")
     test = result.last("test_loss")
-    print(f"done in {result.seconds:.1f} s: val loss {val:.4f}, test loss {test:.4f} "
-          f"(perplexity {format_perplexity(test)})")
+    trainer.keep_weights()  # the samples come from the weights the run keeps
+    final = result.metrics[-1]
+    if "best_step" in final:
+        print(f"done in {result.seconds:.1f} s: kept the weights of step {final['best_step']} "
+              f"(val loss {final['best_val_loss']:.4f}; at the last step {val:.4f}): test loss "
+              f"{test:.4f} (perplexity {format_perplexity(test)})")
+    else:
+        print(f"done in {result.seconds:.1f} s: val loss {val:.4f}, test loss {test:.4f} "
+              f"(perplexity {format_perplexity(test)})")
     _finish(model, tokenizer, config, lines3[0], out, num_samples, result.metrics)
     return 0
 
@@ -313,7 +320,9 @@ def evaluate(run: runs.Run) -> None:
     splits = {name: split_for(name, lines, run.tokenizer, run.model_config, config.loader)
               for name, lines in zip(data.SPLIT_NAMES, run.lines3)}
     batch = config.batch_size or len(splits["train"])
-    print(f"{run.model_config.model} ({config.backend}) at step {run.step}, loader {config.loader}")
+    kept = run.manifest["state"].get("best")
+    print(f"{run.model_config.model} ({config.backend}) at step {run.step}"
+          + (f", kept weights of step {kept['step']}" if kept else "") + f", loader {config.loader}")
     with threads.limited(config.threads):
         for name, split in splits.items():
             print_loss(name, split_loss(run.model, split, batch))
