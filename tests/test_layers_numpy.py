@@ -404,3 +404,87 @@ def test_sequence_model_backward_end_to_end_matches_autograd_and_finite_differen
         picks, fd = finite_difference(f, p.data, n=4)
         np.testing.assert_allclose(p.grad.reshape(-1)[picks], fd, rtol=1e-5, atol=1e-8,
                                    err_msg=name)
+
+
+# --- dropout: masks from the tinylm RNG --------------------------------------------------------
+
+def _seed_dropout(net, seed: int):
+    """Give every Dropout layer in ``net`` (tinylm layers or nn.Modules) one fresh RNG."""
+    from tinylm.layers.base import walk
+    from tinylm.rng import RNG
+
+    rng = RNG(seed)
+    layers = net.modules() if isinstance(net, torch.nn.Module) else walk(net)
+    for layer in layers:
+        if hasattr(layer, "p") and hasattr(layer, "rng"):
+            layer.rng = rng
+    return rng
+
+
+def test_dropout_keeps_what_the_rng_says_scales_by_one_over_keep_and_passes_its_gradient():
+    from tinylm.rng import RNG
+
+    layer = nl.Dropout(0.25)
+    layer.rng = RNG(9)
+    x = rs.randn(40, 50)
+    out = layer(x)
+    coins = RNG(9)
+    keep = np.array([coins.random() >= 0.25 for _ in range(x.size)]).reshape(x.shape)
+    np.testing.assert_array_equal(out != 0, keep)   # one coin per element, in C order
+    np.testing.assert_allclose(out[keep], x[keep] / 0.75, rtol=1e-15)
+    assert 0.2 < 1 - keep.mean() < 0.3
+    dout = rs.randn(*x.shape)
+    np.testing.assert_array_equal(layer.backward(dout), dout * layer.mask)
+    layer.eval()
+    state = layer.rng.get_state()
+    assert layer(x) is x and layer.rng.get_state() == state  # eval: no mask, no draw
+
+
+@pytest.mark.parametrize("kind", ["transformer", "gru"])
+def test_dropout_drops_the_same_elements_on_every_backend_and_backward_goes_through_it(kind):
+    """With the same RNG the numpy, raw-tensor and nn.Module models drop the same
+    activations: the same loss, the numpy gradients those of autograd, and of finite
+    differences (each evaluation reseeded, so that it sees the same masks)."""
+    from tinylm.layers import torch_layers as tl
+    from tinylm.layers import torch_modules as tm
+
+    make = {"transformer": lambda m, **kw: m.Transformer(9, 6, 8, 2, 2, dropout=0.3, **kw),
+            "gru": lambda m, **kw: m.RecurrentLM(9, 5, 6, "gru", dropout=0.3, **kw)}[kind]
+    model = _randomised(make(nl), scale=0.4)
+    idx = rs.randint(0, 9, size=(3, 6))
+    targets = rs.randint(0, 9, size=(3, 6))
+    targets[0, 4:] = -1
+
+    def f():
+        _seed_dropout(model, 5)
+        return nl.SequenceCrossEntropy().forward(model(idx), targets)
+    criterion = nl.SequenceCrossEntropy()
+    _seed_dropout(model, 5)
+    loss = criterion.forward(model(idx), targets)
+    model.backward(criterion.backward())
+
+    ref = make(tl, dtype=torch.float64)
+    params = dict(ref.named_parameters())
+    module = make(tm).double()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            params[name].copy_(torch.from_numpy(p.data))
+        module.load_state_dict({name: torch.from_numpy(p.data) for name, p in
+                                model.named_parameters()}, strict=True)
+    _seed_dropout(ref, 5)
+    ref_loss = tl.sequence_cross_entropy(ref(torch.from_numpy(idx)), torch.from_numpy(targets))
+    ref_loss.backward()
+    _seed_dropout(module, 5)
+    module_loss = tm.sequence_cross_entropy(module(torch.from_numpy(idx)),
+                                            torch.from_numpy(targets))
+    assert loss == pytest.approx(ref_loss.item(), rel=1e-12)
+    assert loss == pytest.approx(module_loss.item(), rel=1e-12)
+    model.eval()
+    assert nl.SequenceCrossEntropy().forward(model(idx), targets) != pytest.approx(loss, rel=1e-3)
+    model.train()
+    for name, p in model.named_parameters():
+        np.testing.assert_allclose(p.grad, params[name].grad.numpy(), rtol=1e-8, atol=1e-11,
+                                   err_msg=name)
+        picks, fd = finite_difference(f, p.data, n=3)
+        np.testing.assert_allclose(p.grad.reshape(-1)[picks], fd, rtol=1e-5, atol=1e-8,
+                                   err_msg=name)

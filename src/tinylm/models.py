@@ -34,7 +34,9 @@ import numpy as np
 from tinylm import settings
 from tinylm.errors import ConfigError
 from tinylm.rng import RNG
-from tinylm.settings import NONNEG_FLOAT, NONNEG_INT, POSITIVE_INT, REQUIRED, choice, setting
+from tinylm.settings import (
+    FRACTION, NONNEG_FLOAT, NONNEG_INT, POSITIVE_INT, REQUIRED, choice, setting,
+)
 
 BACKENDS = ("numpy", "torch", "torch-module", "micrograd")
 TORCH_BACKENDS = ("torch", "torch-module")
@@ -82,6 +84,10 @@ class ModelConfig(settings.Settings):
                            models=("rnn", "gru"))
     block_size: int = setting(0, "positions a sequence model reads at once (0: the longest "
                               "item + 1, from the data)", NONNEG_INT, models=SEQUENCE)
+    dropout: float = setting(0.0, "probability of zeroing an activation in training (the "
+                             "transformer: embeddings, attention weights, both residual "
+                             "branches; rnn, gru: embeddings and read-out)", FRACTION,
+                             models=SEQUENCE)
     init: str = setting("default", "initialisation of the deep models: default = kaiming (Kaiming "
                         "gains, 0.1x output layer); noscale: without the 0.1; naive: N(0, 1) weights",
                         choice(DEEP_INITS), models=("bnmlp", "wavenet"))
@@ -153,6 +159,7 @@ def build_model(config: ModelConfig, backend: str, rng: RNG):
     else:
         model = L.LM(config, blueprint.layers, blueprint.reads, blueprint.penalties)
     model.load_state_dict(blueprint.init, strict=False)
+    model.draw_dropout_from(rng)  # the trainer gives it the run's RNG again (after a resume too)
     return model
 
 
@@ -400,7 +407,7 @@ def transformer(config: ModelConfig, L: ModuleType, rng: RNG) -> Blueprint:
     """
     _sequence_layers(L, config)
     V, T, C, N = config.vocab_size, config.block_size, config.n_embd, config.n_layers
-    net = L.Transformer(V, T, C, config.n_heads, N)
+    net = L.Transformer(V, T, C, config.n_heads, N, dropout=config.dropout)
     init = {"wte.weight": rng.randn_array(V * C).reshape(V, C),
             "wpe.weight": rng.randn_array(T * C).reshape(T, C)}
     for i in range(N):
@@ -424,7 +431,7 @@ def _recurrent(config: ModelConfig, L: ModuleType, rng: RNG, cell: str) -> Bluep
     +-1/sqrt(fan_in) (PyTorch's defaults), then the read-out's; the start state is 0."""
     _sequence_layers(L, config)
     V, C, H = config.vocab_size, config.n_embd, config.n_embd2
-    net = L.RecurrentLM(V, C, H, cell)
+    net = L.RecurrentLM(V, C, H, cell, dropout=config.dropout)
     init = {"wte.weight": rng.randn_array(V * C).reshape(V, C)}
     cells = [(f"rnn.{name}", H, C + H) for name in CELL_LINEARS[cell]]
     for name, fan_out, fan_in in cells + [("lm_head", V, H)]:

@@ -15,6 +15,7 @@ sequence, vectorised with numpy's uint64 arithmetic, because initialising a
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -215,11 +216,32 @@ def _matrix_power(k: int) -> list[int]:
 
 
 def _jump_states(state: int, n: int) -> np.ndarray:
-    """Starting states for the lanes of ``random_u32_array``."""
-    lanes = max(1, min(1024, n // 64))
+    """Starting states for the lanes of ``random_u32_array``: lane j at J^j state, J the
+    jump of one lane's draws, found for all lanes in log2(lanes) vectorised doublings."""
+    lanes = max(1, min(LANES, n // 64))
     steps = -(-n // lanes)
-    jump = _matrix_power(steps)
-    starts = [state]
-    for _ in range(lanes - 1):
-        starts.append(_apply(jump, starts[-1]))
-    return np.array(starts, dtype=np.uint64)
+    starts = np.array([state], dtype=np.uint64)
+    for jump in _lane_jumps(steps, (lanes - 1).bit_length()):
+        starts = np.concatenate([starts, _apply_to_lanes(jump, starts)])  # twice as many
+    return starts[:lanes]
+
+
+LANES = 4096
+_BITS = np.arange(64, dtype=np.uint64)
+
+
+@functools.lru_cache(maxsize=32)
+def _lane_jumps(steps: int, doublings: int) -> tuple[np.ndarray, ...]:
+    """The columns of J^(2^k), J = M^steps, for k < doublings (cached: a run asks for
+    the same sizes again and again, one dropout mask after another)."""
+    jump, out = _matrix_power(steps), []
+    for _ in range(doublings):
+        out.append(np.array(jump, dtype=np.uint64))
+        jump = _compose(jump, jump)
+    return tuple(out)
+
+
+def _apply_to_lanes(matrix: np.ndarray, states: np.ndarray) -> np.ndarray:
+    """``_apply`` to every state at once: the XOR of the columns whose bit is set."""
+    bits = (states[:, None] >> _BITS) & np.uint64(1)          # (lanes, 64)
+    return np.bitwise_xor.reduce(bits * matrix, axis=1)       # (lanes,)

@@ -241,6 +241,7 @@ class Trainer:
         learning_rate(config, 0)  # a schedule that does not fit the steps is refused here too
         self.config = config
         self.model = model
+        model.draw_dropout_from(rng)  # masks from the run's RNG: its checkpointed state resumes them
         self.optimizer = make_optimizer(model, config.optimizer, lr=config.lr,
                                         weight_decay=config.weight_decay,
                                         betas=(0.9, config.beta2))

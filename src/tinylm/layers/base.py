@@ -15,7 +15,8 @@ loads into any other. Each backend subclass supplies the arithmetic.
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping
+import math
+from typing import Any, Iterable, Iterator, Mapping
 
 import numpy as np
 
@@ -104,6 +105,30 @@ class Sequential(Layer):
         return self
 
 
+def dropout_mask(rng: Any, shape: tuple[int, ...], p: float, dtype: Any = np.float32) -> np.ndarray:
+    """Inverted dropout's multiplier for an array of ``shape``: 0 with probability p, else
+    1 / (1 - p), so that the expected value is unchanged and eval needs no rescaling.
+
+    One draw of the tinylm RNG per element in C order, an element kept when
+    its ``rng.random()`` (k / 2**24) is at least p, compared here as the
+    integer k: every backend that asks the same RNG drops the same elements.
+    """
+    if rng is None:
+        raise ValueError("a Dropout layer in training mode needs the run's RNG "
+                         "(model.draw_dropout_from(rng))")
+    k = rng.random_u32_array(int(np.prod(shape))) >> np.uint64(8)   # random() * 2**24
+    keep = (k >= math.ceil(p * 2**24)).reshape(shape)
+    scale = np.asarray(1, dtype=dtype) / np.asarray(1 - p, dtype=dtype)
+    return np.where(keep, scale, np.zeros((), dtype=dtype))
+
+
+def walk(layer: Any) -> Iterator[Any]:
+    """``layer`` and every layer inside it, depth first in forward order."""
+    yield layer
+    for child in getattr(layer, "layers", None) or [c for _, c in layer.children()]:
+        yield from walk(child)
+
+
 class Cache:
     """What a sequence model has already computed for the tokens it has read.
 
@@ -168,6 +193,10 @@ class LanguageModel:
 
     def _set_training(self, mode: bool) -> None:
         raise NotImplementedError
+
+    def draw_dropout_from(self, rng: Any) -> None:
+        """Give every Dropout layer the RNG its masks come from (the run's, so that a
+        checkpoint of the RNG's state resumes them); models without dropout ignore it."""
 
     # --- shared ---------------------------------------------------------------------------
 

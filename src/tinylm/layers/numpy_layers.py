@@ -24,7 +24,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from tinylm.layers import base
-from tinylm.layers.base import Cache, LanguageModel, Layer, check_cached
+from tinylm.layers.base import Cache, LanguageModel, Layer, check_cached, dropout_mask, walk
 from tinylm.data import IGNORE
 from tinylm.layers.shape_checks import (
     check_batch_norm_examples, check_block, check_cell, check_flatten_input, check_group,
@@ -302,6 +302,35 @@ class GELU(Layer):
         return dout * (0.5 * (1 + t) + 0.5 * x * dt)             # (..., H)
 
 
+class Dropout(Layer):
+    """Dropout: Srivastava et al., "Dropout: A Simple Way to Prevent Neural Networks from
+    Overfitting", JMLR 2014.
+
+    In training each element is zeroed with probability p and the others
+    scaled by 1 / (1 - p) (inverted dropout, as torch.nn.Dropout), so that
+    no unit can rely on any other being there; in eval mode it passes x
+    through. The mask comes from the run's RNG (``rng``, given by the model:
+    ``draw_dropout_from``), so every backend drops the same elements.
+    """
+
+    def __init__(self, p: float = 0.0) -> None:
+        super().__init__()
+        self.p = p
+        self.rng = None
+        self.mask: np.ndarray | None = None
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        self.mask = None
+        if self.training and self.p > 0:
+            self.mask = dropout_mask(self.rng, x.shape, self.p, x.dtype)  # (...,) 0 or 1/(1-p)
+            x = x * self.mask
+        self.out = x
+        return x
+
+    def backward(self, dout: np.ndarray) -> np.ndarray:
+        return dout if self.mask is None else dout * self.mask   # the same elements pass
+
+
 class CausalSelfAttention(Layer):
     """Masked multi-head self-attention: Vaswani et al., "Attention Is All You Need", 2017.
 
@@ -310,17 +339,21 @@ class CausalSelfAttention(Layer):
     takes the softmax-weighted sum of their values. One Linear ``qkv`` makes
     queries, keys and values for all heads at once; ``n_head`` heads of
     C / n_head channels each attend independently; ``proj`` mixes the heads'
-    outputs. Input and output (B, T, C).
+    outputs. Input and output (B, T, C). With dropout, GPT-2's two places:
+    the attention weights (a position's reading of some others is dropped)
+    and the output.
     """
 
-    child_names = ("qkv", "proj")
+    child_names = ("qkv", "proj", "attn_dropout", "resid_dropout")
 
-    def __init__(self, n_embd: int, n_head: int, dtype=np.float32) -> None:
+    def __init__(self, n_embd: int, n_head: int, dropout: float = 0.0, dtype=np.float32) -> None:
         super().__init__()
         check_heads(n_embd, n_head)
         self.n_head = n_head
         self.qkv = Linear(n_embd, 3 * n_embd, dtype=dtype)
         self.proj = Linear(n_embd, n_embd, dtype=dtype)
+        self.attn_dropout = Dropout(dropout)
+        self.resid_dropout = Dropout(dropout)
 
     def _heads(self, a: np.ndarray) -> np.ndarray:
         B, T, C = a.shape
@@ -345,16 +378,17 @@ class CausalSelfAttention(Layer):
         scores -= scores.max(axis=-1, keepdims=True)          # stable softmax; the diagonal is finite
         att = np.exp(scores)
         att /= att.sum(axis=-1, keepdims=True)                # (B, nh, T, Tk), rows sum to 1
-        y = att @ v                                           # (B, nh, T, hs)
         self.q, self.k, self.v, self.att = q, k, v, att
-        self.out = self.proj(y.transpose(0, 2, 1, 3).reshape(B, T, C))  # (B, T, C)
+        y = self.attn_dropout(att) @ v                        # (B, nh, T, hs)
+        y = self.proj(y.transpose(0, 2, 1, 3).reshape(B, T, C))  # (B, T, C)
+        self.out = self.resid_dropout(y)
         return self.out
 
     def backward(self, dout: np.ndarray) -> np.ndarray:
         B, T, C = dout.shape
-        dy = self._heads(self.proj.backward(dout))            # (B, nh, T, hs)
-        datt = dy @ self.v.transpose(0, 1, 3, 2)              # (B, nh, T, T)
-        dv = self.att.transpose(0, 1, 3, 2) @ dy              # (B, nh, T, hs)
+        dy = self._heads(self.proj.backward(self.resid_dropout.backward(dout)))  # (B, nh, T, hs)
+        datt = self.attn_dropout.backward(dy @ self.v.transpose(0, 1, 3, 2))  # (B, nh, T, T)
+        dv = self.attn_dropout.out.transpose(0, 1, 3, 2) @ dy  # (B, nh, T, hs)
         # softmax: d scores = att * (d att - sum(d att * att)); masked entries have att 0
         dscores = self.att * (datt - (datt * self.att).sum(axis=-1, keepdims=True))
         dscores *= self.scale                                 # (B, nh, T, T)
@@ -382,18 +416,19 @@ class Block(Layer):
     x + attn(ln1(x)), then that + mlp(ln2(that)): each sub-layer reads a
     normalised copy of the stream and adds its result back (a residual), so
     the gradient reaches early blocks through the additions undiminished.
-    The MLP widens every position to 4 * n_embd with a GELU between.
+    The MLP widens every position to 4 * n_embd with a GELU between (and
+    ends in dropout, which has no weights: its Linears stay mlp.0 and mlp.2).
     """
 
     child_names = ("ln1", "attn", "ln2", "mlp")
 
-    def __init__(self, n_embd: int, n_head: int, dtype=np.float32) -> None:
+    def __init__(self, n_embd: int, n_head: int, dropout: float = 0.0, dtype=np.float32) -> None:
         super().__init__()
         self.ln1 = LayerNorm(n_embd, dtype=dtype)
-        self.attn = CausalSelfAttention(n_embd, n_head, dtype=dtype)
+        self.attn = CausalSelfAttention(n_embd, n_head, dropout, dtype=dtype)
         self.ln2 = LayerNorm(n_embd, dtype=dtype)
         self.mlp = Sequential([Linear(n_embd, 4 * n_embd, dtype=dtype), GELU(),
-                               Linear(4 * n_embd, n_embd, dtype=dtype)])
+                               Linear(4 * n_embd, n_embd, dtype=dtype), Dropout(dropout)])
 
     def forward(self, x: np.ndarray, cache: Cache | None = None) -> np.ndarray:
         h = x + self.attn(self.ln1(x), cache)            # (B, T, C)
@@ -550,24 +585,27 @@ class Transformer(Layer):
     transform the stream, a final LayerNorm and ``lm_head`` give logits at
     every position: (B, T) token ids -> (B, T, vocab_size), T <= block_size.
     Parameter names follow PyTorch's nesting: ``blocks.0.attn.qkv.weight``.
+    ``dropout`` acts on the summed embeddings and inside every block.
     """
 
-    child_names = ("wte", "wpe", "blocks", "ln_f", "lm_head")
+    child_names = ("wte", "wpe", "drop", "blocks", "ln_f", "lm_head")
 
     def __init__(self, vocab_size: int, block_size: int, n_embd: int, n_head: int,
-                 n_layers: int, dtype=np.float32) -> None:
+                 n_layers: int, dropout: float = 0.0, dtype=np.float32) -> None:
         super().__init__()
         self.block_size = block_size
         self.wte = Embedding(vocab_size, n_embd, dtype=dtype)
         self.wpe = Embedding(block_size, n_embd, dtype=dtype)
-        self.blocks = Sequential([Block(n_embd, n_head, dtype=dtype) for _ in range(n_layers)])
+        self.drop = Dropout(dropout)
+        self.blocks = Sequential([Block(n_embd, n_head, dropout, dtype=dtype)
+                                  for _ in range(n_layers)])
         self.ln_f = LayerNorm(n_embd, dtype=dtype)
         self.lm_head = Linear(n_embd, vocab_size, bias=False, dtype=dtype)
 
     def forward(self, idx: np.ndarray, cache: Cache | None = None) -> np.ndarray:
         past = 0 if cache is None else cache.length      # the positions already read
         T = check_block((len(idx), past + idx.shape[1]), self.block_size) - past
-        x = self.wte(idx) + self.wpe(np.arange(past, past + T))  # (B, T, C) + (T, C)
+        x = self.drop(self.wte(idx) + self.wpe(np.arange(past, past + T)))  # (B, T, C) + (T, C)
         for block in self.blocks.layers:
             x = block(x, cache)                          # (B, T, C)
         self.out = self.lm_head(self.ln_f(x))            # (B, T, V)
@@ -575,6 +613,7 @@ class Transformer(Layer):
 
     def backward(self, dlogits: np.ndarray) -> None:
         dx = self.blocks.backward(self.ln_f.backward(self.lm_head.backward(dlogits)))  # (B, T, C)
+        dx = self.drop.backward(dx)
         self.wte.backward(dx)
         self.wpe.backward(dx.sum(axis=0))                # (T, C): each position's row, over the batch
         return None  # token ids are not differentiable
@@ -582,23 +621,28 @@ class Transformer(Layer):
 
 class RecurrentLM(Layer):
     """A recurrent language model: embedding, an ``RNN`` or ``GRU`` over the positions, and
-    a Linear read-out of each hidden state: (B, T) -> (B, T, vocab_size)."""
+    a Linear read-out of each hidden state: (B, T) -> (B, T, vocab_size). ``dropout``
+    acts on the embeddings and on the hidden states read out (not on the recurrence)."""
 
-    child_names = ("wte", "rnn", "lm_head")
+    child_names = ("wte", "drop_in", "rnn", "drop_out", "lm_head")
 
     def __init__(self, vocab_size: int, n_embd: int, n_embd2: int, cell: str = "rnn",
-                 dtype=np.float32) -> None:
+                 dropout: float = 0.0, dtype=np.float32) -> None:
         super().__init__()
         self.wte = Embedding(vocab_size, n_embd, dtype=dtype)
+        self.drop_in = Dropout(dropout)
         self.rnn = {"rnn": RNN, "gru": GRU}[check_cell(cell)](n_embd, n_embd2, dtype=dtype)
+        self.drop_out = Dropout(dropout)
         self.lm_head = Linear(n_embd2, vocab_size, dtype=dtype)
 
     def forward(self, idx: np.ndarray, cache: Cache | None = None) -> np.ndarray:
-        self.out = self.lm_head(self.rnn(self.wte(idx), cache))  # (B, T, V)
+        x = self.drop_in(self.wte(idx))                          # (B, T, C)
+        self.out = self.lm_head(self.drop_out(self.rnn(x, cache)))  # (B, T, V)
         return self.out
 
     def backward(self, dlogits: np.ndarray) -> None:
-        self.wte.backward(self.rnn.backward(self.lm_head.backward(dlogits)))
+        dh = self.drop_out.backward(self.lm_head.backward(dlogits))  # (B, T, H)
+        self.wte.backward(self.drop_in.backward(self.rnn.backward(dh)))
         return None
 
 
@@ -790,6 +834,11 @@ class NumpySequenceLM(NumpyLM):
 
     def _named_buffers(self) -> dict[str, tuple[Layer, str]]:
         return {}  # no sequence layer keeps running statistics
+
+    def draw_dropout_from(self, rng: Any) -> None:
+        for layer in walk(self.net):
+            if isinstance(layer, Dropout):
+                layer.rng = rng
 
 
 LM = NumpyLM  # the names models.build_model looks for in every backend module

@@ -10,12 +10,14 @@ backward to write.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
 
-from tinylm.layers.base import Cache, LanguageModel, Layer, Sequential, check_cached
+from tinylm.layers.base import (
+    Cache, LanguageModel, Layer, Sequential, check_cached, dropout_mask, walk,
+)
 from tinylm.data import IGNORE
 from tinylm.layers.numpy_layers import GELU_C
 from tinylm.layers.shape_checks import (
@@ -25,7 +27,7 @@ from tinylm.layers.shape_checks import (
 
 __all__ = ["Embedding", "Flatten", "Linear", "Tanh", "BatchNorm1d", "FlattenConsecutive",
            "LayerNorm", "GELU", "CausalSelfAttention", "Block", "RNN", "GRU", "Transformer",
-           "RecurrentLM", "Sequential", "cross_entropy", "sequence_cross_entropy", "LM"]
+           "RecurrentLM", "Dropout", "Sequential", "cross_entropy", "sequence_cross_entropy", "LM"]
 
 
 class Embedding(Layer):
@@ -158,17 +160,41 @@ class GELU(Layer):
         return self.out
 
 
+class Dropout(Layer):
+    """Dropout (Srivastava et al., 2014) with its mask from the run's RNG; see numpy_layers."""
+
+    def __init__(self, p: float = 0.0) -> None:
+        super().__init__()
+        self.p = p
+        self.rng = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.out = dropout(x, self.p, self.rng, self.training)
+        return self.out
+
+
+def dropout(x: torch.Tensor, p: float, rng: Any, training: bool) -> torch.Tensor:
+    """Dropout's forward, shared with the nn.Module version: x times the tinylm RNG's mask."""
+    if not training or p == 0:
+        return x
+    dtype = np.float64 if x.dtype == torch.float64 else np.float32
+    mask = torch.from_numpy(dropout_mask(rng, tuple(x.shape), p, dtype)).to(x.device)
+    return x * mask
+
+
 class CausalSelfAttention(Layer):
     """Masked multi-head self-attention (Vaswani et al., 2017), written out; see numpy_layers."""
 
-    child_names = ("qkv", "proj")
+    child_names = ("qkv", "proj", "attn_dropout", "resid_dropout")
 
-    def __init__(self, n_embd: int, n_head: int, dtype=torch.float32) -> None:
+    def __init__(self, n_embd: int, n_head: int, dropout: float = 0.0, dtype=torch.float32) -> None:
         super().__init__()
         check_heads(n_embd, n_head)
         self.n_head = n_head
         self.qkv = Linear(n_embd, 3 * n_embd, dtype=dtype)
         self.proj = Linear(n_embd, n_embd, dtype=dtype)
+        self.attn_dropout = Dropout(dropout)
+        self.resid_dropout = Dropout(dropout)
 
     def forward(self, x: torch.Tensor, cache: Cache | None = None) -> torch.Tensor:
         B, T, C = x.shape
@@ -180,8 +206,8 @@ class CausalSelfAttention(Layer):
         if T > 1:  # a single new position may read every key
             scores = scores.masked_fill(future_mask(T, k.shape[2], x.device), float("-inf"))
         att = torch.softmax(scores, dim=-1)
-        y = (att @ v).transpose(1, 2).reshape(B, T, C)         # (B, T, C)
-        self.out = self.proj(y)
+        y = (self.attn_dropout(att) @ v).transpose(1, 2).reshape(B, T, C)  # (B, T, C)
+        self.out = self.resid_dropout(self.proj(y))
         return self.out
 
 
@@ -190,13 +216,13 @@ class Block(Layer):
 
     child_names = ("ln1", "attn", "ln2", "mlp")
 
-    def __init__(self, n_embd: int, n_head: int, dtype=torch.float32) -> None:
+    def __init__(self, n_embd: int, n_head: int, dropout: float = 0.0, dtype=torch.float32) -> None:
         super().__init__()
         self.ln1 = LayerNorm(n_embd, dtype=dtype)
-        self.attn = CausalSelfAttention(n_embd, n_head, dtype=dtype)
+        self.attn = CausalSelfAttention(n_embd, n_head, dropout, dtype=dtype)
         self.ln2 = LayerNorm(n_embd, dtype=dtype)
         self.mlp = Sequential([Linear(n_embd, 4 * n_embd, dtype=dtype), GELU(),
-                               Linear(4 * n_embd, n_embd, dtype=dtype)])
+                               Linear(4 * n_embd, n_embd, dtype=dtype), Dropout(dropout)])
 
     def forward(self, x: torch.Tensor, cache: Cache | None = None) -> torch.Tensor:
         h = x + self.attn(self.ln1(x), cache)            # (B, T, C)
@@ -245,20 +271,22 @@ class GRU(Layer):
 class Transformer(Layer):
     """The decoder-only Transformer language model on raw tensors; see numpy_layers."""
 
-    child_names = ("wte", "wpe", "blocks", "ln_f", "lm_head")
+    child_names = ("wte", "wpe", "drop", "blocks", "ln_f", "lm_head")
 
     def __init__(self, vocab_size: int, block_size: int, n_embd: int, n_head: int,
-                 n_layers: int, dtype=torch.float32) -> None:
+                 n_layers: int, dropout: float = 0.0, dtype=torch.float32) -> None:
         super().__init__()
         self.block_size = block_size
         self.wte = Embedding(vocab_size, n_embd, dtype=dtype)
         self.wpe = Embedding(block_size, n_embd, dtype=dtype)
-        self.blocks = Sequential([Block(n_embd, n_head, dtype=dtype) for _ in range(n_layers)])
+        self.drop = Dropout(dropout)
+        self.blocks = Sequential([Block(n_embd, n_head, dropout, dtype=dtype)
+                                  for _ in range(n_layers)])
         self.ln_f = LayerNorm(n_embd, dtype=dtype)
         self.lm_head = Linear(n_embd, vocab_size, bias=False, dtype=dtype)
 
     def forward(self, idx: torch.Tensor, cache: Cache | None = None) -> torch.Tensor:
-        x = self.wte(idx) + self.wpe(positions(idx, cache, self.block_size))  # (B, T, C)
+        x = self.drop(self.wte(idx) + self.wpe(positions(idx, cache, self.block_size)))  # (B, T, C)
         for block in self.blocks.layers:
             x = block(x, cache)                                           # (B, T, C)
         self.out = self.lm_head(self.ln_f(x))                             # (B, T, V)
@@ -268,17 +296,20 @@ class Transformer(Layer):
 class RecurrentLM(Layer):
     """The recurrent language model on raw tensors; see numpy_layers."""
 
-    child_names = ("wte", "rnn", "lm_head")
+    child_names = ("wte", "drop_in", "rnn", "drop_out", "lm_head")
 
     def __init__(self, vocab_size: int, n_embd: int, n_embd2: int, cell: str = "rnn",
-                 dtype=torch.float32) -> None:
+                 dropout: float = 0.0, dtype=torch.float32) -> None:
         super().__init__()
         self.wte = Embedding(vocab_size, n_embd, dtype=dtype)
+        self.drop_in = Dropout(dropout)
         self.rnn = {"rnn": RNN, "gru": GRU}[check_cell(cell)](n_embd, n_embd2, dtype=dtype)
+        self.drop_out = Dropout(dropout)
         self.lm_head = Linear(n_embd2, vocab_size, dtype=dtype)
 
     def forward(self, idx: torch.Tensor, cache: Cache | None = None) -> torch.Tensor:
-        self.out = self.lm_head(self.rnn(self.wte(idx), cache))  # (B, T, V)
+        h = self.rnn(self.drop_in(self.wte(idx)), cache)          # (B, T, H)
+        self.out = self.lm_head(self.drop_out(h))                 # (B, T, V)
         return self.out
 
 
@@ -465,6 +496,14 @@ class TorchSequenceLM(TorchLM):
 
     def _named_buffers(self) -> dict[str, torch.Tensor]:
         return dict(self.net.named_buffers())
+
+    def draw_dropout_from(self, rng: Any) -> None:
+        for layer in self._layers():
+            if hasattr(layer, "p") and hasattr(layer, "rng"):  # Dropout, raw or nn.Module
+                layer.rng = rng
+
+    def _layers(self) -> Iterator[Any]:
+        return walk(self.net)
 
 
 LM = TorchLM  # the names models.build_model looks for in every backend module

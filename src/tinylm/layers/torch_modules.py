@@ -10,7 +10,8 @@ The language model holds an ``nn.Sequential`` as ``net``.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+import math
+from typing import Any, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -22,13 +23,13 @@ from tinylm.layers.shape_checks import (
     check_batch_norm_examples, check_cell, check_group, check_heads,
 )
 from tinylm.layers.torch_layers import (
-    TorchLM, TorchSequenceLM, cached_keys, first_state, flatten_consecutive, future_mask,
-    gru_forward, keep_state, positions, rnn_forward,
+    TorchLM, TorchSequenceLM, cached_keys, dropout, first_state, flatten_consecutive,
+    future_mask, gru_forward, keep_state, positions, rnn_forward,
 )
 
 __all__ = ["Embedding", "Flatten", "Linear", "Tanh", "BatchNorm1d", "FlattenConsecutive",
            "LayerNorm", "GELU", "CausalSelfAttention", "Block", "RNN", "GRU", "Transformer",
-           "RecurrentLM", "Sequential", "cross_entropy", "sequence_cross_entropy", "LM"]
+           "RecurrentLM", "Dropout", "Sequential", "cross_entropy", "sequence_cross_entropy", "LM"]
 
 Embedding = nn.Embedding
 Flatten = nn.Flatten   # start_dim=1: (B, T, C) -> (B, T*C)
@@ -93,40 +94,62 @@ class GELU(nn.GELU):
         super().__init__(approximate="tanh")
 
 
+class Dropout(nn.Module):
+    """Dropout (Srivastava et al., 2014) as an nn.Module, its mask from the run's tinylm RNG
+    rather than torch's generator (``nn.Dropout``), so that it drops what the numpy and
+    raw-tensor backends drop."""
+
+    def __init__(self, p: float = 0.0) -> None:
+        super().__init__()
+        self.p = p
+        self.rng = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return dropout(x, self.p, self.rng, self.training)
+
+
 class CausalSelfAttention(nn.Module):
     """Masked multi-head self-attention (Vaswani et al., 2017) as everyday PyTorch writes it:
-    two ``nn.Linear`` and ``F.scaled_dot_product_attention`` with its causal mask."""
+    two ``nn.Linear`` and ``F.scaled_dot_product_attention`` with its causal mask (written
+    out where dropout acts on the attention weights, whose mask SDPA would draw itself)."""
 
-    def __init__(self, n_embd: int, n_head: int) -> None:
+    def __init__(self, n_embd: int, n_head: int, dropout: float = 0.0) -> None:
         super().__init__()
         check_heads(n_embd, n_head)
         self.n_head = n_head
         self.qkv = nn.Linear(n_embd, 3 * n_embd)
         self.proj = nn.Linear(n_embd, n_embd)
+        self.attn_dropout = Dropout(dropout)
+        self.resid_dropout = Dropout(dropout)
 
     def forward(self, x: torch.Tensor, cache: Cache | None = None) -> torch.Tensor:
         B, T, C = x.shape
         q, k, v = (a.reshape(B, T, self.n_head, C // self.n_head).transpose(1, 2)
                    for a in self.qkv(x).split(C, dim=-1))      # 3 x (B, nh, T, hs)
         k, v = cached_keys(cache, self, k, v)                  # 2 x (B, nh, Tk, hs)
-        if k.shape[2] == T:
+        Tk = k.shape[2]
+        if self.training and self.attn_dropout.p > 0:
+            scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(C // self.n_head))
+            if T > 1:
+                scores = scores.masked_fill(future_mask(T, Tk, x.device), float("-inf"))
+            y = self.attn_dropout(torch.softmax(scores, dim=-1)) @ v  # (B, nh, T, hs)
+        elif Tk == T:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, nh, T, hs)
         else:  # is_causal aligns the mask top-left; with past keys it must be bottom-right
-            keep = ~future_mask(T, k.shape[2], x.device)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=keep)
-        return self.proj(y.transpose(1, 2).reshape(B, T, C))   # (B, T, C)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=~future_mask(T, Tk, x.device))
+        return self.resid_dropout(self.proj(y.transpose(1, 2).reshape(B, T, C)))  # (B, T, C)
 
 
 class Block(nn.Module):
     """The pre-norm Transformer block as nn.Modules; see numpy_layers."""
 
-    def __init__(self, n_embd: int, n_head: int) -> None:
+    def __init__(self, n_embd: int, n_head: int, dropout: float = 0.0) -> None:
         super().__init__()
         self.ln1 = LayerNorm(n_embd)
-        self.attn = CausalSelfAttention(n_embd, n_head)
+        self.attn = CausalSelfAttention(n_embd, n_head, dropout)
         self.ln2 = LayerNorm(n_embd)
         self.mlp = nn.Sequential(nn.Linear(n_embd, 4 * n_embd), GELU(),
-                                 nn.Linear(4 * n_embd, n_embd))
+                                 nn.Linear(4 * n_embd, n_embd), Dropout(dropout))
 
     def forward(self, x: torch.Tensor, cache: Cache | None = None) -> torch.Tensor:
         x = x + self.attn(self.ln1(x), cache)            # (B, T, C)
@@ -170,17 +193,18 @@ class Transformer(nn.Module):
     Its ``state_dict`` has the names of the numpy and raw-tensor versions."""
 
     def __init__(self, vocab_size: int, block_size: int, n_embd: int, n_head: int,
-                 n_layers: int) -> None:
+                 n_layers: int, dropout: float = 0.0) -> None:
         super().__init__()
         self.block_size = block_size
         self.wte = nn.Embedding(vocab_size, n_embd)
         self.wpe = nn.Embedding(block_size, n_embd)
-        self.blocks = nn.Sequential(*[Block(n_embd, n_head) for _ in range(n_layers)])
+        self.drop = Dropout(dropout)
+        self.blocks = nn.Sequential(*[Block(n_embd, n_head, dropout) for _ in range(n_layers)])
         self.ln_f = LayerNorm(n_embd)
         self.lm_head = nn.Linear(n_embd, vocab_size, bias=False)
 
     def forward(self, idx: torch.Tensor, cache: Cache | None = None) -> torch.Tensor:
-        x = self.wte(idx) + self.wpe(positions(idx, cache, self.block_size))  # (B, T, C)
+        x = self.drop(self.wte(idx) + self.wpe(positions(idx, cache, self.block_size)))  # (B, T, C)
         for block in self.blocks:
             x = block(x, cache)                                           # (B, T, C)
         return self.lm_head(self.ln_f(x))                                 # (B, T, V)
@@ -189,14 +213,18 @@ class Transformer(nn.Module):
 class RecurrentLM(nn.Module):
     """The recurrent language model as nn.Modules; see numpy_layers."""
 
-    def __init__(self, vocab_size: int, n_embd: int, n_embd2: int, cell: str = "rnn") -> None:
+    def __init__(self, vocab_size: int, n_embd: int, n_embd2: int, cell: str = "rnn",
+                 dropout: float = 0.0) -> None:
         super().__init__()
         self.wte = nn.Embedding(vocab_size, n_embd)
+        self.drop_in = Dropout(dropout)
         self.rnn = {"rnn": RNN, "gru": GRU}[check_cell(cell)](n_embd, n_embd2)
+        self.drop_out = Dropout(dropout)
         self.lm_head = nn.Linear(n_embd2, vocab_size)
 
     def forward(self, idx: torch.Tensor, cache: Cache | None = None) -> torch.Tensor:
-        return self.lm_head(self.rnn(self.wte(idx), cache))  # (B, T, V)
+        h = self.rnn(self.drop_in(self.wte(idx)), cache)  # (B, T, H)
+        return self.lm_head(self.drop_out(h))             # (B, T, V)
 
 
 def sequence_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -236,6 +264,9 @@ class TorchModuleSequenceLM(TorchSequenceLM):
 
     backend = "torch-module"
     sequence_loss_fn = staticmethod(sequence_cross_entropy)
+
+    def _layers(self) -> Iterator[nn.Module]:
+        return self.net.modules()
 
 
 LM = TorchModuleLM  # the names models.build_model looks for in every backend module
