@@ -420,3 +420,30 @@ def test_gru_makemore_recipe(tmp_path):
     out = train_run(tmp_path / "gru", "--recipe", "gru-makemore", "-n", "0")
     assert evaluations(out)[-1]["step"] == 29_999
     assert_figures(out, train=1.9449, val=2.0150, test=2.0124)
+
+
+@slow
+@pytest.mark.parametrize("model", [
+    ["--model", "transformer", "--dropout", "0.1"],
+    ["--model", "rnn"],
+    ["--model", "gru", "--dropout", "0.1"],
+], ids=["transformer", "rnn", "gru"])
+def test_sequence_models_300_steps_on_every_backend(tmp_path, model):
+    """docs/sequence.md: 300 steps of each sequence model at its default size on the names
+    (with dropout for two of them): numpy, raw torch and torch.nn agree on every metric
+    record within 1e-5 and write the same sample.txt."""
+    pytest.importorskip("torch")
+    runs = {}
+    for backend in ("numpy", "torch", "torch-module"):
+        runs[backend] = train_run(tmp_path / backend, *model, "--steps", "300", "--eval-every",
+                                  "100", "--eval-train-batches", "10", "--backend", backend,
+                                  "--sample-tokens", "100", "-n", "0")
+    reference = metrics(runs["numpy"])
+    assert reference[-1]["test_loss"] < 2.6
+    for backend in ("torch", "torch-module"):
+        other = metrics(runs[backend])
+        assert len(other) == len(reference)
+        for a, b in zip(reference, other):
+            assert a.keys() == b.keys() and all(abs(a[k] - b[k]) <= 1e-5 for k in a), (a, b)
+        assert (runs[backend] / "sample.txt").read_text() == \
+            (runs["numpy"] / "sample.txt").read_text()

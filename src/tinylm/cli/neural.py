@@ -181,7 +181,8 @@ def _run(trainer: Trainer, model, mconfig: ModelConfig, config: TrainConfig,
     test = result.last("test_loss")
     trainer.keep_weights()  # the samples come from the weights the run keeps
     final = result.metrics[-1]
-    if "best_step" in final:
+    last_eval = max((r["step"] for r in result.metrics if "val_loss" in r), default=None)
+    if "best_step" in final and final["best_step"] != last_eval:
         print(f"done in {result.seconds:.1f} s: kept the weights of step {final['best_step']} "
               f"(val loss {final['best_val_loss']:.4f}; at the last step {val:.4f}): test loss "
               f"{test:.4f} (perplexity {format_perplexity(test)})")
