@@ -402,7 +402,7 @@ def transformer(config: ModelConfig, L: ModuleType, rng: RNG) -> Blueprint:
     each block the weight then bias of qkv, proj, mlp.0 and mlp.2, uniform in
     +-1/sqrt(fan_in); then lm_head's weight (it has no bias) the same way.
     LayerNorms start at weight 1, bias 0. (GPT-2's N(0, 0.02) trained slower
-    at this size: test 2.033 against 1.992 after the 10,000 steps of
+    at this size: test 2.033 against 1.992 after 10,000 steps at the settings of
     transformer-makemore.)
     """
     _sequence_layers(L, config)
