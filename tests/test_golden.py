@@ -400,21 +400,23 @@ def test_wavenet_classic_protocol(tmp_path):
 
 
 @slow
-def test_transformer_makemore_recipe(tmp_path):
+def test_transformer_makemore_protocol(tmp_path):
     """README and docs/sequence.md `tinylm train --recipe transformer-makemore --backend
-    torch-module` (204,544 parameters, 20,000 AdamW steps with a cosine decay, about 11
-    minutes on one thread): the weights of step 15,500 kept (val 1.9725), test 1.9724; the
-    last evaluation val 1.9745; the initial loss 3.5227 (PyTorch's default initialisation)."""
+    torch-module` (204,544 parameters): the full run (20,000 AdamW steps with a cosine
+    decay; the weights of step 15,500 kept, val 1.9725, test 1.9724) takes about 11
+    minutes, so this pins the recipe's protocol on a 3,000-step run: the initial loss
+    3.5227 (PyTorch's default initialisation), the cosine, an evaluation every 500 steps,
+    the best weights kept (here the last), val 2.1010 and test 2.1041."""
     pytest.importorskip("torch")
     out = train_run(tmp_path / "tm", "--recipe", "transformer-makemore", "--backend",
-                    "torch-module", "-n", "0")
+                    "torch-module", "--steps", "3000", "-n", "0")
     evals = evaluations(out)
-    assert [r["step"] for r in evals] == list(range(0, 20_000, 500)) + [19_999]
+    assert [r["step"] for r in evals] == list(range(0, 3000, 500)) + [2999]
     assert round(evals[0]["train_loss"], 4) == 3.5227
-    assert_figures(out, train=1.7769, val=1.9745, test=1.9724)
+    assert lr_by_step(out)[1500] == pytest.approx(2.5e-4)  # half-way down the cosine
+    assert_figures(out, train=2.0717, val=2.1010, test=2.1041)
     final = final_record(out)
-    assert final["best_step"] == 15_500 and round(final["best_val_loss"], 4) == 1.9725
-    assert final["best_val_loss"] == min(r["val_loss"] for r in evals)
+    assert final["best_step"] == 2999 and final["best_val_loss"] == evals[-1]["val_loss"]
 
 
 @slow
