@@ -59,6 +59,12 @@ def test_keep_best_tests_and_samples_the_weights_of_the_lowest_val_loss(tmp_path
         final["test_loss"], abs=1e-6)
     assert main(["eval", "-o", str(run)]) == 0
     assert f"kept weights of step {final['best_step']}" in capsys.readouterr().out
+    with np.load(run / "weights-000000060.npz") as saved:  # diagnose reads the last weights
+        last = open_run(run, weights="last").model.state_dict()
+        assert all(np.array_equal(last[k], saved[f"model/{k}"]) for k in last)
+        kept = opened.model.state_dict()
+        assert all(np.array_equal(kept[k], saved[f"best/{k}"]) for k in kept)
+        assert not all(np.array_equal(kept[k], last[k]) for k in kept)
 
 
 def opened_split(run, name):

@@ -731,7 +731,7 @@ def diagnose_run(run_dir: str | os.PathLike, plot_dir: str | os.PathLike | None 
     ratios alone) and the loss curve from metrics.jsonl.
     """
     run_dir = Path(run_dir)
-    run = open_run(run_dir)
+    run = open_run(run_dir, weights="last")  # the weights its optimizer state and step belong to
     if run.kind != "neural":
         raise ConfigError(f"{str(run_dir)!r} holds an n-gram run: it has no layers to diagnose")
     config = run.config

@@ -149,7 +149,8 @@ def build_model(config: ModelConfig, backend: str, rng: RNG):
     """Build ``config``'s model on ``backend``, its weights drawn from ``rng``.
 
     Returns the backend's model (see tinylm.layers.base.LanguageModel):
-    forward(idx, targets=None) -> (logits, loss), backward(), parameters(),
+    forward(idx, targets=None) -> (logits, loss) (a sequence model also
+    forward(idx, cache=Cache()) for generating), backward(), parameters(),
     train()/eval(), state_dict()/load_state_dict(), layers, context, config.
     """
     L = layer_module(backend)

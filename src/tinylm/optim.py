@@ -395,8 +395,9 @@ def lr_at(step: int, steps: int, base_lr: float, schedule: str = "constant",
 
     warmup:   the first ``warmup`` updates climb linearly to base_lr (update i at
               base_lr * (i + 1) / warmup), so that Adam's first steps, taken
-              while its moment estimates rest on a few gradients, stay small;
-              the schedule then runs over the remaining steps.
+              while its moment estimates rest on a few gradients, stay small.
+              A cosine then runs over the remaining steps (its first update at
+              base_lr, as the warmup's last); step keeps its drop point.
     constant: base_lr throughout.
     cosine:   base_lr * 0.5 * (1 + cos(pi * progress)), from base_lr down towards 0.
     step:     base_lr for the first ``drop_at`` fraction of the steps, then base_lr * drop_factor.

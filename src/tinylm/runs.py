@@ -386,8 +386,10 @@ def read_manifest(out: str | os.PathLike) -> dict:
     return manifest
 
 
-def open_run(out: str | os.PathLike, backend: str | None = None) -> Run:
-    """The committed run in ``out``, every part verified, its model built (on ``backend``)."""
+def open_run(out: str | os.PathLike, backend: str | None = None, weights: str = "kept") -> Run:
+    """The committed run in ``out``, every part verified, its model built (on ``backend``)
+    with the weights it keeps (``weights="kept"``: the best by val if the run kept them)
+    or those of its last step (``"last"``: what its optimizer state belongs to)."""
     out = Path(out)
     manifest = read_manifest(out)
     try:
@@ -407,8 +409,8 @@ def open_run(out: str | os.PathLike, backend: str | None = None) -> Run:
                 raise CheckpointError("the model and the vocabulary disagree")
             # the initial draw is overwritten by the saved arrays; any seed will do
             run.model = build_model(run.model_config, backend or run.config.backend, RNG(1))
-            # the weights the run keeps: the best by val if it kept them (a resume loads the last)
-            run.model.load_state_dict(arrays.get("best", arrays["model"]))
+            chosen = arrays.get("best", arrays["model"]) if weights == "kept" else arrays["model"]
+            run.model.load_state_dict(chosen)
         else:
             run.ngram = NgramConfig(**manifest["ngram"])
             if run.ngram.vocab_size != tokenizer.vocab_size:

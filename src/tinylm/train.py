@@ -88,8 +88,9 @@ class TrainConfig(settings.Settings):
                                   NONNEG_FLOAT)
     eval_every: int = setting(500, "evaluate every this many steps and at the last", POSITIVE_INT)
     keep: str = setting("last", "the weights the run keeps for its test loss, its samples and "
-                        "'tinylm sample/eval': last (after the final step) or best (at the "
-                        "evaluation with the lowest val loss: early stopping without stopping)",
+                        "'tinylm sample/eval': last (after the final step) or best (those an "
+                        "evaluation with the lowest val loss measured, each evaluation coming "
+                        "before its step's update: early stopping without stopping)",
                         choice(KEEP))
     eval_train_batches: int | None = setting(
         None, "batches of the train split to estimate its loss on, 0 = all", ALL_OR_POSITIVE)
@@ -305,9 +306,12 @@ class Trainer:
         if "best" in state:
             try:
                 self.best = Best(int(state["best"]["step"]), float(state["best"]["val_loss"]),
-                                 arrays["best"])
+                                 dict(arrays["best"]))
             except (KeyError, TypeError, ValueError):
                 raise CheckpointError("the checkpoint's best weights are incomplete") from None
+            shapes = {name: a.shape for name, a in self.model.state_dict().items()}
+            if {name: np.shape(a) for name, a in self.best.weights.items()} != shapes:
+                raise CheckpointError("the checkpoint's best weights do not fit the model")
 
     # --- the loop ---
 

@@ -111,7 +111,7 @@ def resume(args: argparse.Namespace, explicit: dict[str, Any]) -> int:
     runs.read_manifest(out)  # a missing or foreign directory is refused before it is locked
     lock = runs.RunLock(out)
     try:
-        run = runs.open_run(out)
+        run = runs.open_run(out, weights="last")
         if run.kind != "neural":
             raise ConfigError(f"{str(out)!r} holds an n-gram run: it has nothing to resume")
         if args.model is not None and args.model != run.model_config.model:
@@ -181,10 +181,10 @@ def _run(trainer: Trainer, model, mconfig: ModelConfig, config: TrainConfig,
     test = result.last("test_loss")
     trainer.keep_weights()  # the samples come from the weights the run keeps
     final = result.metrics[-1]
-    last_eval = max((r["step"] for r in result.metrics if "val_loss" in r), default=None)
-    if "best_step" in final and final["best_step"] != last_eval:
+    if "best_step" in final:
+        last = "" if final["best_val_loss"] == val else f"; at the last evaluation {val:.4f}"
         print(f"done in {result.seconds:.1f} s: kept the weights of step {final['best_step']} "
-              f"(val loss {final['best_val_loss']:.4f}; at the last step {val:.4f}): test loss "
+              f"(val loss {final['best_val_loss']:.4f}{last}): test loss "
               f"{test:.4f} (perplexity {format_perplexity(test)})")
     else:
         print(f"done in {result.seconds:.1f} s: val loss {val:.4f}, test loss {test:.4f} "

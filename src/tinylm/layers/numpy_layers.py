@@ -604,7 +604,7 @@ class Transformer(Layer):
 
     def forward(self, idx: np.ndarray, cache: Cache | None = None) -> np.ndarray:
         past = 0 if cache is None else cache.length      # the positions already read
-        T = check_block((len(idx), past + idx.shape[1]), self.block_size) - past
+        T = check_block(idx.shape, self.block_size, past)
         x = self.drop(self.wte(idx) + self.wpe(np.arange(past, past + T)))  # (B, T, C) + (T, C)
         for block in self.blocks.layers:
             x = block(x, cache)                          # (B, T, C)

@@ -49,11 +49,13 @@ def check_heads(n_embd: int, n_head: int) -> None:
                           "splits the channels evenly between its heads")
 
 
-def check_block(shape: Sequence[int], block_size: int) -> int:
-    """A sequence model reads (B, T) token ids with 1 <= T <= its block size; returns T."""
-    if len(shape) != 2 or not 1 <= shape[1] <= block_size:
+def check_block(shape: Sequence[int], block_size: int, past: int = 0) -> int:
+    """A sequence model reads (B, T) token ids with 1 <= T <= its block size (less the
+    ``past`` positions a cache already holds); returns T."""
+    if len(shape) != 2 or not 1 <= shape[1] <= block_size - past:
+        after = f" after the {past} a cache holds" if past else ""
         raise ConfigError(f"a sequence model of block size {block_size} reads (B, T) token ids "
-                          f"with 1 <= T <= {block_size}, got shape {tuple(shape)}")
+                          f"with 1 <= T <= {block_size - past}{after}, got shape {tuple(shape)}")
     return shape[1]
 
 

@@ -316,7 +316,7 @@ class RecurrentLM(Layer):
 def positions(idx: torch.Tensor, cache: Cache | None, block_size: int) -> torch.Tensor:
     """The positions of idx's tokens: after those a cache has read, within the block."""
     past = 0 if cache is None else cache.length
-    T = check_block((len(idx), past + idx.shape[1]), block_size) - past
+    T = check_block(idx.shape, block_size, past)
     return torch.arange(past, past + T, device=idx.device)
 
 
