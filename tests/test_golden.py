@@ -101,6 +101,17 @@ def test_parameter_counts_of_the_bigram_and_the_mlps():
     assert build_model(classic, "numpy", RNG(1337)).num_params() == 89_387
 
 
+def test_parameter_counts_of_the_sequence_recipes():
+    """README's table: 204,544 for transformer-makemore, 28,315 for gru-makemore, 364,523
+    for best (block 16: the longest name + 1)."""
+    sizes = {"transformer": dict(n_embd=64, n_heads=4, n_layers=4),
+             "gru-makemore": dict(n_embd=64, n_embd2=64), "best": dict(n_embd=48, n_embd2=320)}
+    counts = {name: build_model(ModelConfig("gru" if name != "transformer" else name,
+                                            vocab_size=27, block_size=16, **kw),
+                                "numpy", RNG(1)).num_params() for name, kw in sizes.items()}
+    assert counts == {"transformer": 204_544, "gru-makemore": 28_315, "best": 364_523}
+
+
 def test_matmul_flops_of_one_classic_step():
     """README and docs/mlp.md: a classic step multiplies 128 x 144 x 512 and 128 x 512 x 27
     matrices, three matmuls per Linear: 67.2 MFLOP."""
@@ -417,6 +428,24 @@ def test_transformer_makemore_protocol(tmp_path):
     assert_figures(out, train=2.0717, val=2.1010, test=2.1041)
     final = final_record(out)
     assert final["best_step"] == 2999 and final["best_val_loss"] == evals[-1]["val_loss"]
+
+
+@slow
+def test_best_recipe_protocol(tmp_path):
+    """README and docs/sequence.md `tinylm train --recipe best` (a GRU of 364,523
+    parameters): the full run (12,000 steps, val 1.9196, test 1.9181) takes about 12
+    minutes, so this pins the recipe's protocol on a 2,000-step run: the warmup to 2e-3
+    over 500 steps, then the cosine, dropout 0.3, the best weights kept (here the last),
+    val 2.0026 and test 2.0022."""
+    out = train_run(tmp_path / "best", "--recipe", "best", "--steps", "2000", "-n", "0")
+    lr = lr_by_step(out)
+    assert lr[0] == pytest.approx(4e-6) and lr[499] == lr[500] == pytest.approx(2e-3)
+    assert lr[1250] == pytest.approx(1e-3)  # half-way down the cosine after the warmup
+    config = json.loads((out / "config.json").read_text())["model_config"]
+    assert (config["n_embd2"], config["dropout"]) == (320, 0.3)
+    assert [r["step"] for r in evaluations(out)] == [0, 1000, 1999]
+    assert_figures(out, train=1.9617, val=2.0026, test=2.0022)
+    assert final_record(out)["best_step"] == 1999
 
 
 @slow
