@@ -292,7 +292,10 @@ def test_recipes_lists_what_each_recipe_sets(capsys):
     assert "--sample-prompt '\\nrichard'" in out
     assert main(["recipes"]) == 0
     from tinylm.recipes import RECIPES
-    assert capsys.readouterr().out.count("--model") == len(RECIPES) == 5
+    listed = capsys.readouterr().out
+    assert listed.count("--model") == len(RECIPES) == 6
+    assert all(listed.count(f"\n{name}: ") + listed.startswith(f"{name}: ") == 1
+               for name in RECIPES)
 
 
 def test_files_already_split(tmp_path, names, capsys):

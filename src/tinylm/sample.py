@@ -74,7 +74,12 @@ def pick(probs: np.ndarray, coin: float) -> int:
 
 @contextlib.contextmanager
 def eval_mode(model) -> Iterator[None]:
-    """Run with the model in eval mode (and without autograd for torch), then restore."""
+    """Run with the model in eval mode (and without autograd for torch), then restore.
+
+    For torch, ``inference_mode`` rather than ``no_grad``: it also skips the
+    version counters of autograd, a fixed cost per operation that dominates
+    when a sampled token is a few hundred operations on tiny tensors (about
+    a fifth of the time here); nothing computed inside is ever differentiated."""
     was_training = bool(getattr(model, "training", False))
     model.eval()
     try:
@@ -89,7 +94,7 @@ def _no_grad(model):
     if getattr(model, "backend", "") in TORCH_BACKENDS:
         import torch
 
-        return torch.no_grad()
+        return torch.inference_mode()
     return contextlib.nullcontext()
 
 
