@@ -135,6 +135,8 @@ class CausalSelfAttention(nn.Module):
             y = self.attn_dropout(torch.softmax(scores, dim=-1)) @ v  # (B, nh, T, hs)
         elif Tk == T:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, nh, T, hs)
+        elif T == 1:  # one new position reads every key: no mask at all
+            y = F.scaled_dot_product_attention(q, k, v)
         else:  # is_causal aligns the mask top-left; with past keys it must be bottom-right
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=~future_mask(T, Tk, x.device))
         return self.resid_dropout(self.proj(y.transpose(1, 2).reshape(B, T, C)))  # (B, T, C)
