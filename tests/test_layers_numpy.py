@@ -416,7 +416,7 @@ def _seed_dropout(net, seed: int):
     rng = RNG(seed)
     layers = net.modules() if isinstance(net, torch.nn.Module) else walk(net)
     for layer in layers:
-        if hasattr(layer, "p") and hasattr(layer, "rng"):
+        if getattr(layer, "draws_from_rng", False):
             layer.rng = rng
     return rng
 

@@ -194,9 +194,25 @@ class LanguageModel:
     def _set_training(self, mode: bool) -> None:
         raise NotImplementedError
 
+    def _hold(self, net: Any) -> None:
+        """A per-position model's setup: ``net`` its one layer, the block size its context,
+        the parameters those of ``net`` under their own dotted names."""
+        self.context = self.config.block_size
+        self.net = net
+        self.layers = [net]
+        self._params = dict(net.named_parameters())
+
     def draw_dropout_from(self, rng: Any) -> None:
         """Give every Dropout layer the RNG its masks come from (the run's, so that a
         checkpoint of the RNG's state resumes them); models without dropout ignore it."""
+        for layer in self._sublayers():
+            if getattr(layer, "draws_from_rng", False):
+                layer.rng = rng
+
+    def _sublayers(self) -> Iterable[Any]:
+        """Every layer of a per-position model's network (the fixed-window models have no
+        Dropout: nothing to visit)."""
+        return walk(self.net) if getattr(self, "net", None) is not None else ()
 
     # --- shared ---------------------------------------------------------------------------
 

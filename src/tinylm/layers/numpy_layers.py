@@ -24,7 +24,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from tinylm.layers import base
-from tinylm.layers.base import Cache, LanguageModel, Layer, check_cached, dropout_mask, walk
+from tinylm.layers.base import Cache, LanguageModel, Layer, check_cached, dropout_mask
 from tinylm.data import IGNORE
 from tinylm.layers.shape_checks import (
     check_batch_norm_examples, check_block, check_cell, check_flatten_input, check_group,
@@ -312,6 +312,8 @@ class Dropout(Layer):
     through. The mask comes from the run's RNG (``rng``, given by the model:
     ``draw_dropout_from``), so every backend drops the same elements.
     """
+
+    draws_from_rng = True  # LanguageModel.draw_dropout_from gives it the run's RNG
 
     def __init__(self, p: float = 0.0) -> None:
         super().__init__()
@@ -806,10 +808,7 @@ class NumpySequenceLM(NumpyLM):
 
     def __init__(self, config: Any, net: Layer) -> None:
         LanguageModel.__init__(self, config, config.block_size, {})
-        self.context = config.block_size
-        self.net = net
-        self.layers = [net]
-        self._params = dict(net.named_parameters())
+        self._hold(net)
         for name, p in self._params.items():
             p.name = name
         self._criterion = SequenceCrossEntropy()
@@ -834,11 +833,6 @@ class NumpySequenceLM(NumpyLM):
 
     def _named_buffers(self) -> dict[str, tuple[Layer, str]]:
         return {}  # no sequence layer keeps running statistics
-
-    def draw_dropout_from(self, rng: Any) -> None:
-        for layer in walk(self.net):
-            if isinstance(layer, Dropout):
-                layer.rng = rng
 
 
 LM = NumpyLM  # the names models.build_model looks for in every backend module

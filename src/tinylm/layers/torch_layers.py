@@ -10,13 +10,13 @@ backward to write.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
 
 from tinylm.layers.base import (
-    Cache, LanguageModel, Layer, Sequential, check_cached, dropout_mask, walk,
+    Cache, LanguageModel, Layer, Sequential, check_cached, dropout_mask,
 )
 from tinylm.data import IGNORE
 from tinylm.layers.numpy_layers import GELU_C
@@ -162,6 +162,8 @@ class GELU(Layer):
 
 class Dropout(Layer):
     """Dropout (Srivastava et al., 2014) with its mask from the run's RNG; see numpy_layers."""
+
+    draws_from_rng = True
 
     def __init__(self, p: float = 0.0) -> None:
         super().__init__()
@@ -478,10 +480,7 @@ class TorchSequenceLM(TorchLM):
 
     def __init__(self, config: Any, net: Any) -> None:
         LanguageModel.__init__(self, config, config.block_size, {})
-        self.context = config.block_size
-        self.net = net
-        self.layers = [net]
-        self._params = dict(net.named_parameters())
+        self._hold(net)
         self._loss = None
 
     def forward(self, idx: Any, targets: Any = None, cache: Cache | None = None
@@ -496,14 +495,6 @@ class TorchSequenceLM(TorchLM):
 
     def _named_buffers(self) -> dict[str, torch.Tensor]:
         return dict(self.net.named_buffers())
-
-    def draw_dropout_from(self, rng: Any) -> None:
-        for layer in self._layers():
-            if hasattr(layer, "p") and hasattr(layer, "rng"):  # Dropout, raw or nn.Module
-                layer.rng = rng
-
-    def _layers(self) -> Iterator[Any]:
-        return walk(self.net)
 
 
 LM = TorchLM  # the names models.build_model looks for in every backend module

@@ -99,6 +99,8 @@ class Dropout(nn.Module):
     rather than torch's generator (``nn.Dropout``), so that it drops what the numpy and
     raw-tensor backends drop."""
 
+    draws_from_rng = True
+
     def __init__(self, p: float = 0.0) -> None:
         super().__init__()
         self.p = p
@@ -235,7 +237,16 @@ def sequence_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch
                            ignore_index=IGNORE)
 
 
-class TorchModuleLM(TorchLM):
+class _Modules:
+    """For the models over nn.Modules: their layers are the network's ``modules()``."""
+
+    net: nn.Module
+
+    def _sublayers(self) -> Iterator[nn.Module]:
+        return self.net.modules()
+
+
+class TorchModuleLM(_Modules, TorchLM):
     """The raw-tensor language model's interface over an ``nn.Sequential`` of modules.
 
     The modules' own random initialisation is overwritten by the builder's
@@ -260,15 +271,12 @@ def _keep_output(module: nn.Module, inputs: Any, output: Any) -> None:
     module.out = output
 
 
-class TorchModuleSequenceLM(TorchSequenceLM):
+class TorchModuleSequenceLM(_Modules, TorchSequenceLM):
     """The per-position language model over an nn.Module network (``Transformer``,
     ``RecurrentLM``), with ``F.cross_entropy(ignore_index=IGNORE)``."""
 
     backend = "torch-module"
     sequence_loss_fn = staticmethod(sequence_cross_entropy)
-
-    def _layers(self) -> Iterator[nn.Module]:
-        return self.net.modules()
 
 
 LM = TorchModuleLM  # the names models.build_model looks for in every backend module
