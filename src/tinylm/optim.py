@@ -329,12 +329,17 @@ class TorchOptimizer:
         # torch.optim.AdamW(fused=True)'s kernel: the whole update in one pass over each
         # tensor, a quarter of the time of a dozen separate tensor operations. torch.optim
         # counts steps in a float32 tensor per parameter, which the kernel reads.
-        step = torch.tensor(float(self.steps), dtype=torch.float32)
+        step = torch.tensor(float(self.steps), dtype=torch.float32, device=params[0].device)
         torch._fused_adamw_(params, grads, [self.buffers["exp_avg"][i] for i in which],
                             [self.buffers["exp_avg_sq"][i] for i in which], [],
                             [step] * len(params), lr=self.lr, beta1=self.betas[0],
                             beta2=self.betas[1], weight_decay=self.weight_decay, eps=self.eps,
                             amsgrad=False, maximize=False)
+
+    @property
+    def param_groups(self) -> list[dict]:
+        """What ``torch.amp.GradScaler`` reads to unscale the gradients (float16 runs)."""
+        return [{"params": self.params}]
 
     def zero_grad(self) -> None:
         for p in self.params:

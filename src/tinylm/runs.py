@@ -411,6 +411,8 @@ def open_run(out: str | os.PathLike, backend: str | None = None, weights: str = 
             run.model = build_model(run.model_config, backend or run.config.backend, RNG(1))
             chosen = arrays.get("best", arrays["model"]) if weights == "kept" else arrays["model"]
             run.model.load_state_dict(chosen)
+            if hasattr(run.model, "dtype"):  # a torch model evaluates in the run's precision
+                run.model.dtype = run.config.dtype
         else:
             run.ngram = NgramConfig(**manifest["ngram"])
             if run.ngram.vocab_size != tokenizer.vocab_size:

@@ -38,11 +38,11 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from tinylm import settings
+from tinylm import devices, distributed, settings
 from tinylm.batches import Batches, Split, eval_batches
-from tinylm.data import LOADERS
+from tinylm.data import IGNORE, LOADERS
 from tinylm.errors import CheckpointError, ConfigError, TinylmError
-from tinylm.models import BACKENDS
+from tinylm.models import BACKENDS, TORCH_BACKENDS
 from tinylm.layers.numpy_layers import cross_entropy, sequence_cross_entropy
 from tinylm.optim import OPTIMIZERS, SCHEDULES, lr_at, make_optimizer
 from tinylm.recipes import recipe_names
@@ -55,6 +55,7 @@ from tinylm.settings import (
 
 # which weights a run keeps: after its last step, or at its lowest val loss
 KEEP = ("last", "best")
+DEVICE = settings.Kind(str, devices.is_device_name, devices.DEVICE_FORMS, metavar="DEVICE")
 
 
 @dataclass(frozen=True)
@@ -105,6 +106,15 @@ class TrainConfig(settings.Settings):
                            "the like is set; more threads thrash on a busy machine); the run "
                            "saves the count and a resume keeps it, since BLAS rounds "
                            "differently with another", NONNEG_INT, resume=True)
+    device: str = setting("auto", "where a torch backend computes: auto (CUDA if present, else "
+                          "the CPU), cpu, cuda, cuda:N or mps; checkpoints load on any device",
+                          DEVICE, resume=True)
+    dtype: str = setting("float32", "precision of the forward pass: float32 (every backend's "
+                         "numbers equal), or bfloat16/float16 under torch.autocast (torch "
+                         "backends; float16 with a loss scale)", choice(devices.DTYPES))
+    grad_accum: int = setting(1, "split each batch into this many micro-batches whose "
+                              "gradients add up before the update: the same step in less "
+                              "memory (torch backends)", POSITIVE_INT)
     diagnose_every: int = setting(0, "every N steps measure activation, gradient and update:data "
                                   "statistics into diagnostics.jsonl, for 'tinylm diagnose' "
                                   "(0: never); the run's numbers do not change", NONNEG_INT,
@@ -180,6 +190,42 @@ def evaluate(model, split: Split, batch_size: int, max_batches: int | None = Non
     return total / weight
 
 
+def _check_parts(config: TrainConfig, model, world: distributed.World, n_train: int) -> None:
+    """Refuse a batch in parts where the parts would not add up to the whole batch's step."""
+    why = "several processes" if world.distributed else f"--grad-accum {config.grad_accum}"
+    if getattr(model, "backend", "") not in TORCH_BACKENDS:
+        raise ConfigError(f"{why} needs a torch backend (--backend torch or torch-module): "
+                          f"the {model.backend} backend computes a batch whole")
+    if getattr(model, "batch_statistics", False):
+        raise ConfigError(f"{why}: a model with BatchNorm1d normalises by its batch's "
+                          "statistics, which a part of the batch does not have")
+    if getattr(model.config, "dropout", 0.0) > 0:
+        raise ConfigError(f"{why}: --dropout draws its masks for the whole batch in one "
+                          "process; training in parts with dropout is not available yet")
+    distributed.parts(config.batch_size or n_train, world, config.grad_accum)
+
+
+def place(model, config: TrainConfig, world: distributed.World = distributed.World()) -> str:
+    """Put a torch model on the run's device, in its precision; returns the device.
+
+    ``ConfigError`` for a device this machine lacks or a precision the backend cannot run.
+    """
+    backend = getattr(model, "backend", "numpy")
+    device = distributed.device_of(world, devices.resolve(config.device, backend))
+    devices.check_dtype(config.dtype, backend, device)
+    if backend in TORCH_BACKENDS:
+        if model.device != device:
+            model.to_device(device)
+        model.dtype = config.dtype
+    return device
+
+
+def _scalar(value: float, device: str):
+    import torch
+
+    return torch.tensor(value, dtype=torch.float32, device=device)
+
+
 # --- the trainer ---------------------------------------------------------------------
 
 @dataclass
@@ -225,7 +271,8 @@ class Trainer:
     """
 
     def __init__(self, config: TrainConfig, model, splits: dict[str, Split], rng: RNG, *,
-                 store: Any = None, progress: Callable[[dict], None] | None = None) -> None:
+                 store: Any = None, progress: Callable[[dict], None] | None = None,
+                 world: distributed.World = distributed.World()) -> None:
         for name in ("train", "val", "test"):
             if name not in splits:
                 raise ConfigError(f"the trainer needs a {name} split")
@@ -240,6 +287,12 @@ class Trainer:
             raise ConfigError("batch_size 1 cannot train a model with BatchNorm1d: "
                               "a batch needs at least 2 examples to have a variance")
         learning_rate(config, 0)  # a schedule that does not fit the steps is refused here too
+        self.world = world
+        # a batch computed in parts: over several processes, or in micro-batches
+        self._in_parts = world.distributed or config.grad_accum > 1
+        if self._in_parts:
+            _check_parts(config, model, world, len(splits["train"]))
+        place(model, config, world)  # before the optimizer makes its state beside the weights
         self.config = config
         self.model = model
         model.draw_dropout_from(rng)  # masks from the run's RNG: its checkpointed state resumes them
@@ -255,6 +308,7 @@ class Trainer:
         self._saved_at = time.monotonic()
         self._saved_step: int | None = None  # the step of the last checkpoint this trainer took
         self.best: Best | None = None  # with keep "best": the evaluation with the lowest val loss
+        self.scaler = devices.grad_scaler(getattr(model, "device", "cpu"), config.dtype)
 
     # --- checkpoints ---
 
@@ -268,6 +322,8 @@ class Trainer:
         if self.best is not None:  # the last weights resume the run; the best are what it keeps
             state["best"] = {"step": self.best.step, "val_loss": self.best.val_loss}
             arrays["best"] = self.best.weights
+        if self.scaler is not None:  # float16's loss scale moves as the run goes
+            state["grad_scaler"] = self.scaler.state_dict()
         if not all(np.isfinite(a).all() for a in arrays["model"].values()):
             raise TrainingDiverged(f"the weights stopped being finite numbers by step "
                                    f"{self.state.step}: the learning rate ({self.optimizer.lr:g}) "
@@ -302,6 +358,11 @@ class Trainer:
             while metrics and "test_loss" in metrics[-1]:
                 metrics.pop()
         self.state = TrainState(step=step, position=position, metrics=metrics)
+        if self.scaler is not None and "grad_scaler" in state:
+            try:
+                self.scaler.load_state_dict(state["grad_scaler"])
+            except (KeyError, TypeError, ValueError, RuntimeError):
+                raise CheckpointError("the checkpoint's float16 loss scale is invalid") from None
         self.best = None
         if "best" in state:
             try:
@@ -326,16 +387,47 @@ class Trainer:
     def _update(self, batches: Batches, step: int) -> float:
         X, Y = batches.next()
         self.model.train()
+        if self._in_parts or self.scaler is not None:
+            return self._update_in_parts(X, Y, step)
         _, loss = self.model.forward(X, Y)
         value = loss_value(loss)
+        self._check_loss(value, step)
+        self.model.backward()  # every backend's backward sets fresh gradients: nothing to zero
+        self.optimizer.step()
+        return value
+
+    def _update_in_parts(self, X: np.ndarray, Y: np.ndarray, step: int) -> float:
+        """One update from this process's parts of the batch (tinylm.distributed): each
+        part's mean loss weighted by its share of the batch's scored targets, the gradients
+        added up over the parts and the processes, then the step (float16: unscaled first,
+        and skipped if they overflowed)."""
+        scored = (Y != IGNORE).reshape(len(Y), -1).sum(axis=1)  # (B,) targets each row scores
+        total = int(scored.sum())
+        value = 0.0
+        for i, rows in enumerate(distributed.parts(len(Y), self.world, self.config.grad_accum)):
+            _, loss = self.model.forward(X[rows], Y[rows])
+            share = int(scored[rows].sum()) / total
+            value += share * loss_value(loss)
+            scale = share if self.scaler is None else self.scaler.scale(
+                _scalar(share, self.model.device))
+            self.model.backward(scale=scale, accumulate=i > 0)
+        if self.world.distributed:
+            distributed.all_reduce_grads(self.model.parameters())
+            value = distributed.all_sum([value])[0]
+        self._check_loss(value, step)
+        if self.scaler is None:
+            self.optimizer.step()
+        else:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        return value
+
+    def _check_loss(self, value: float, step: int) -> None:
         if not math.isfinite(value):
             # the weights are still the last finite ones, but the run is lost from here on
             raise TrainingDiverged(
                 f"the training loss became {value} at step {step}: the learning rate "
                 f"({self.optimizer.lr:g}) is probably too large; the run keeps its last checkpoint")
-        self.model.backward()  # every backend's backward sets fresh gradients: nothing to zero
-        self.optimizer.step()
-        return value
 
     def _evaluate(self, step: int, split: str, batch_size: int, limit: int | None = None) -> float:
         value = evaluate(self.model, self.splits[split], batch_size, limit)
@@ -430,7 +522,12 @@ class Trainer:
             self.model.load_state_dict(self.best.weights)
 
     def _check_signal(self) -> None:
-        if self._signal is not None:
+        stop = self._signal is not None
+        if self.world.distributed:  # all processes stop before the same step, or none does
+            stop = distributed.any_process(stop)
+            if stop and self._signal is None:
+                self._signal = signal.SIGTERM  # another process was stopped
+        if stop:
             raise KeyboardInterrupt
 
     @contextlib.contextmanager

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from tinylm import data, diagnostics, runs, settings, threads
+from tinylm import data, diagnostics, distributed, runs, settings, threads
 from tinylm.batches import split_for
 from tinylm.cli.common import add_run_dir, format_perplexity, print_loss, sample_and_save
 from tinylm.errors import ConfigError
@@ -66,9 +66,15 @@ def _diagnose(args: argparse.Namespace) -> int:
 # --- train ---------------------------------------------------------------------------
 
 def train(args: argparse.Namespace, lines3: tuple[list[str], list[str], list[str]], source: str,
-          inputs: list[str], model_name: str | None, explicit: dict[str, Any]) -> int:
-    """A new neural run: settings resolved, everything checked, then the run directory written."""
-    out = runs.check_new_run_dir(args.out_dir, inputs)
+          inputs: list[str], model_name: str | None, explicit: dict[str, Any],
+          world: distributed.World = distributed.World(),
+          gate: distributed.Gate | None = None) -> int:
+    """A new neural run: settings resolved, everything checked, then the run directory written.
+
+    Of several processes (tinylm.distributed) each sets the run up; past the ``gate``,
+    process 0 alone writes the directory."""
+    gate = gate or distributed.Gate(world)
+    out = runs.check_new_run_dir(args.out_dir, inputs) if world.main else Path(args.out_dir or ".")
     tokenizer = data.Tokenizer.from_lines([line for lines in lines3 for line in lines])
     mconfig, config = runs.resolve_configs(model_name, explicit.get("recipe"), explicit,
                                            tokenizer.vocab_size)
@@ -83,14 +89,17 @@ def train(args: argparse.Namespace, lines3: tuple[list[str], list[str], list[str
                               "model yet: its statistics are made for layer stacks")
     rng = RNG(config.seed)
     model = build_model(mconfig, config.backend, rng)
-    trainer = _trainer(model, mconfig, config, lines3, tokenizer, rng)
+    trainer = _trainer(model, mconfig, config, lines3, tokenizer, rng, world)
+    gate.passed()
+    if not world.main:
+        return _run(trainer, model, mconfig, config, tokenizer, lines3, out, args.num_samples)
     # everything is checked: from here on the run directory is written
     store = runs.RunWriter.create(out, inputs, runs.neural_settings(mconfig, config), tokenizer,
                                   source, lines3)
     trainer.store = store
     try:
         trainer.save()  # step 0: a kill before the first periodic checkpoint resumes from here
-        print(f"training {_what(model, mconfig, config)}: {config.steps} steps, batch "
+        print(f"training {_what(trainer, mconfig, config)}: {config.steps} steps, batch "
               f"{config.batch_size or 'all'}, {config.optimizer} lr {config.lr:g} "
               f"{config.lr_schedule}, loader {config.loader}"
               + (f", recipe {config.recipe}" if config.recipe else ""))
@@ -101,15 +110,22 @@ def train(args: argparse.Namespace, lines3: tuple[list[str], list[str], list[str
         store.close()
 
 
-def resume(args: argparse.Namespace, explicit: dict[str, Any]) -> int:
-    """Continue the run in -o DIR: its model, settings and splits come from the directory."""
+def resume(args: argparse.Namespace, explicit: dict[str, Any],
+           world: distributed.World = distributed.World(),
+           gate: distributed.Gate | None = None) -> int:
+    """Continue the run in -o DIR: its model, settings and splits come from the directory.
+
+    With several processes, each reads the run; process 0 locks it and, past the
+    ``gate``, writes it (the others read before anything is written)."""
+    gate = gate or distributed.Gate(world)
     out = check_out_dir(args.out_dir)
     for flag, value in (("--input", args.input), ("--train", args.train), ("--val", args.val),
                         ("--test", args.test)):
         if value is not None:
             raise ConfigError(f"{flag} cannot be given with --resume: the run keeps its own splits")
     runs.read_manifest(out)  # a missing or foreign directory is refused before it is locked
-    lock = runs.RunLock(out)
+    lock = runs.RunLock(out) if world.main else None
+    store = None
     try:
         run = runs.open_run(out, weights="last")
         if run.kind != "neural":
@@ -125,16 +141,21 @@ def resume(args: argparse.Namespace, explicit: dict[str, Any]) -> int:
                               "run has done; give more steps to extend it")
         model, tokenizer = run.model, run.tokenizer
         rng = RNG(config.seed)
-        trainer = _trainer(model, mconfig, config, run.lines3, tokenizer, rng)
+        trainer = _trainer(model, mconfig, config, run.lines3, tokenizer, rng, world)
         trainer.restore(run.manifest["state"], run.arrays, run.metrics)
-        store = runs.RunWriter.reopen(run, lock, runs.neural_settings(mconfig, config),
-                                      keep=len(trainer.state.metrics))
+        gate.passed()
+        if lock is not None:
+            store = runs.RunWriter.reopen(run, lock, runs.neural_settings(mconfig, config),
+                                          keep=len(trainer.state.metrics))
     except BaseException:
-        lock.release()
+        if lock is not None:
+            lock.release()
         raise
+    if store is None:  # a process that computes and writes nothing
+        return _run(trainer, model, mconfig, config, tokenizer, run.lines3, out, args.num_samples)
     trainer.store = store
     try:
-        print(f"resuming {_what(model, mconfig, config)} at step {trainer.state.step} of "
+        print(f"resuming {_what(trainer, mconfig, config)} at step {trainer.state.step} of "
               f"{config.steps}")
         if changed_threads:
             print(f"tinylm: warning: this run computed with {run.config.threads} thread"
@@ -146,21 +167,38 @@ def resume(args: argparse.Namespace, explicit: dict[str, Any]) -> int:
         store.close()
 
 
-def _what(model, mconfig: ModelConfig, config: TrainConfig) -> str:
-    return f"{mconfig.model} ({config.backend}, {model.num_params():,} parameters)"
+def _what(trainer: Trainer, mconfig: ModelConfig, config: TrainConfig) -> str:
+    model, world = trainer.model, trainer.world
+    where = [config.backend]
+    if getattr(model, "device", "cpu") != "cpu" or config.device != "auto":
+        where.append(f"on {model.device}")
+    if config.dtype != "float32":
+        where.append(config.dtype)
+    if world.distributed:
+        where.append(f"{world.size} processes")
+    if config.grad_accum > 1:
+        where.append(f"{config.grad_accum} micro-batches a step")
+    return f"{mconfig.model} ({', '.join(where)}, {model.num_params():,} parameters)"
 
 
 def _trainer(model, mconfig: ModelConfig, config: TrainConfig, lines3, tokenizer: data.Tokenizer,
-             rng: RNG) -> Trainer:
+             rng: RNG, world: distributed.World) -> Trainer:
     splits = {name: split_for(name, lines, tokenizer, mconfig, config.loader)
               for name, lines in zip(data.SPLIT_NAMES, lines3)}
     if config.sample_tokens:
         tokenizer.encode(config.sample_prompt)  # refuse a prompt the vocabulary cannot spell, now
-    return Trainer(config, model, splits, rng)
+    return Trainer(config, model, splits, rng, world=world)
 
 
 def _run(trainer: Trainer, model, mconfig: ModelConfig, config: TrainConfig,
          tokenizer: data.Tokenizer, lines3, out: Path, num_samples: int) -> int:
+    if not trainer.world.main:  # computes its share; process 0 reports and writes
+        try:
+            with threads.limited(config.threads):
+                trainer.run()
+        except TrainingInterrupted as e:  # process 0 says where the run was saved
+            raise SystemExit(130 if e.signum == signal.SIGINT else 128 + e.signum) from None
+        return 0
     reporter = _Reporter(config.steps, trainer.state.step, sys.stderr.isatty())
     trainer.progress = _watched(reporter, config, trainer, out, tokenizer.vocab_size)
     try:

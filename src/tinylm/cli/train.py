@@ -11,10 +11,12 @@ model does not read, reads the data, and hands over to ``cli.ngram`` or
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import os
 from typing import Any
 
-from tinylm import data, settings
+from tinylm import data, distributed, settings
 from tinylm.cli import neural, ngram
 from tinylm.cli.common import add_run_dir
 from tinylm.errors import ConfigError
@@ -80,18 +82,50 @@ def _default_note(f: dataclasses.Field) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    world = distributed.from_environment()
+    if not world.distributed:
+        return _train(args, world, distributed.Gate(world))
+    return _train_together(args, world)
+
+
+def _train(args: argparse.Namespace, world: distributed.World, gate: distributed.Gate) -> int:
     explicit = settings.given(args, SETTINGS)
     if args.resume:
-        return neural.resume(args, explicit)
+        return neural.resume(args, explicit, world, gate)
     model = args.model
     if model is None:
         model = RECIPES[args.recipe].model if args.recipe else "ngram"
     settings.refuse_unread(explicit, SETTINGS, model, tuple(MODELS))
     lines3, source, inputs = _read_data(args)
     if model in COUNT_MODELS:
+        if world.distributed:
+            raise ConfigError("the n-gram models count in one pass: run them without torchrun")
         return ngram.train(args, lines3, source, inputs, _resolve(NgramSettings, explicit),
                            _resolve(TrainConfig, explicit))
-    return neural.train(args, lines3, source, inputs, args.model, explicit)
+    return neural.train(args, lines3, source, inputs, args.model, explicit, world, gate)
+
+
+def _train_together(args: argparse.Namespace, world: distributed.World) -> int:
+    """One process of a torchrun job: set up with the others, train, leave the group.
+
+    Only process 0 prints; a failure in setting up is reported once, by the
+    first process that failed, and stops every process before anything is written."""
+    quiet = None
+    if not world.main:
+        quiet = contextlib.redirect_stdout(open(os.devnull, "w"))
+        quiet.__enter__()
+    distributed.start(world)
+    gate = distributed.Gate(world)
+    try:
+        return _train(args, world, gate)
+    except BaseException:
+        if not gate.done and not gate.failed():
+            raise SystemExit(2) from None  # the first process that failed says why
+        raise
+    finally:
+        distributed.stop()
+        if quiet is not None:
+            quiet.__exit__(None, None, None)
 
 
 def _resolve(cls: type, explicit: dict[str, Any]) -> Any:

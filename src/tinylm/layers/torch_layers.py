@@ -15,8 +15,9 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import torch
 
+from tinylm import devices
 from tinylm.layers.base import (
-    Cache, LanguageModel, Layer, Sequential, check_cached, dropout_mask,
+    Cache, LanguageModel, Layer, Sequential, check_cached, dropout_mask, walk,
 )
 from tinylm.data import IGNORE
 from tinylm.layers.numpy_layers import GELU_C
@@ -431,24 +432,50 @@ class TorchLM(LanguageModel):
     def make_net(layers: Sequence[Any]) -> Any:
         return Sequential(layers)
 
+    device = "cpu"  # where the tensors are (``to_device``)
+    dtype = "float32"  # the forward pass's precision: lower ones run under torch.autocast
+
     def forward(self, idx: Any, targets: Any = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        x = self._inputs(as_long(idx))                                   # (B, reads)
-        logits = self.net(x)                                             # (B, V)
+        x = self._inputs(self._ids(idx))                                 # (B, reads)
+        with devices.autocast(self.device, self.dtype):
+            logits = self._full(self.net(x))                             # (B, V)
         loss = None
         if targets is not None:
-            loss = self.loss_fn(logits, as_long(targets))
+            loss = self.loss_fn(logits, self._ids(targets))
             for name, c in self.penalties.items():
                 loss = loss + c * (self._params[name] ** 2).mean()
         self._loss = loss
         return logits, loss
 
-    def backward(self) -> None:
-        """Fresh gradients of the last loss in every ``.grad`` (not accumulated)."""
+    def backward(self, scale: Any = 1.0, accumulate: bool = False) -> None:
+        """Fresh gradients of the last loss in every ``.grad``; with ``accumulate``, added to
+        those there. ``scale`` multiplies the loss first (a micro-batch's share of the batch,
+        float16's loss scale)."""
         if self._loss is None:
             raise RuntimeError("backward() needs a forward pass with targets first")
-        for p in self._params.values():
-            p.grad = None
-        self._loss.backward()
+        if not accumulate:
+            for p in self._params.values():
+                p.grad = None
+        # a scale of 1 multiplies nothing, so the plain step keeps its numbers to the bit
+        (self._loss if isinstance(scale, float) and scale == 1.0 else self._loss * scale).backward()
+
+    def to_device(self, device: str) -> None:
+        """Move every parameter and buffer to ``device`` (before an optimizer is made)."""
+        for layer in walk(self.net):
+            for name in layer.param_names + layer.buffer_names:
+                t = getattr(layer, name)
+                if t is not None:
+                    setattr(layer, name, t.detach().to(device).requires_grad_(t.requires_grad))
+        self._params = dict(zip(self._params, self.net.parameters()))
+        self.device = device
+
+    def _ids(self, x: Any) -> torch.Tensor:
+        return as_long(x).to(self.device)
+
+    def _full(self, logits: torch.Tensor) -> torch.Tensor:
+        # autocast leaves the last matmul's logits in the low precision: the softmax and
+        # the loss are computed in float32
+        return logits if self.dtype == "float32" else logits.float()
 
     def parameters(self) -> list[torch.Tensor]:
         return list(self._params.values())
@@ -486,11 +513,12 @@ class TorchSequenceLM(TorchLM):
     def forward(self, idx: Any, targets: Any = None, cache: Cache | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
         check_cached(targets, cache)
-        idx = as_long(idx)
-        logits = self.net(idx, cache)                                    # (B, T, V)
+        idx = self._ids(idx)
+        with devices.autocast(self.device, self.dtype):
+            logits = self._full(self.net(idx, cache))                    # (B, T, V)
         if cache is not None:
             cache.length += idx.shape[1]
-        self._loss = None if targets is None else self.sequence_loss_fn(logits, as_long(targets))
+        self._loss = None if targets is None else self.sequence_loss_fn(logits, self._ids(targets))
         return logits, self._loss
 
     def _named_buffers(self) -> dict[str, torch.Tensor]:
