@@ -173,20 +173,27 @@ def learning_rate(config: TrainConfig, step: int) -> float:
     return float(lr_at(step, config.steps, config.lr, config.lr_schedule, warmup=config.warmup))
 
 
-def evaluate(model, split: Split, batch_size: int, max_batches: int | None = None) -> float:
+def evaluate(model, split: Split, batch_size: int, max_batches: int | None = None,
+             world: distributed.World = distributed.World()) -> float:
     """The loss of ``model`` on ``split`` by the split's evaluation protocol (eval mode).
 
     This is the data's negative log-likelihood per token: weight penalties
     (the bigram's) belong to the training objective and are left out, so
-    every model is judged on the same number as the count models.
+    every model is judged on the same number as the count models. Of several
+    processes each computes every ``world.size``-th chunk, and the sums are
+    added up over the processes.
     """
     total, weight = 0.0, 0
     with eval_mode(model):
-        for X, Y, w in eval_batches(split, batch_size, max_batches):
+        for i, (X, Y, w) in enumerate(eval_batches(split, batch_size, max_batches)):
+            if i % world.size != world.rank:
+                continue
             logits, _ = model.forward(X)
             loss = sequence_cross_entropy if split.per_position else cross_entropy
             total += w * loss(logits_array(logits), Y)
             weight += w
+    if world.distributed:
+        total, weight = distributed.all_sum([total, weight])
     return total / weight
 
 
@@ -430,7 +437,7 @@ class Trainer:
                 f"({self.optimizer.lr:g}) is probably too large; the run keeps its last checkpoint")
 
     def _evaluate(self, step: int, split: str, batch_size: int, limit: int | None = None) -> float:
-        value = evaluate(self.model, self.splits[split], batch_size, limit)
+        value = evaluate(self.model, self.splits[split], batch_size, limit, self.world)
         if not math.isfinite(value):
             raise TrainingDiverged(f"the {split} loss became {value} at step {step}; the run "
                                    "keeps its last checkpoint")
