@@ -91,15 +91,19 @@ def test_a_device_or_precision_that_cannot_run_is_one_line_and_nothing_written(
     assert not run.exists()
 
 
-def test_an_explicit_cpu_computes_what_the_default_does_and_says_where(tmp_path, small_input,
-                                                                        capsys):
+@NO_CUDA
+def test_the_default_device_is_resolved_saved_and_kept_on_resume(tmp_path, small_input, capsys):
     a, b = tmp_path / "a", tmp_path / "b"
     common = ["train", "-i", str(small_input), *SMALL, "--steps", "20", "--backend", "torch"]
     assert main([*common, "-o", str(a)]) == 0
-    assert "on cpu" not in capsys.readouterr().out
     assert main([*common, "-o", str(b), "--device", "cpu"]) == 0
-    assert "(torch, on cpu," in capsys.readouterr().out
     assert metrics(a) == metrics(b)
+    # the run saves where it computed, not "auto": a resume elsewhere cannot move it unasked
+    saved = json.loads((a / "config.json").read_text())
+    assert saved["train_config"]["device"] == "cpu"
+    capsys.readouterr()
+    assert main(["train", "-o", str(a), "--resume", "--steps", "25", "-n", "0"]) == 0
+    assert "warning" not in capsys.readouterr().err
 
 
 def test_a_model_moved_to_a_device_keeps_its_weights_and_trains(names_splits):

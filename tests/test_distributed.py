@@ -54,11 +54,31 @@ def test_the_parts_cover_the_batch_once_in_order():
         distributed.parts(4, distributed.World(0, 2), 4)
 
 
-def test_each_process_takes_its_own_gpu():
+def test_each_process_takes_its_own_gpu_and_a_device_they_cannot_share_is_refused():
     world = distributed.World(1, 2, local_rank=1)
-    assert distributed.device_of(world, "cuda") == "cuda:1"
     assert distributed.device_of(world, "cpu") == "cpu"
-    assert distributed.device_of(distributed.World(), "cuda") == "cuda"
+    assert distributed.device_of(distributed.World(), "cuda:3") == "cuda:3"
+    with pytest.raises(ConfigError, match="each process takes its own GPU"):
+        distributed.device_of(world, "cuda:0")
+    with pytest.raises(ConfigError, match="cannot train on mps"):
+        distributed.device_of(world, "mps")
+    if torch.cuda.device_count() >= 2:
+        assert distributed.device_of(world, "cuda") == "cuda:1"
+    else:
+        with pytest.raises(ConfigError, match="at most one process per GPU"):
+            distributed.device_of(distributed.World(2, 3, local_rank=2), "cuda")
+
+
+def test_a_process_started_without_torchrun_says_so_in_one_line():
+    env = {**os.environ, "WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0"}
+    env.pop("MASTER_ADDR", None)
+    result = subprocess.run([sys.executable, "-m", "tinylm", "train", *MLP, "--steps", "5",
+                             "-o", "/nonexistent/never"], capture_output=True, text=True, env=env,
+                            timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [line for line in result.stderr.splitlines()
+                                                  if line.startswith("tinylm: error: process 0 "
+                                                                     "of 2 could not join")]
 
 
 def trainer_of(values, lines=2000):

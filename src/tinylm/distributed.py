@@ -30,9 +30,10 @@ asked to stop (SIGINT, SIGTERM), so that all stop before the same step.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from tinylm.errors import ConfigError, TinylmError
 
@@ -88,7 +89,11 @@ def start(world: World) -> None:
     import torch.distributed as dist
 
     backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
-    dist.init_process_group(backend=backend, rank=world.rank, world_size=world.size)
+    try:
+        dist.init_process_group(backend=backend, rank=world.rank, world_size=world.size)
+    except (ValueError, RuntimeError) as e:  # no rendezvous address, a timeout, a refused port
+        raise ConfigError(f"{world} could not join the others ({str(e).splitlines()[0][:200]}); "
+                          "start several processes with torchrun") from None
 
 
 def stop() -> None:
@@ -100,10 +105,28 @@ def stop() -> None:
 
 
 def device_of(world: World, device: str) -> str:
-    """The GPU of a process on a machine with several: ``cuda`` means ``cuda:LOCAL_RANK``."""
-    if world.distributed and device == "cuda":
-        return f"cuda:{world.local_rank}"
-    return device
+    """The GPU of a process on a machine with several: ``cuda`` means ``cuda:LOCAL_RANK``.
+
+    ``ConfigError`` for a device several processes cannot share: one GPU named for all of
+    them (NCCL needs one each), more processes than GPUs, or mps (no collective runs there).
+    """
+    if not world.distributed or device == "cpu":
+        return device
+    if device == "mps":
+        raise ConfigError("several processes cannot train on mps (no all-reduce runs there); "
+                          "use --device cpu or one process")
+    if device != "cuda":
+        raise ConfigError(f"--device {device} under torchrun: each process takes its own GPU, "
+                          "cuda:LOCAL_RANK; give --device cuda or auto")
+    import torch
+
+    count = torch.cuda.device_count()
+    if world.local_rank >= count:
+        raise ConfigError(f"{world} has local rank {world.local_rank}, and this machine has "
+                          f"{count} CUDA GPU{'s' if count != 1 else ''}: start at most one "
+                          "process per GPU (--nproc_per_node)")
+    torch.cuda.set_device(world.local_rank)  # NCCL's communicator then lives on this GPU
+    return f"cuda:{world.local_rank}"
 
 
 def parts(n: int, world: World, micro: int) -> list[slice]:
@@ -165,6 +188,20 @@ def any_process(flag: bool, device: str = "cpu") -> bool:
     t = torch.tensor([1 if flag else 0], dtype=torch.int64, device=device)
     _all_reduce(t, "MAX")
     return bool(t.item())
+
+
+@contextlib.contextmanager
+def together(world: World) -> Iterator[None]:
+    """A stage every process gets through, or all stop: what one process does in it (process
+    0 writing the run's first checkpoint) is done before the others go on."""
+    gate = Gate(world)
+    try:
+        yield
+    except BaseException:
+        if not gate.failed():
+            raise SystemExit(2) from None  # the first process that failed says why
+        raise
+    gate.passed()
 
 
 class Gate:

@@ -114,7 +114,8 @@ class TrainConfig(settings.Settings):
                          "backends; float16 with a loss scale)", choice(devices.DTYPES))
     grad_accum: int = setting(1, "split each batch into this many micro-batches whose "
                               "gradients add up before the update: the same step in less "
-                              "memory (torch backends)", POSITIVE_INT)
+                              "memory (torch backends; may change on resume, to rounding)",
+                              POSITIVE_INT, resume=True)
     diagnose_every: int = setting(0, "every N steps measure activation, gradient and update:data "
                                   "statistics into diagnostics.jsonl, for 'tinylm diagnose' "
                                   "(0: never); the run's numbers do not change", NONNEG_INT,

@@ -18,10 +18,10 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from tinylm import data, diagnostics, distributed, runs, settings, threads
+from tinylm import data, devices, diagnostics, distributed, runs, settings, threads
 from tinylm.batches import split_for
 from tinylm.cli.common import add_run_dir, format_perplexity, print_loss, sample_and_save
-from tinylm.errors import ConfigError
+from tinylm.errors import ConfigError, TinylmError
 from tinylm.io import atomic_write_text, check_out_dir
 from tinylm.models import ModelConfig, build_model, is_sequence
 from tinylm.rng import RNG
@@ -78,8 +78,10 @@ def train(args: argparse.Namespace, lines3: tuple[list[str], list[str], list[str
     tokenizer = data.Tokenizer.from_lines([line for lines in lines3 for line in lines])
     mconfig, config = runs.resolve_configs(model_name, explicit.get("recipe"), explicit,
                                            tokenizer.vocab_size)
-    # the count is part of the arithmetic (tinylm.threads): saved, so a resume keeps it
-    config = dataclasses.replace(config, threads=threads.effective(config.threads))
+    # the count and the device are part of the arithmetic (tinylm.threads): saved, so a
+    # resume keeps them
+    config = dataclasses.replace(config, threads=threads.effective(config.threads),
+                                 device=devices.resolve(config.device, config.backend))
     if is_sequence(mconfig):
         if mconfig.block_size == 0:  # the fewest positions that hold every item and its end
             longest = max(len(line) for lines in lines3 for line in lines)
@@ -92,13 +94,20 @@ def train(args: argparse.Namespace, lines3: tuple[list[str], list[str], list[str
     trainer = _trainer(model, mconfig, config, lines3, tokenizer, rng, world)
     gate.passed()
     if not world.main:
+        with distributed.together(world):  # process 0 writes the run's step 0
+            pass
         return _run(trainer, model, mconfig, config, tokenizer, lines3, out, args.num_samples)
     # everything is checked: from here on the run directory is written
-    store = runs.RunWriter.create(out, inputs, runs.neural_settings(mconfig, config), tokenizer,
-                                  source, lines3)
-    trainer.store = store
+    with distributed.together(world):
+        store = runs.RunWriter.create(out, inputs, runs.neural_settings(mconfig, config),
+                                      tokenizer, source, lines3)
+        trainer.store = store
+        try:
+            trainer.save()  # step 0: a kill before the first periodic checkpoint resumes from here
+        except BaseException:
+            store.close()
+            raise
     try:
-        trainer.save()  # step 0: a kill before the first periodic checkpoint resumes from here
         print(f"training {_what(trainer, mconfig, config)}: {config.steps} steps, batch "
               f"{config.batch_size or 'all'}, {config.optimizer} lr {config.lr:g} "
               f"{config.lr_schedule}, loader {config.loader}"
@@ -136,6 +145,11 @@ def resume(args: argparse.Namespace, explicit: dict[str, Any],
         mconfig, config = settings.merge_resumed([run.model_config, run.config], explicit)
         changed_threads = (run.config.threads and "threads" in explicit
                            and threads.effective(config.threads) != run.config.threads)
+        # a run saved before devices were recorded computed on the CPU
+        saved_device = "cpu" if run.config.device == "auto" else run.config.device
+        config = dataclasses.replace(config, device=devices.resolve(
+            config.device if "device" in explicit else saved_device, config.backend))
+        changed_device = config.device != saved_device
         if config.steps < run.step:
             raise ConfigError(f"--steps {config.steps} is fewer than the {run.step} steps this "
                               "run has done; give more steps to extend it")
@@ -144,9 +158,10 @@ def resume(args: argparse.Namespace, explicit: dict[str, Any],
         trainer = _trainer(model, mconfig, config, run.lines3, tokenizer, rng, world)
         trainer.restore(run.manifest["state"], run.arrays, run.metrics)
         gate.passed()
-        if lock is not None:
-            store = runs.RunWriter.reopen(run, lock, runs.neural_settings(mconfig, config),
-                                          keep=len(trainer.state.metrics))
+        with distributed.together(world):  # process 0 reopens the run for writing
+            if lock is not None:
+                store = runs.RunWriter.reopen(run, lock, runs.neural_settings(mconfig, config),
+                                              keep=len(trainer.state.metrics))
     except BaseException:
         if lock is not None:
             lock.release()
@@ -157,6 +172,10 @@ def resume(args: argparse.Namespace, explicit: dict[str, Any],
     try:
         print(f"resuming {_what(trainer, mconfig, config)} at step {trainer.state.step} of "
               f"{config.steps}")
+        if changed_device:
+            print(f"tinylm: warning: this run computed on {saved_device}; on {config.device} the "
+                  "arithmetic rounds differently, so from here on the numbers can differ from "
+                  "those of an uninterrupted run", file=sys.stderr)
         if changed_threads:
             print(f"tinylm: warning: this run computed with {run.config.threads} thread"
                   f"{'s' if run.config.threads != 1 else ''}; with {config.threads}, BLAS "
@@ -170,7 +189,7 @@ def resume(args: argparse.Namespace, explicit: dict[str, Any],
 def _what(trainer: Trainer, mconfig: ModelConfig, config: TrainConfig) -> str:
     model, world = trainer.model, trainer.world
     where = [config.backend]
-    if getattr(model, "device", "cpu") != "cpu" or config.device != "auto":
+    if getattr(model, "device", "cpu") != "cpu":
         where.append(f"on {model.device}")
     if config.dtype != "float32":
         where.append(config.dtype)
@@ -198,6 +217,10 @@ def _run(trainer: Trainer, model, mconfig: ModelConfig, config: TrainConfig,
                 trainer.run()
         except TrainingInterrupted as e:  # process 0 says where the run was saved
             raise SystemExit(130 if e.signum == signal.SIGINT else 128 + e.signum) from None
+        except distributed.ProcessFailed:
+            raise  # perhaps process 0 itself went away: this one says so
+        except TinylmError:  # a divergence is found by every process alike: process 0 says it
+            raise SystemExit(2) from None
         return 0
     reporter = _Reporter(config.steps, trainer.state.step, sys.stderr.isatty())
     trainer.progress = _watched(reporter, config, trainer, out, tokenizer.vocab_size)
