@@ -33,3 +33,12 @@ def small_input(tmp_path):
     path = tmp_path / "words.txt"
     path.write_text("\n".join(words) + "\n", encoding="utf-8")
     return path
+
+
+@pytest.fixture(scope="module")
+def few_names(tmp_path_factory):
+    """A 60-line file of 15 names, enough to train and sample a tiny run in seconds."""
+    path = tmp_path_factory.mktemp("few_names") / "names.txt"
+    path.write_text("\n".join(["anna", "bob", "carla", "dave", "emma", "frank", "gina", "hugo",
+                                "ida", "jon", "kim", "lea", "max", "nia", "otto"] * 4) + "\n")
+    return path

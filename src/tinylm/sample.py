@@ -200,6 +200,17 @@ def sample_items(model, tokenizer: Tokenizer, n: int, rng: RNG, *, prompt: str =
     return items
 
 
+def next_probabilities(model, tokenizer: Tokenizer, prompt: str = "", temperature: float = 1.0,
+                       top_k: int | None = None) -> np.ndarray:
+    """The probabilities of the token after ``prompt`` at the start of an item: what
+    ``sample_items`` draws its first character from (float64, summing to 1)."""
+    if EOT in prompt:
+        raise ConfigError("the prompt of an item cannot contain a newline")
+    tape = _start_tape(model, tokenizer) + tokenizer.encode(prompt)
+    with eval_mode(model):
+        return probabilities(Reader(model, cache=False).logits(tape), temperature, top_k)
+
+
 def _start_tape(model, tokenizer: Tokenizer) -> list[int]:
     # a sequence model's items begin with one end-of-text token, as its training rows do
     if getattr(model, "per_position", False):

@@ -11,6 +11,8 @@ Subcommands:
   sample     print new items from a trained run
   eval       print the loss of a trained run on each split
   diagnose   print and plot training diagnostics of a trained neural run
+  report     one self-contained HTML page about one or more runs
+  serve      a local web page to sample from a trained run
   recipes    list the training recipes and what each sets
   micrograd  the scalar-autograd demo: a tiny MLP on a 2D toy dataset
 """
@@ -27,7 +29,7 @@ from typing import Sequence
 import numpy as np
 
 from tinylm import __version__, runs, settings
-from tinylm.cli import micrograd, neural, ngram, train
+from tinylm.cli import micrograd, neural, ngram, report, serve, train
 from tinylm.cli.common import Parser, Terminated, UsageError, add_run_dir, print_samples
 from tinylm.errors import TinylmError
 from tinylm.rng import RNG
@@ -70,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(handler=_eval)
 
     neural.register_diagnose(sub)
+    report.register(sub)
+    serve.register(sub)
     train.register_recipes(sub)
     micrograd.register(sub, add_run_dir)
     return parser

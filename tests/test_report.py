@@ -1,0 +1,129 @@
+"""``tinylm report``: one self-contained page about any runs, read as far as they got."""
+
+from __future__ import annotations
+
+import re
+import shutil
+
+import pytest
+
+from browser import browser, needs_browser, network_requests, screenshot  # noqa: F401
+from tinylm import report
+from tinylm.cli import main
+
+NEURAL = ["--model", "mlp", "--context", "3", "--n-embd", "4", "--n-hidden", "16", "--steps", "40",
+          "--eval-every", "10", "--eval-train-batches", "5", "--batch-size", "32", "-n", "8"]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, few_names):
+    """An n-gram run, two neural runs that differ in their learning rate, a micrograd demo."""
+    root = tmp_path_factory.mktemp("runs")
+    words = few_names
+    out = {"ngram": root / "ngram", "mlp-a": root / "mlp-a", "mlp-b": root / "mlp-b"}
+    assert main(["train", "-i", str(words), "-o", str(out["ngram"]), "--order", "2"]) == 0
+    assert main(["train", "-i", str(words), "-o", str(out["mlp-a"]), *NEURAL]) == 0
+    assert main(["train", "-i", str(words), "-o", str(out["mlp-b"]), *NEURAL, "--lr", "0.05"]) == 0
+    out["micrograd"] = root / "micrograd"
+    assert main(["micrograd", "-o", str(out["micrograd"]), "--steps", "10"]) == 0
+    return out
+
+
+def write_report(tmp_path, *dirs) -> str:
+    page = tmp_path / "report.html"
+    assert main(["report", *map(str, dirs), "-o", str(page)]) == 0
+    return page.read_text(encoding="utf-8")
+
+
+def test_every_kind_of_run_is_read(runs):
+    views = {name: report.read_run(path) for name, path in runs.items()}
+    assert views["ngram"].kind == "ngram" and views["ngram"].grid and "bigram.png" in views["ngram"].pictures
+    assert views["mlp-a"].kind == "neural" and views["mlp-a"].last("test_loss") is not None
+    assert views["mlp-a"].settings["lr"] != views["mlp-b"].settings["lr"]
+    assert len(views["mlp-a"].samples) == 8
+    assert views["micrograd"].kind == "micrograd" and views["micrograd"].last("test_accuracy") is not None
+
+
+def test_the_page_is_self_contained_and_shows_each_run(runs, tmp_path, capsys):
+    html = write_report(tmp_path, *runs.values())
+    assert "wrote" in capsys.readouterr().out
+    # nothing to fetch: no URL of any scheme but data:
+    assert not re.search(r"""(src|href)\s*=\s*['"](?!data:|#)""", html)
+    assert "http://" not in html and "https://" not in html
+    linear = html.split("<svg id='curves-linear'")[1].split("</svg>")[0]
+    assert linear.count("class='curve val_loss'") == 4  # one val curve per run
+    assert "n-gram grid search" in html and "data:image/png;base64," in html
+    assert re.search(r"Samples \(\d+ of 8 new\)", html)
+    # two runs' settings side by side: the learning rate differs, the batch size does not
+    pair = write_report(tmp_path, runs["mlp-a"], runs["mlp-b"])
+    rows = {key: kind for kind, key in re.findall(r"<tr class='(\w+)'><th>(\w+)</th>", pair)}
+    assert rows["lr"] == "differs" and rows["batch_size"] == "same"
+
+
+def test_a_run_still_training_shows_what_it_has(runs, tmp_path):
+    running = tmp_path / "running"
+    shutil.copytree(runs["mlp-a"], running)
+    (running / "manifest.json").unlink()  # before its first commit
+    lines = (running / "metrics.jsonl").read_text().splitlines()
+    (running / "metrics.jsonl").write_text("\n".join(lines[:20]) + "\n" + lines[20][:15])
+    view = report.read_run(running)
+    assert len(view.metrics) == 20
+    assert any("incomplete" in note for note in view.notes)
+    assert any("no committed checkpoint" in note for note in view.notes)
+    html = write_report(tmp_path, running)
+    assert "incomplete" in html and "class='curve val_loss'" in html
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda d: (d / "config.json").write_text("{not json"), "cannot be read as JSON"),
+    (lambda d: (d / "config.json").unlink(), "holds no config.json"),
+    (lambda d: (d / "metrics.jsonl").write_text('{"step": 1}\nnot json\n{"step": 2}\n'),
+     "line 2 is not JSON"),
+])
+def test_a_damaged_run_is_one_line_and_no_page(runs, tmp_path, capsys, damage, message):
+    broken = tmp_path / "broken"
+    shutil.copytree(runs["mlp-a"], broken)
+    damage(broken)
+    page = tmp_path / "report.html"
+    assert main(["report", str(broken), "-o", str(page)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1 and err.startswith("tinylm: error:")
+    assert not page.exists()
+
+
+def test_an_existing_file_is_replaced_only_if_it_is_a_report(runs, tmp_path, capsys):
+    mine = tmp_path / "notes.html"
+    mine.write_text("<html>my own notes</html>")
+    assert main(["report", str(runs["ngram"]), "-o", str(mine)]) == 2
+    assert "is not a tinylm report" in capsys.readouterr().err
+    assert mine.read_text() == "<html>my own notes</html>"
+    page = tmp_path / "report.html"
+    assert main(["report", str(runs["ngram"]), "-o", str(page)]) == 0
+    assert main(["report", str(runs["mlp-a"]), "-o", str(page)]) == 0  # an earlier report
+    assert "mlp-a" in page.read_text()
+    assert main(["report", str(tmp_path / "missing"), "-o", str(page)]) == 2
+    assert "is not a directory" in capsys.readouterr().err
+
+
+@needs_browser
+def test_the_report_in_a_browser_shows_one_curve_per_run_and_switches_to_log_steps(
+        runs, tmp_path, browser):  # noqa: F811
+    from selenium.webdriver.common.by import By
+
+    write_report(tmp_path, runs["ngram"], runs["mlp-a"], runs["mlp-b"])
+    browser.get((tmp_path / "report.html").as_uri())
+    linear = browser.find_element(By.ID, "curves-linear")
+    assert linear.is_displayed()
+    curves = linear.find_elements(By.CSS_SELECTOR, ".curve.val_loss")
+    assert sorted(c.get_attribute("data-run") for c in curves) == ["mlp-a", "mlp-b", "ngram"]
+    rows = browser.find_elements(By.CSS_SELECTOR, "table.results tr[data-run]")
+    assert len(rows) == 3 and all(re.match(r"\d\.\d{4}", r.find_elements(By.TAG_NAME, "td")[1].text)
+                                  for r in rows)
+    assert browser.find_element(By.XPATH, "//table[@class='settings']//tr[th='lr']") \
+                  .get_attribute("class") == "differs"
+    browser.find_element(By.ID, "logx").click()
+    assert not linear.is_displayed() and browser.find_element(By.ID, "curves-log").is_displayed()
+    assert network_requests(browser) == []
+    browser.find_element(By.ID, "logx").click()
+    shot = screenshot(browser, tmp_path / "report.png")
+    assert shot.stat().st_size > 10_000
