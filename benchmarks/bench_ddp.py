@@ -66,10 +66,11 @@ def worker(model: str, backend: str, steps: int) -> None:
     reduce_seconds = [0.0]
     reduce = distributed.all_reduce_grads
 
-    def timed_reduce(params):
+    def timed_reduce(params, extras=()):
         t0 = time.perf_counter()
-        reduce(params)
+        out = reduce(params, extras)
         reduce_seconds[0] += time.perf_counter() - t0
+        return out
 
     distributed.all_reduce_grads = timed_reduce
     scored = 0

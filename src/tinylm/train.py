@@ -313,6 +313,7 @@ class Trainer:
         self.progress = progress
         self.state = TrainState()
         self._signal: int | None = None
+        self._stop_agreed = False  # several processes: all of them know that one was stopped
         self._saved_at = time.monotonic()
         self._saved_step: int | None = None  # the step of the last checkpoint this trainer took
         self.best: Best | None = None  # with keep "best": the evaluation with the lowest val loss
@@ -419,9 +420,10 @@ class Trainer:
             scale = share if self.scaler is None else self.scaler.scale(
                 _scalar(share, self.model.device))
             self.model.backward(scale=scale, accumulate=i > 0)
-        if self.world.distributed:
-            distributed.all_reduce_grads(self.model.parameters())
-            value = distributed.all_sum([value])[0]
+        if self.world.distributed:  # the loss and the stop flag travel with the gradients
+            value, stops = distributed.all_reduce_grads(
+                self.model.parameters(), [value, float(self._signal is not None)])
+            self._stop_agreed = self._stop_agreed or stops > 0
         self._check_loss(value, step)
         if self.scaler is None:
             self.optimizer.step()
@@ -461,7 +463,8 @@ class Trainer:
             updating = False
             try:
                 for step in range(state.step, cfg.steps):
-                    self._check_signal()
+                    # a step after an update goes by what that update's all-reduce agreed on
+                    self._check_signal(agree=step == start)
                     if self.store is not None and step > start and self._checkpoint_due(step):
                         self.save()
                     lr = learning_rate(cfg, step)
@@ -529,10 +532,17 @@ class Trainer:
         if self.best is not None:
             self.model.load_state_dict(self.best.weights)
 
-    def _check_signal(self) -> None:
+    def _check_signal(self, agree: bool = True) -> None:
+        """Raise KeyboardInterrupt if the run was asked to stop.
+
+        Of several processes, all stop before the same step or none does: a signal counts
+        once the processes have agreed on it, here (``agree``, a collective) or in the last
+        update's all-reduce, which carries every process's flag."""
         stop = self._signal is not None
-        if self.world.distributed:  # all processes stop before the same step, or none does
-            stop = distributed.any_process(stop)
+        if self.world.distributed:
+            if agree:
+                self._stop_agreed = distributed.any_process(stop) or self._stop_agreed
+            stop = self._stop_agreed
             if stop and self._signal is None:
                 self._signal = signal.SIGTERM  # another process was stopped
         if stop:

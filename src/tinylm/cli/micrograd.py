@@ -2,7 +2,8 @@
 
 Turns the flags into a ``DemoConfig``, runs ``tinylm.micrograd.demo`` and
 prints the losses every 10 steps, the test accuracy and where the files
-went. The defaults are the reference recipe.
+went; with ``--html`` it also writes the interactive page
+(``tinylm.micrograd.page``). The defaults are the reference recipe.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from tinylm.runs import MANIFEST
 
 from tinylm.micrograd.datasets import DATASETS
 from tinylm.micrograd.demo import DemoConfig, run_demo
+from tinylm.micrograd.page import write_page
 
 DEFAULT_OUT_DIR = "out/micrograd"
 PRINT_EVERY = 10
@@ -34,7 +36,11 @@ def register(sub: argparse._SubParsersAction, add_run_dir: Callable) -> None:
         "metrics.jsonl (train loss every step, val loss every 10 steps, test accuracy), "
         "regions.png (the decision regions over the data), graph.dot and graph.svg "
         "(one forward/backward pass through the trained model for one point, every node "
-        "with its data and grad; the SVG needs Graphviz's 'dot'). "
+        "with its data and grad; the SVG needs Graphviz's 'dot'). With --html also "
+        "micrograd.html: one self-contained page (open it from disk, nothing is fetched) "
+        "that re-runs the same training in the browser, step by step, with the decision "
+        "surface, the graph of a point you click, and every parameter's value, grad and "
+        "AdamW moments. "
         "The defaults are the reference recipe: yinyang data (100 points), MLP(2, [8, 3]), "
         "AdamW, 100 steps, seed 42.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -53,6 +59,8 @@ def register(sub: argparse._SubParsersAction, add_run_dir: Callable) -> None:
     p.add_argument("--lr", type=float, default=d.lr, help="AdamW learning rate")
     p.add_argument("--seed", type=int, default=d.seed,
                    help="seed of the one RNG that draws the data, then the weights")
+    p.add_argument("--html", action="store_true",
+                   help="also write micrograd.html, the interactive page, into DIR")
     p.set_defaults(handler=run)
 
 
@@ -97,6 +105,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"test accuracy {result.trained.test_accuracy:.1%} "
           f"({len(result.trained.data.test)} points)")
     print(f"wrote {', '.join(f.name for f in result.files)} to {result.out_dir}/")
+    if args.html:
+        page = write_page(result.out_dir, config)
+        print(f"wrote {page}: open it in a browser")
     if result.regions_png is None:
         print("no regions.png: install matplotlib for the decision-region picture")
     if result.graph_svg is None:
