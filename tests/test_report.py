@@ -127,3 +127,47 @@ def test_the_report_in_a_browser_shows_one_curve_per_run_and_switches_to_log_ste
     browser.find_element(By.ID, "logx").click()
     shot = screenshot(browser, tmp_path / "report.png")
     assert shot.stat().st_size > 10_000
+
+
+HOSTILE = [
+    # values a hand-edited run could hold: they are shown as text or left out, never run
+    '{"step": "<script>document.title=1</script>", "val_loss": 1.5}',
+    '{"step": 3, "val_loss": 1' + "0" * 400 + '}',
+    '{"step": -5, "val_loss": 2.0}',
+    '{"step": 4, "test_loss": 1' + "0" * 400 + '}',
+    '[1, 2]',
+    '{"step": 6, "val_loss": NaN}',
+    '{"step": 7, "val_loss": true}',
+]
+
+
+def test_hostile_records_are_escaped_or_left_out_and_never_a_traceback(runs, tmp_path):
+    odd = tmp_path / "odd"
+    shutil.copytree(runs["ngram"], odd)
+    (odd / "metrics.jsonl").write_text("\n".join(HOSTILE) + "\n")
+    (odd / "grid.jsonl").write_text("\n".join([
+        '{"order": "<script>x()</script>", "method": "additive", "smoothing": 0.1, "val_loss": 2}',
+        '{"order": [1], "method": "additive", "smoothing": "a", "val_loss": 3}',
+        '{"order": 2, "method": null, "smoothing": 0.1, "val_loss": NaN}']) + "\n")
+    (odd / "manifest.json").write_text('{"state": {"step": 1e999}}')
+    html = write_report(tmp_path, odd)
+    assert "<script>document" not in html and "<script>x()" not in html
+    assert "&lt;script&gt;x()&lt;/script&gt;" in html  # the grid's label, shown as text
+    view = report.read_run(odd)
+    assert view.curve("val_loss") == []  # not one of them is a plottable point
+    assert view.last("step") == 7 and view.last("test_loss") is None
+    (odd / "config.json").write_text("[" * 100_000)
+    with pytest.raises(report.ReportError, match="cannot be read as JSON"):
+        report.read_run(odd)
+
+
+def test_a_long_run_makes_a_page_of_bounded_size(runs, tmp_path):
+    long = tmp_path / "long"
+    shutil.copytree(runs["mlp-a"], long)
+    records = [f'{{"step": {i}, "loss": 2.5, "lr": 0.01}}' for i in range(200_000)]
+    records += [f'{{"step": {i}, "train_loss": 2.4, "val_loss": 2.5}}' for i in range(0, 200_000, 2)]
+    (long / "metrics.jsonl").write_text("\n".join(records) + "\n")
+    view = report.read_run(long)
+    curve = view.curve("val_loss")
+    assert len(curve) <= report.MAX_POINTS + 1 and curve[-1][0] == 199_998  # the last kept
+    assert len(write_report(tmp_path, long)) < 2_000_000

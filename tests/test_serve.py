@@ -111,6 +111,38 @@ def test_bodies_that_are_not_json_or_too_large_are_refused(server):
     assert call(server, "/api/probs", {})[0] == 200
 
 
+def test_odd_headers_and_bodies_are_a_400_and_a_stalled_client_is_dropped(trained, monkeypatch):
+    import socket
+
+    monkeypatch.setattr(serve, "CONNECTION_SECONDS", 0.5)
+    httpd = serve.make_server(serve.Playground(tinylm_runs.open_run(trained["mlp"])), "127.0.0.1", 0)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    httpd.url = f"http://127.0.0.1:{httpd.server_address[1]}"
+    try:
+        status, out = call(httpd, "/api/probs", raw=b"[" * 10_000)
+        assert status == 400 and "not JSON" in out["error"]
+        with socket.create_connection(httpd.server_address[:2], timeout=10) as s:
+            s.sendall("POST /api/probs HTTP/1.0\r\nContent-Length: \u00b2\r\n\r\n".encode())
+            assert b" 400 " in s.recv(4096).split(b"\r\n")[0]
+        with socket.create_connection(httpd.server_address[:2], timeout=10) as s:
+            # promises 100 bytes and sends 2: the server gives up on it instead of a thread
+            s.sendall(b"POST /api/probs HTTP/1.0\r\nContent-Length: 100\r\n\r\n{}")
+            answer = b""
+            while chunk := s.recv(4096):  # after the server's timeout, not never
+                answer += chunk
+            assert b" 400 " in answer.split(b"\r\n")[0] and b"did not arrive" in answer
+        assert call(httpd, "/api/probs", {})[0] == 200
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def test_a_burst_of_connections_is_answered_not_reset(server):
+    with ThreadPoolExecutor(max_workers=64) as pool:
+        results = list(pool.map(lambda i: call(server, "/api/probs", {"prompt": "a"})[0], range(64)))
+    assert results == [200] * 64
+
+
 def test_concurrent_requests_get_the_answers_they_would_get_alone(server):
     bodies = [{"prompt": p, "n": 4, "seed": s} for p in ("", "a", "bo", "em") for s in (1, 2, 3)]
     alone = [call(server, "/api/sample", b) for b in bodies]

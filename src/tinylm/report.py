@@ -34,6 +34,7 @@ GENERATOR = "tinylm report"  # the page's <meta name="generator">: a file tinylm
 COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2")
 PICTURES = ("bigram.png", "loss.png", "regions.png")
 MAX_SAMPLES = 40
+MAX_POINTS = 2000  # per curve: more than a plot's width shows, and the page stays small
 
 
 class ReportError(TinylmError):
@@ -59,16 +60,32 @@ class RunView:
     def name(self) -> str:
         return self.path.name or str(self.path)
 
-    def last(self, key: str) -> Any:
+    def last(self, key: str) -> float | None:
+        """The last number recorded under ``key`` (a hand-edited record may hold anything)."""
         for record in reversed(self.metrics):
-            if key in record:
-                return record[key]
+            if _num(record.get(key)) is not None:
+                return _num(record[key])
         return None
 
     def curve(self, key: str) -> list[tuple[float, float]]:
-        return [(r["step"], r[key]) for r in self.metrics
-                if isinstance(r.get(key), (int, float)) and isinstance(r.get("step"), (int, float))
-                and math.isfinite(r[key])]
+        """(step, value) of every record with both, thinned to what a plot can show."""
+        points = [(_num(r.get("step")), _num(r.get(key))) for r in self.metrics]
+        points = [(x, y) for x, y in points if x is not None and y is not None and x >= 0]
+        if len(points) > MAX_POINTS:  # every k-th, and always the last
+            stride = -(-len(points) // MAX_POINTS)
+            points = points[::stride] + ([points[-1]] if (len(points) - 1) % stride else [])
+        return points
+
+
+def _num(x: Any) -> float | None:
+    """``x`` as a finite float, or None (a bool, a string, a number beyond float's range)."""
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        return None
+    try:
+        f = float(x)
+    except OverflowError:
+        return None
+    return f if math.isfinite(f) else None
 
 
 def read_run(path: str | Path) -> RunView:
@@ -81,9 +98,9 @@ def read_run(path: str | Path) -> RunView:
         raise ReportError(f"{str(path)!r} holds no config.json: it is not a tinylm run directory")
     try:
         config = json.loads(config_file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise ReportError(f"{str(config_file)!r} cannot be read as JSON ({e}): the run is "
-                          "damaged") from None
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise ReportError(f"{str(config_file)!r} cannot be read as JSON "
+                          f"({str(e)[:120] or type(e).__name__}): the run is damaged") from None
     if not isinstance(config, dict):
         raise ReportError(f"{str(config_file)!r} is not a JSON object: the run is damaged")
     kind = config.get("kind") or ("micrograd" if config.get("model") == "micrograd" else "?")
@@ -105,7 +122,7 @@ def read_run(path: str | Path) -> RunView:
     try:
         manifest = json.loads((path / "manifest.json").read_text(encoding="utf-8"))
         view.committed_step = int(manifest["state"]["step"]) if "state" in manifest else None
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, OverflowError, RecursionError):
         if kind in ("neural", "ngram"):
             view.notes.append("no committed checkpoint yet (manifest.json missing or unreadable)")
     if not view.metrics:
@@ -140,7 +157,7 @@ def _read_jsonl(path: Path) -> tuple[list[dict], bool]:
             continue
         try:
             record = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):
             if i == len(lines) - 1:
                 cut = True
                 continue
@@ -205,9 +222,6 @@ def _curves(views: Sequence[RunView]) -> str:
         color = COLORS[i % len(COLORS)]
         for key, dash in (("val_loss", ""), ("train_loss", "5,4"), ("loss", "1,3")):
             points = v.curve(key)
-            if key == "loss" and len(points) > 2000:  # every update: thinned to what shows
-                stride = len(points) // 2000 + 1
-                points = points[::stride]
             if points:
                 series.append((v.name, key, color, dash, points))
     if not series:
@@ -295,10 +309,10 @@ def _results_table(views: Sequence[RunView]) -> str:
     for v in views:
         val, test = v.last("val_loss"), v.last("test_loss")
         perplexity = v.last("test_perplexity")
-        accuracy = v.last("test_accuracy")
-        cells = [_fmt(val), _fmt(test), _fmt(perplexity, 3) if perplexity is not None else
-                 (_fmt(math.exp(test), 3) if isinstance(test, (int, float)) and test < 700 else "-"),
-                 _fmt(accuracy, 3), str(v.last("step") if v.last("step") is not None else "-")]
+        if perplexity is None and test is not None and test < 700:
+            perplexity = math.exp(test)
+        cells = [_fmt(val), _fmt(test), _fmt(perplexity, 3), _fmt(v.last("test_accuracy"), 3),
+                 _fmt(v.last("step"), 0)]
         rows.append(f"<tr data-run='{_esc(v.name)}'><th>{_esc(v.name)}</th>"
                     + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     return ("<section><h2>Results</h2><table class='results'><tr><th>run</th><th>last val loss</th>"
@@ -307,7 +321,7 @@ def _results_table(views: Sequence[RunView]) -> str:
 
 
 def _fmt(value: Any, digits: int = 4) -> str:
-    return f"{value:.{digits}f}" if isinstance(value, (int, float)) and math.isfinite(value) else "-"
+    return "-" if _num(value) is None else f"{_num(value):.{digits}f}"
 
 
 def _run_details(view: RunView, color: str) -> str:
@@ -330,31 +344,41 @@ def _run_details(view: RunView, color: str) -> str:
 
 
 def _grid(grid: list[dict]) -> str:
-    cells = [(r.get("order"), r.get("method"), r.get("smoothing"), r.get("val_loss")) for r in grid
-             if isinstance(r.get("val_loss"), (int, float))]
+    # the labels as the text they show, so that odd values (edited by hand) sort and compare
+    cells = [(_show(r.get("order")), _show(r.get("method")), _show(r.get("smoothing")),
+              _num(r.get("val_loss"))) for r in grid]
+    cells = [c for c in cells if c[3] is not None]
     if not cells:
         return "<p>no grid records</p>"
-    columns = sorted({(m, s) for _, m, s, _ in cells}, key=lambda c: (str(c[0]), c[1] or 0))
-    orders = sorted({o for o, *_ in cells})
-    losses = [v for *_, v in cells if math.isfinite(v)]
+    columns = sorted({(m, s) for _, m, s, _ in cells}, key=lambda c: (c[0], _sort_key(c[1])))
+    orders = sorted({o for o, *_ in cells}, key=_sort_key)
+    losses = [v for *_, v in cells]
     lo, hi = min(losses), max(losses)
     best = min(cells, key=lambda c: c[3])
     head = "".join(f"<th>{_esc(m)} {_esc(s)}</th>" for m, s in columns)
     rows = []
     for order in orders:
-        row = [f"<th>order {order}</th>"]
+        row = [f"<th>order {_esc(order)}</th>"]
         for m, s in columns:
             match = [v for o, m2, s2, v in cells if o == order and m2 == m and s2 == s]
             if not match:
                 row.append("<td></td>")
                 continue
             v = match[0]
-            t = 0.0 if hi == lo or not math.isfinite(v) else (v - lo) / (hi - lo)
+            t = 0.0 if hi == lo else (v - lo) / (hi - lo)
             shade = f"hsl({int(120 * (1 - t))}, 70%, {88 - 30 * (1 - t):.0f}%)"
             mark = " best" if (order, m, s, v) == best else ""
             row.append(f"<td class='cell{mark}' style='background:{shade}'>{v:.4f}</td>")
         rows.append("<tr>" + "".join(row) + "</tr>")
     return f"<table class='grid'><tr><th></th>{head}</tr>" + "".join(rows) + "</table>"
+
+
+def _sort_key(text: str) -> tuple:
+    """Numbers in numeric order, before any other text."""
+    try:
+        return (0, float(text), "")
+    except ValueError:
+        return (1, 0.0, text)
 
 
 _STYLE = """

@@ -31,6 +31,7 @@ from tinylm.rng import RNG
 from tinylm.sample import mark_known, next_probabilities, sample_items
 
 MAX_BODY = 16 * 1024
+CONNECTION_SECONDS = 10.0
 MAX_PROMPT = 100
 MAX_ITEMS = 50
 TEMPERATURES = (0.05, 10.0)
@@ -114,6 +115,7 @@ def make_server(playground: Playground, host: str = "127.0.0.1", port: int = 800
 
     class Handler(BaseHTTPRequestHandler):
         server_version = "tinylm"
+        timeout = CONNECTION_SECONDS  # a client that stalls loses its connection, not a thread
 
         def log_message(self, format: str, *args: Any) -> None:  # quiet: the page is the log
             pass
@@ -133,41 +135,53 @@ def make_server(playground: Playground, host: str = "127.0.0.1", port: int = 800
                 return
             try:
                 body = self._body()
-                self._json(200, routes[self.path](body))
-            except BadRequest as e:
-                self._json(400, {"error": str(e)})
-            except TinylmError as e:  # the library's own refusals are the user's to fix too
-                self._json(400, {"error": str(e)})
+                answer = (200, routes[self.path](body))
+            except (BadRequest, TinylmError) as e:  # the library's refusals are the user's to fix
+                answer = (400, {"error": str(e)})
+            except Exception as e:  # a bug here: one line to the client, the server goes on
+                answer = (500, {"error": f"the server failed: {type(e).__name__}: {e}"[:300]})
+            self._json(*answer)
 
         def _body(self) -> Any:
             length = self.headers.get("Content-Length")
-            if length is None or not length.isdigit():
+            if length is None or not (length.isascii() and length.isdigit()):
                 raise BadRequest("the request needs a Content-Length")
             if int(length) > MAX_BODY:
                 self.close_connection = True  # its body is not read
                 raise BadRequest(f"the request body is {int(length):,} bytes; at most {MAX_BODY:,}")
-            raw = self.rfile.read(int(length))
+            try:
+                raw = self.rfile.read(int(length))
+            except TimeoutError:  # fewer bytes than promised: the connection ends here
+                self.close_connection = True
+                raise BadRequest(f"the request body did not arrive within {self.timeout:g} s "
+                                 f"(Content-Length {length})") from None
             try:
                 return json.loads(raw.decode("utf-8"))
-            except (UnicodeDecodeError, ValueError):
+            except (UnicodeDecodeError, ValueError, RecursionError):
                 raise BadRequest("the request body is not JSON") from None
 
         def _json(self, status: int, obj: Any) -> None:
             self._send(status, json.dumps(obj).encode("utf-8"), "application/json")
 
         def _send(self, status: int, data: bytes, kind: str) -> None:
-            self.send_response(status)
-            self.send_header("Content-Type", kind)
-            self.send_header("Content-Length", str(len(data)))
-            self.send_header("Cache-Control", "no-store")
-            if self.close_connection:
-                self.send_header("Connection", "close")
-            self.end_headers()
-            self.wfile.write(data)
+            try:
+                self.send_response(status)
+                self.send_header("Content-Type", kind)
+                self.send_header("Content-Length", str(len(data)))
+                self.send_header("Cache-Control", "no-store")
+                if self.close_connection:
+                    self.send_header("Connection", "close")
+                self.end_headers()
+                self.wfile.write(data)
+            except ConnectionError:  # the client went away before its answer: nothing to do
+                self.close_connection = True
 
-    server = ThreadingHTTPServer((host, port), Handler)
-    server.daemon_threads = True
-    return server
+    return _Server((host, port), Handler)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 128  # a burst of connections waits rather than being reset
 
 
 PAGE = """<!DOCTYPE html>
