@@ -37,10 +37,6 @@ from typing import Any, Iterator, Sequence
 
 from tinylm.errors import ConfigError, TinylmError
 
-# torchrun sets these for each process it starts
-ENVIRONMENT = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
-
-
 class ProcessFailed(TinylmError):
     """Another process of a multi-process run stopped; its own message says why."""
 
@@ -195,12 +191,13 @@ def any_process(flag: bool, device: str = "cpu") -> bool:
 
 
 @contextlib.contextmanager
-def together(world: World) -> Iterator[None]:
+def together(world: World) -> Iterator["Gate"]:
     """A stage every process gets through, or all stop: what one process does in it (process
-    0 writing the run's first checkpoint) is done before the others go on."""
+    0 writing the run's first checkpoint) is done before the others go on. The stage ends
+    at its ``Gate``, which the block may pass itself (``gate.passed()``) before its end."""
     gate = Gate(world)
     try:
-        yield
+        yield gate
     except BaseException:
         if not gate.failed():
             raise SystemExit(2) from None  # the first process that failed says why

@@ -175,9 +175,7 @@ def sample_items(model, tokenizer: Tokenizer, n: int, rng: RNG, *, prompt: str =
     ``continuous`` keeps one tape across items (for models trained on the
     stream loader); otherwise every item starts from end-of-text padding.
     """
-    if EOT in prompt:
-        raise ConfigError("the prompt of an item cannot contain a newline")
-    prompt_ids = tokenizer.encode(prompt)
+    prompt_ids = _item_prompt(tokenizer, prompt)
     items = []
     tape = _start_tape(model, tokenizer)
     reader = Reader(model, cache)
@@ -204,11 +202,16 @@ def next_probabilities(model, tokenizer: Tokenizer, prompt: str = "", temperatur
                        top_k: int | None = None) -> np.ndarray:
     """The probabilities of the token after ``prompt`` at the start of an item: what
     ``sample_items`` draws its first character from (float64, summing to 1)."""
-    if EOT in prompt:
-        raise ConfigError("the prompt of an item cannot contain a newline")
-    tape = _start_tape(model, tokenizer) + tokenizer.encode(prompt)
+    tape = _start_tape(model, tokenizer) + _item_prompt(tokenizer, prompt)
     with eval_mode(model):
         return probabilities(Reader(model, cache=False).logits(tape), temperature, top_k)
+
+
+def _item_prompt(tokenizer: Tokenizer, prompt: str) -> list[int]:
+    """The ids of an item's prompt, which cannot hold the end-of-text token that ends items."""
+    if EOT in prompt:
+        raise ConfigError("the prompt of an item cannot contain a newline")
+    return tokenizer.encode(prompt)
 
 
 def _start_tape(model, tokenizer: Tokenizer) -> list[int]:

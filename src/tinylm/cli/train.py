@@ -110,22 +110,15 @@ def _train_together(args: argparse.Namespace, world: distributed.World) -> int:
 
     Only process 0 prints; a failure in setting up is reported once, by the
     first process that failed, and stops every process before anything is written."""
-    quiet = None
-    if not world.main:
-        quiet = contextlib.redirect_stdout(open(os.devnull, "w"))
-        quiet.__enter__()
-    distributed.start(world)
-    gate = distributed.Gate(world)
-    try:
-        return _train(args, world, gate)
-    except BaseException:
-        if not gate.done and not gate.failed():
-            raise SystemExit(2) from None  # the first process that failed says why
-        raise
-    finally:
-        distributed.stop()
-        if quiet is not None:
-            quiet.__exit__(None, None, None)
+    with contextlib.ExitStack() as stack:
+        if not world.main:
+            stack.enter_context(contextlib.redirect_stdout(
+                stack.enter_context(open(os.devnull, "w"))))
+        distributed.start(world)
+        stack.callback(distributed.stop)
+        # setting up is a stage all get through or none does; neural.train passes its gate
+        with distributed.together(world) as gate:
+            return _train(args, world, gate)
 
 
 def _resolve(cls: type, explicit: dict[str, Any]) -> Any:

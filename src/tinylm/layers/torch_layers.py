@@ -461,13 +461,17 @@ class TorchLM(LanguageModel):
 
     def to_device(self, device: str) -> None:
         """Move every parameter and buffer to ``device`` (before an optimizer is made)."""
+        self._move_net(device)
+        self._params = dict(zip(self._params, self.net.parameters()))  # the moved tensors
+        self.device = device
+
+    def _move_net(self, device: str) -> None:
+        # raw tensors cannot move in place: each layer gets a moved copy of each of its own
         for layer in walk(self.net):
             for name in layer.param_names + layer.buffer_names:
                 t = getattr(layer, name)
                 if t is not None:
                     setattr(layer, name, t.detach().to(device).requires_grad_(t.requires_grad))
-        self._params = dict(zip(self._params, self.net.parameters()))
-        self.device = device
 
     def _ids(self, x: Any) -> torch.Tensor:
         return as_long(x).to(self.device)

@@ -245,10 +245,8 @@ class _Modules:
     def _sublayers(self) -> Iterator[nn.Module]:
         return self.net.modules()
 
-    def to_device(self, device: str) -> None:
+    def _move_net(self, device: str) -> None:
         self.net.to(device)
-        self._params = dict(zip(self._params, self.net.parameters()))
-        self.device = device
 
 
 class TorchModuleLM(_Modules, TorchLM):
