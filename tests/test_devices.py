@@ -10,16 +10,13 @@ import pytest
 from tinylm import devices
 from tinylm.cli import main
 from tinylm.errors import ConfigError
+from test_cli_neural import read_metrics
 
 torch = pytest.importorskip("torch")
 
 SMALL = ["--model", "mlp", "--context", "3", "--n-embd", "8", "--n-hidden", "32",
          "--batch-size", "32", "--eval-every", "50", "--eval-train-batches", "5", "-n", "0"]
 NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")
-
-
-def metrics(run):
-    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
 @pytest.mark.parametrize("name", ["auto", "cpu", "cuda", "cuda:0", "cuda:12", "mps"])
@@ -97,7 +94,7 @@ def test_the_default_device_is_resolved_saved_and_kept_on_resume(tmp_path, small
     common = ["train", "-i", str(small_input), *SMALL, "--steps", "20", "--backend", "torch"]
     assert main([*common, "-o", str(a)]) == 0
     assert main([*common, "-o", str(b), "--device", "cpu"]) == 0
-    assert metrics(a) == metrics(b)
+    assert read_metrics(a) == read_metrics(b)
     # the run saves where it computed, not "auto": a resume elsewhere cannot move it unasked
     saved = json.loads((a / "config.json").read_text())
     assert saved["train_config"]["device"] == "cpu"
@@ -137,7 +134,7 @@ def test_a_lower_precision_run_on_the_cpu_trains_close_to_float32(tmp_path, name
         run = tmp_path / precision
         assert main(["train", "-i", str(path), "-o", str(run), *SMALL, "--steps", "300",
                      "--backend", "torch", "--lr", "0.01", "--dtype", precision]) == 0
-        runs[precision] = metrics(run)
+        runs[precision] = read_metrics(run)
     low, full = runs[dtype], runs["float32"]
     val = [r["val_loss"] for r in low if "val_loss" in r]
     assert val[-1] < val[0] - 0.5  # it learns
@@ -159,4 +156,4 @@ def test_a_float16_run_resumes_bit_identically_with_its_loss_scale(tmp_path, sma
     manifest = json.loads((stopped / "manifest.json").read_text())
     assert manifest["state"]["grad_scaler"]["scale"] > 1  # the scale is checkpointed
     assert main(["train", "-o", str(stopped), "--resume", "-n", "0"]) == 0
-    assert metrics(straight) == metrics(stopped)
+    assert read_metrics(straight) == read_metrics(stopped)

@@ -19,6 +19,7 @@ from tinylm.errors import ConfigError
 from tinylm.models import ModelConfig, build_model
 from tinylm.rng import RNG
 from tinylm.train import TrainConfig, Trainer
+from test_cli_neural import read_metrics
 
 torch = pytest.importorskip("torch")
 
@@ -107,10 +108,7 @@ def test_micro_batches_add_up_to_the_whole_batch(backend, model, extra):
                   eval_every=20, eval_train_batches=2, **extra)
     whole = trainer_of(values).run().metrics
     parts = trainer_of({**values, "grad_accum": 4}).run().metrics
-    assert [r.keys() for r in whole] == [r.keys() for r in parts]
-    worst = max(abs(a[k] - b[k]) for a, b in zip(whole, parts) for k in a
-                if k != "step" and a[k] is not None)
-    assert worst < 1e-5
+    assert worst_difference(whole, parts) < 1e-5
     assert whole != parts or model == "mlp"  # (summed in another order: rarely the same bits)
 
 
@@ -127,15 +125,18 @@ def test_a_batch_that_cannot_be_computed_in_parts_is_refused(values, message):
 
 # --- several processes, through torchrun -------------------------------------------------------
 
+TORCHRUN_ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def torchrun_command(nproc: int, *args: str) -> list[str]:
+    """``torchrun --standalone --nproc_per_node N -m tinylm ARGS``, with this Python."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone",
+            "--nproc_per_node", str(nproc), "-m", "tinylm", *args]
+
+
 def torchrun(nproc: int, *args: str, timeout: float = 240) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                           "--nproc_per_node", str(nproc), "-m", "tinylm", *args],
-                          capture_output=True, text=True, timeout=timeout, env=env)
-
-
-def metrics(run):
-    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return subprocess.run(torchrun_command(nproc, *args), capture_output=True, text=True,
+                          timeout=timeout, env=TORCHRUN_ENV)
 
 
 def worst_difference(a, b):
@@ -156,12 +157,12 @@ def test_two_processes_compute_what_one_process_computes(tmp_path):
     assert single.returncode == 0, single.stderr
     double = torchrun(2, *args, "-o", str(two))
     assert double.returncode == 0, double.stderr
-    assert worst_difference(metrics(one), metrics(two)) < 1e-5
+    assert worst_difference(read_metrics(one), read_metrics(two)) < 1e-5
     # process 0 alone writes and prints: one run directory, one report
     assert double.stdout.count("training mlp (torch, 2 processes,") == 1
     assert double.stdout.count("done in") == 1
     assert sorted(p.name for p in two.iterdir()) == sorted(p.name for p in one.iterdir())
-    assert len(metrics(two)) == len(metrics(one))
+    assert len(read_metrics(two)) == len(read_metrics(one))
 
 
 def test_a_setup_that_fails_in_one_process_stops_all_before_anything_is_written(tmp_path):
@@ -197,10 +198,8 @@ def _wait_for_step(run, step: int, proc, timeout: float = 120) -> None:
 
 
 def _start(nproc: int, *args: str) -> subprocess.Popen:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                             "--nproc_per_node", str(nproc), "-m", "tinylm", *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    return subprocess.Popen(torchrun_command(nproc, *args), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=TORCHRUN_ENV,
                             start_new_session=True)
 
 
@@ -231,7 +230,7 @@ def test_a_killed_process_stops_the_job_and_the_run_resumes_with_fewer_processes
     done = torchrun(2, *args, "-o", str(straight))
     assert done.returncode == 0, done.stderr
     # from the checkpoint on, one process sums in another order: close, not the same bits
-    assert worst_difference(metrics(run), metrics(straight)) < 1e-4
+    assert worst_difference(read_metrics(run), read_metrics(straight)) < 1e-4
 
 
 @pytest.mark.slow
@@ -248,7 +247,7 @@ def test_sigterm_stops_every_process_before_the_same_step_and_resume_is_bit_iden
     assert resumed.returncode == 0, resumed.stderr
     done = torchrun(2, *args, "-o", str(straight))
     assert done.returncode == 0, done.stderr
-    assert metrics(run) == metrics(straight)
+    assert read_metrics(run) == read_metrics(straight)
     with np.load(sorted(run.glob("weights-*.npz"))[-1]) as a, \
             np.load(sorted(straight.glob("weights-*.npz"))[-1]) as b:
         assert all(np.array_equal(a[k], b[k]) for k in a.files)
