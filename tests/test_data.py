@@ -39,7 +39,7 @@ def test_unicode_lines(tmp_path):
     (b"\n  \n\r\n\t\n", "no non-blank lines"),
     (b"anna\nbo\x00b\n", "line 2 contains a NUL byte"),
     (b"anna\nb\x07ob\n", "line 2 contains the control character U+0007"),
-    (b"anna\nb\tob\n", "line 2 contains the control character U+0009"),
+    (b"anna\n\n\nb\x1bob\n", "line 4 contains the control character U+001B; with --format text"),
     (b"anna\nzo\xe9\n", "not UTF-8: byte 0xe9 at line 2, column 3"),
 ])
 def test_bad_files(tmp_path, content, message):
@@ -47,6 +47,20 @@ def test_bad_files(tmp_path, content, message):
     with pytest.raises(DataError, match=re.escape(message)) as err:
         data.read_lines(path)
     assert str(path) in str(err.value)
+
+
+def test_whitespace_inside_an_item_is_an_ordinary_character(tmp_path):
+    path = write(tmp_path, b"  a\tb \x0bc\x0c  \n\td\n")
+    assert data.read_lines(path) == ["a\tb \x0bc", "d"]  # stripped at the ends, as before
+    assert data.Tokenizer.from_lines(["a\tb"]).itos == ("\n", "\t", "a", "b")
+
+
+def test_a_fifo_is_refused_without_waiting_for_a_writer(tmp_path):
+    import os
+
+    os.mkfifo(tmp_path / "fifo")
+    with pytest.raises(DataError, match="not a regular file"):
+        data.read_lines(tmp_path / "fifo")
 
 
 def test_missing_file_and_directory(tmp_path):

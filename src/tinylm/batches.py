@@ -21,6 +21,11 @@ with a target at every position, ``data.make_sequences``) draws its batches
 uniformly from its rows for either loader (consecutive stream windows would
 overlap in all but one token), and its evaluation is the exact mean over
 every target that is not IGNORE.
+
+A document (``--format text``) is a ``tinylm.text.TextSplit``: a batch draws
+``batch_size`` example starts uniformly with the run's RNG, as the words
+loader does, and gathers their windows from the token array when drawn.
+Its evaluation is ``tinylm.train.measure`` over ``tinylm.text.units``.
 """
 
 from __future__ import annotations
@@ -34,10 +39,13 @@ from tinylm.data import IGNORE, Tokenizer, make_examples, make_sequences
 from tinylm.errors import DataError
 from tinylm.models import ModelConfig, is_sequence
 from tinylm.rng import RNG
+from tinylm.text import DEFAULT_BLOCK, TextSplit
 
 # Forward passes of the exact evaluation use chunks of this many examples:
 # large enough to amortise the per-call cost, small enough to bound memory.
 EVAL_CHUNK = 4096
+# ... and at most this many positions, for sequence models of long blocks
+EVAL_POSITIONS = 65536
 
 
 @dataclass(frozen=True)
@@ -92,6 +100,19 @@ def split_for(name: str, lines: Sequence[str], tokenizer: Tokenizer, config: Mod
     return make_split(name, lines, tokenizer, config.context, loader, block)
 
 
+def text_split_for(name: str, tokens: np.ndarray, config: ModelConfig) -> TextSplit:
+    """The ``TextSplit`` of a document's split for the model of ``config``."""
+    if len(tokens) == 0:
+        raise DataError(f"the {name} split is empty")
+    if not is_sequence(config):
+        return TextSplit(name, tokens, config.context)
+    block = config.block_size or DEFAULT_BLOCK
+    if name == "train" and len(tokens) < block:
+        raise DataError(f"the train split has {len(tokens):,} characters, fewer than a block of "
+                        f"{block}; give a smaller --block-size or a longer text")
+    return TextSplit(name, tokens, config.context, block)
+
+
 class Batches:
     """The training batches of one split; ``position`` is all the state besides the RNG.
 
@@ -107,11 +128,22 @@ class Batches:
         self.rng = rng
         self.position = position
         B = batch_size
+        if isinstance(split, TextSplit):
+            if B == 0:  # the whole split in every batch: gathered once
+                self._all = split.examples(np.arange(len(split)))
+            self._X = np.empty((B, split.width), dtype=np.int64)
+            self._Y = np.empty((B, split.block_size) if split.per_position else (B,), np.int64)
+            return
         self._X = np.empty((B,) + split.X.shape[1:], dtype=split.X.dtype)
         self._Y = np.empty((B,) + split.Y.shape[1:], dtype=split.Y.dtype)
 
     def next(self) -> tuple[np.ndarray, np.ndarray]:
         split, B = self.split, self.batch_size
+        if isinstance(split, TextSplit):
+            if B == 0:
+                return self._all
+            starts = (self.rng.random_array(B) * len(split)).astype(np.int64)
+            return split.examples(starts, self._X, self._Y)
         if B == 0:
             return split.X, split.Y
         if split.loader == "stream" and not split.per_position:
@@ -153,8 +185,9 @@ def eval_batches(
     n = len(split)
     if max_batches is not None and batch_size > 0:
         n = min(n, max_batches * batch_size)
-    for lo in range(0, n, EVAL_CHUNK):
-        hi = min(n, lo + EVAL_CHUNK)
+    rows = EVAL_CHUNK if not split.per_position else max(1, min(EVAL_CHUNK, EVAL_POSITIONS // split.Y.shape[1]))
+    for lo in range(0, n, rows):
+        hi = min(n, lo + rows)
         Y = split.Y[lo:hi]
         # rows of a sequence model weigh what they score: their targets that are not IGNORE
         yield split.X[lo:hi], Y, int((Y != IGNORE).sum()) if split.per_position else hi - lo

@@ -35,7 +35,7 @@ import unicodedata
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -52,11 +52,32 @@ def default_dataset() -> Path:
 
 
 def read_lines(path: str | os.PathLike) -> list[str]:
-    """Read a UTF-8 text file as a list of non-blank, stripped lines.
+    """Read a UTF-8 text file as a list of non-blank, stripped lines (``--format lines``).
 
     CRLF and CR line ends are normalised; a UTF-8 byte-order mark is ignored.
-    Raises ``DataError`` naming the file and the problem for anything that is
-    not a usable list of items.
+    Whitespace inside an item (a tab, say) is an ordinary character; other
+    control characters are refused, naming ``--format text``, which keeps a
+    file as it is. Raises ``DataError`` naming the file and the problem for
+    anything that is not a usable list of items.
+    """
+    name = str(path)
+    text = decode_file(path)
+    bad = first_refused_character(text, ITEM_CONTROLS)
+    if bad is not None:
+        position, ch = bad
+        raise DataError(f"input file {name!r}, line {text.count(EOT, 0, position) + 1} contains "
+                        f"{describe_character(ch)}; with --format text the file is read as one "
+                        "continuous document, every character kept")
+    lines = [stripped for line in text.split(EOT) if (stripped := line.strip())]
+    if not lines:
+        raise DataError(f"input file {name!r} has no non-blank lines")
+    return lines
+
+
+def decode_file(path: str | os.PathLike) -> str:
+    """The text of a UTF-8 file, its line ends normalised to "\\n" and a byte-order mark dropped.
+
+    ``DataError`` for a file that is missing, a directory, unreadable, empty or not UTF-8.
     """
     p = Path(path)
     name = str(path)
@@ -64,6 +85,8 @@ def read_lines(path: str | os.PathLike) -> list[str]:
         raise DataError(f"input file {name!r} does not exist")
     if p.is_dir():
         raise DataError(f"input {name!r} is a directory, not a text file")
+    if not p.is_file():
+        raise DataError(f"input {name!r} is not a regular file (a pipe or a device?)")
     try:
         raw = p.read_bytes()
     except OSError as e:
@@ -79,27 +102,43 @@ def read_lines(path: str | os.PathLike) -> list[str]:
             f"input file {name!r} is not UTF-8: byte 0x{raw[e.start]:02x} at line {line}, "
             f"column {column} (byte offset {e.start}); save it as UTF-8"
         ) from None
-    text = text.removeprefix("\ufeff").replace("\r\n", "\n").replace("\r", "\n")
-    lines = []
-    for number, line in enumerate(text.split("\n"), start=1):
-        line = line.strip()
-        if not line:
-            continue
-        bad = _first_control_character(line)
-        if bad is not None:
-            what = "a NUL byte" if bad == "\x00" else f"the control character U+{ord(bad):04X}"
-            raise DataError(f"input file {name!r}, line {number} contains {what}")
-        lines.append(line)
-    if not lines:
-        raise DataError(f"input file {name!r} has no non-blank lines")
-    return lines
+    del raw
+    text = text.removeprefix("\ufeff")
+    if "\r" in text:
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+    return text
 
 
-def _first_control_character(line: str) -> str | None:
-    for ch in line:
-        if unicodedata.category(ch) == "Cc":
-            return ch
-    return None
+# Control characters an item may hold: the whitespace among them (tab, vertical tab, form
+# feed, the information separators, NEL). "\n" ends an item and "\r" is normalised to it.
+ITEM_CONTROLS = frozenset(ch for ch in map(chr, range(0x100))
+                          if unicodedata.category(ch) == "Cc" and ch.isspace()) - {"\n", "\r"}
+
+
+def characters(text: str) -> np.ndarray:
+    """The distinct code points of ``text``, sorted (uint32): one vectorised pass, no Python loop."""
+    if text.isascii():
+        counts = np.bincount(np.frombuffer(text.encode("ascii"), dtype=np.uint8), minlength=128)
+        return np.flatnonzero(counts).astype(np.uint32)
+    points = np.frombuffer(text.encode("utf-32-le"), dtype="<u4")
+    return np.flatnonzero(np.bincount(points)).astype(np.uint32)
+
+
+def first_refused_character(text: str, allowed: frozenset[str] = frozenset()
+                            ) -> tuple[int, str] | None:
+    """(position, character) of the first control character of ``text`` outside ``allowed``
+    and other than "\\n", or None. The distinct characters are found first, so a clean
+    text costs one vectorised pass."""
+    bad = [chr(c) for c in characters(text)
+           if unicodedata.category(chr(c)) == "Cc" and chr(c) != EOT and chr(c) not in allowed]
+    if not bad:
+        return None
+    position = min(text.index(ch) for ch in bad)
+    return position, text[position]
+
+
+def describe_character(ch: str) -> str:
+    return "a NUL byte" if ch == "\x00" else f"the control character U+{ord(ch):04X}"
 
 
 def split_sizes(n: int) -> tuple[int, int, int]:
@@ -167,9 +206,9 @@ class Tokenizer:
     """Characters to token ids and back; the newline is the end-of-text token.
 
     Built from all lines of the input (every split), so that val and test never
-    hold an unknown character. The vocabulary is the sorted set of characters
-    plus "\\n"; since control characters are refused on input, "\\n" sorts
-    first and is always token 0.
+    hold an unknown character. The vocabulary is "\\n", always token 0, then
+    the sorted set of the other characters (a tab, which sorts before "\\n",
+    comes after it, so runs made before tabs were read keep their ids).
     """
 
     itos: tuple[str, ...]
@@ -187,7 +226,12 @@ class Tokenizer:
         chars = set(EOT)
         for line in lines:
             chars.update(line)
-        return cls(tuple(sorted(chars)))
+        return cls.from_chars(chars)
+
+    @classmethod
+    def from_chars(cls, chars: Iterable[str]) -> "Tokenizer":
+        """"\\n" first, then the other characters sorted."""
+        return cls((EOT,) + tuple(sorted(set(chars) - {EOT})))
 
     @property
     def vocab_size(self) -> int:

@@ -6,6 +6,7 @@ instead of weights files)::
     manifest.json        the commit point: binds every part below by SHA-256
     config.json          the run's settings and vocabulary, for people (checked against the manifest)
     train.txt val.txt test.txt     the run's own copy of its splits
+    tokens.npy           a text run's document encoded, one token per character (memory-mapped)
     weights-000500.npz   model and optimizer arrays at the committed step (loaded with allow_pickle=False)
     metrics.jsonl        an append-only log; the manifest says how many bytes of it are committed
     samples.txt loss.png ...       outputs, made again by sample/eval/diagnose at any time
@@ -34,12 +35,14 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import io
 import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+import numpy as np
 from tinylm import checkpoint, settings
 from tinylm.data import EOT, SPLIT_NAMES, Tokenizer
 from tinylm.errors import CheckpointError, ConfigError, TinylmError
@@ -58,8 +61,9 @@ CONFIG = "config.json"
 METRICS = "metrics.jsonl"
 LOCK = ".lock"
 SPLIT_FILES = tuple(f"{name}.txt" for name in SPLIT_NAMES)
+TOKENS = "tokens.npy"
 # every name a run writes: a directory holding one of them, and no run, is not ours to write
-OWN_NAMES = {MANIFEST, CONFIG, METRICS, *SPLIT_FILES, "model.npz", "grid.jsonl", "samples.txt",
+OWN_NAMES = {MANIFEST, CONFIG, METRICS, *SPLIT_FILES, TOKENS, "model.npz", "grid.jsonl", "samples.txt",
              "sample.txt", "loss.png", "bigram.png", "diagnostics.jsonl"}
 
 
@@ -190,8 +194,13 @@ class RunWriter:
     @classmethod
     def create(cls, out: str | os.PathLike, inputs: Sequence[str | os.PathLike],
                base: dict[str, Any], tokenizer: Tokenizer, source: str | None,
-               lines3: Sequence[Sequence[str]]) -> "RunWriter":
-        """A new run in ``out``: the lock taken, the splits and config.json written."""
+               lines3: Sequence[Sequence[str] | str], tokens: np.ndarray | None = None
+               ) -> "RunWriter":
+        """A new run in ``out``: the lock taken, the splits and config.json written.
+
+        A split is a list of lines (each written with its end) or, for a text run, the
+        text itself, written as it is; a text run's ``tokens`` (the three splits encoded
+        one after the other) go to tokens.npy, their split points to the settings."""
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         lock = RunLock(out)
@@ -201,14 +210,25 @@ class RunWriter:
                 if name == METRICS or _is_weights(name) or _is_temp(name):
                     os.unlink(out / name)
             base = {**base, "vocab": tokenizer.to_list(), "input": source}
+            if tokens is not None:
+                lengths = [len(text) for text in lines3]
+                base["tokens"] = {"file": TOKENS, "dtype": str(tokens.dtype),
+                                  "bounds": [0, lengths[0], lengths[0] + lengths[1], len(tokens)]}
             # first: it marks the directory as this run's, so that a kill from here on
             # leaves files a new run into it takes over, not ones it must refuse
             write_json(out / CONFIG, {"format": FORMAT, **base})
             files = {}
             for name, lines in zip(SPLIT_FILES, lines3):
-                data = "".join(line + EOT for line in lines).encode("utf-8")
+                text = lines if isinstance(lines, str) else "".join(line + EOT for line in lines)
+                data = text.encode("utf-8")
+                del text
                 atomic_write_bytes(out / name, data)
                 files[name] = checkpoint.sha256(data)
+            if tokens is not None:
+                blob = _npy_bytes(tokens)
+                atomic_write_bytes(out / TOKENS, blob)
+                files[TOKENS] = checkpoint.sha256(blob)
+                del blob
             (out / METRICS).write_bytes(b"")
         except BaseException:
             lock.release()
@@ -227,6 +247,8 @@ class RunWriter:
         """
         out = run.path
         base = {**base, "vocab": run.manifest["vocab"], "input": run.manifest["input"]}
+        if "tokens" in run.manifest:
+            base["tokens"] = run.manifest["tokens"]
         for name in os.listdir(out):  # weights no manifest names any more, a killed write's rest
             if (_is_weights(name) and name != run.manifest["arrays"]["file"]) or _is_temp(name):
                 os.unlink(out / name)
@@ -320,6 +342,13 @@ class RunWriter:
             self.lock.release()
 
 
+def _npy_bytes(array: np.ndarray) -> bytes:
+    """``array`` in the .npy format (read back with allow_pickle=False, memory-mapped)."""
+    buffer = io.BytesIO()
+    np.lib.format.write_array(buffer, np.ascontiguousarray(array), allow_pickle=False)
+    return buffer.getvalue()
+
+
 def _unlink(path: Path) -> None:
     try:
         os.unlink(path)
@@ -340,13 +369,19 @@ class Run:
     path: Path
     manifest: dict
     tokenizer: Tokenizer
-    lines3: tuple[list[str], list[str], list[str]]
+    lines3: tuple[list[str], list[str], list[str]] | None  # a lines run's splits
     arrays: dict
     metrics: list[dict]
     model_config: ModelConfig | None = None  # neural runs
     config: TrainConfig | None = None
     ngram: NgramConfig | None = None  # count runs
     model: Any = field(default=None, repr=False)
+    tokens: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # a text run's splits, mapped
+
+    @property
+    def format(self) -> str:
+        """"lines" or "text": how the run read its input."""
+        return "text" if "tokens" in self.manifest else "lines"
 
     @property
     def kind(self) -> str:
@@ -396,12 +431,19 @@ def open_run(out: str | os.PathLike, backend: str | None = None, weights: str = 
         files, arrays_entry, committed = (manifest["files"], manifest["arrays"],
                                           manifest["metrics"])
         tokenizer = Tokenizer.from_list(manifest["vocab"])
-        lines3 = tuple(_read_split(out, name, files[name]) for name in SPLIT_FILES)
+        lines3 = tokens = None
+        if "tokens" in manifest:
+            for name in SPLIT_FILES:
+                _check_file(out, name, files[name])
+            tokens = _read_tokens(out, manifest["tokens"], files[TOKENS], tokenizer.vocab_size)
+        else:
+            lines3 = tuple(_read_split(out, name, files[name]) for name in SPLIT_FILES)
         _check_config_file(out, manifest)
         arrays = checkpoint.decode(_read(out / arrays_entry["file"]), arrays_entry["sha256"],
                                    f"{arrays_entry['file']} in {str(out)!r}")
         metrics = _read_metrics(out, committed)
-        run = Run(out, manifest, tokenizer, lines3, arrays, metrics)  # type: ignore[arg-type]
+        run = Run(out, manifest, tokenizer, lines3, arrays, metrics,  # type: ignore[arg-type]
+                  tokens=tokens)
         if run.kind == "neural":
             run.model_config = ModelConfig.from_dict(manifest["model_config"])
             run.config = TrainConfig.from_dict(manifest["train_config"])
@@ -439,6 +481,36 @@ def _read_split(out: Path, name: str, expected: str) -> list[str]:
     if checkpoint.sha256(data) != expected:
         raise CheckpointError(f"{name} is not the split the run was trained on (modified?)")
     return [line for line in data.decode("utf-8").split(EOT) if line]
+
+
+def _check_file(out: Path, name: str, expected: str) -> None:
+    """Refuse a file whose SHA-256 is not the one committed; read in pieces, not held."""
+    digest = hashlib.sha256()
+    try:
+        with open(out / name, "rb") as f:
+            while piece := f.read(1 << 22):
+                digest.update(piece)
+    except OSError:
+        raise CheckpointError(f"{name} is missing or unreadable") from None
+    if digest.hexdigest() != expected:
+        raise CheckpointError(f"{name} is not the one the run was trained on (modified?)")
+
+
+def _read_tokens(out: Path, entry: dict, expected: str, vocab_size: int
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A text run's three splits as read-only memory maps of tokens.npy, verified."""
+    _check_file(out, entry["file"], expected)
+    try:
+        tokens = np.load(out / entry["file"], mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{entry['file']} is not a token array ({e})") from None
+    bounds = [int(b) for b in entry["bounds"]]
+    if (tokens.ndim != 1 or str(tokens.dtype) != entry["dtype"] or len(bounds) != 4
+            or bounds[0] != 0 or bounds[-1] != len(tokens) or bounds != sorted(bounds)):
+        raise CheckpointError(f"{entry['file']} does not match the run's split points")
+    if len(tokens) and int(tokens.max()) >= vocab_size:  # one pass; it is hashed anyway
+        raise CheckpointError(f"{entry['file']} holds ids outside the vocabulary")
+    return tuple(tokens[lo:hi] for lo, hi in zip(bounds, bounds[1:]))  # type: ignore[return-value]
 
 
 def _check_config_file(out: Path, manifest: dict) -> None:

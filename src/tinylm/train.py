@@ -48,6 +48,7 @@ from tinylm.optim import OPTIMIZERS, SCHEDULES, lr_at, make_optimizer
 from tinylm.recipes import recipe_names
 from tinylm.rng import RNG
 from tinylm.sample import eval_mode, logits_array
+from tinylm.text import FORMATS, TextSplit, units
 from tinylm.settings import (
     ALL_OR_POSITIVE, FRACTION, NONNEG_FLOAT, NONNEG_INT, POSITIVE_FLOAT, POSITIVE_INT, SEED, TEXT, choice,
     optional, setting,
@@ -69,9 +70,14 @@ class TrainConfig(settings.Settings):
     """
 
     backend: str = setting("numpy", "implementation of the model", choice(BACKENDS))
-    loader: str = setting("words", "words: each line an independent item; stream: one continuous "
-                          "text, the protocol of the classic reference figures", choice(LOADERS),
-                          models=None)
+    format: str = setting("lines", "lines: the file is a list of items, one per line (stripped, "
+                          "blank lines dropped); text: one continuous document kept character "
+                          "for character (tabs, indentation, blank lines), split contiguously "
+                          "into the first 90%%, the next 5%% and the last 5%% at line ends",
+                          choice(FORMATS), models=None)
+    loader: str = setting("words", "--format lines only: words: each line an independent item; "
+                          "stream: the lines joined into one text, the protocol of the classic "
+                          "reference figures", choice(LOADERS), models=None)
     seed: int = setting(42, "seed of the run's RNG (initialisation, batches, sampling)", SEED,
                         models=None)
     batch_size: int = setting(32, "examples per step, 0 = the whole train split", NONNEG_INT)
@@ -94,7 +100,12 @@ class TrainConfig(settings.Settings):
                         "before its step's update: early stopping without stopping)",
                         choice(KEEP))
     eval_train_batches: int | None = setting(
-        None, "batches of the train split to estimate its loss on, 0 = all", ALL_OR_POSITIVE)
+        None, "--format lines: batches of the train split to estimate its loss on, 0 = all",
+        ALL_OR_POSITIVE)
+    eval_tokens: int = setting(100_000, "--format text: a split of at most this many characters "
+                               "is scored whole, each character once; a larger one (train, "
+                               "usually) is estimated from a fixed sample of about this many, "
+                               "with its standard error", POSITIVE_INT, resume=True)
     sample_prompt: str = setting("\n", "prompt of sample.txt", TEXT)
     sample_tokens: int = setting(0, "write sample.txt: this many tokens after the prompt "
                                  "(0: none)", NONNEG_INT)
@@ -196,6 +207,69 @@ def evaluate(model, split: Split, batch_size: int, max_batches: int | None = Non
     if world.distributed:
         total, weight = distributed.all_sum([total, weight])
     return total / weight
+
+
+# Positions (and logits) an evaluation of a text computes at a time: bounds its memory, and how
+# long a signal waits for the evaluation to notice it.
+TEXT_EVAL_POSITIONS = 8192
+TEXT_EVAL_LOGITS = 1 << 22
+
+
+@dataclass(frozen=True)
+class Measured:
+    """A loss measured on a text split: exact, or estimated with its standard error ``se``."""
+
+    loss: float
+    se: float | None
+    targets: int  # characters scored
+
+
+def measure(model, split: TextSplit, budget: int, seed: int,
+            world: distributed.World = distributed.World(),
+            stop: Callable[[], bool] | None = None) -> Measured:
+    """The loss of ``model`` on a text split in nats per character (``tinylm.text.units``):
+    every target once if the split fits ``budget``, else an estimate from a fixed sample of
+    units with its standard error. ``stop()`` is asked between chunks; True raises
+    ``KeyboardInterrupt`` (a signal during an evaluation is answered within a chunk)."""
+    plan = units(split, budget, seed)
+    width = split.block_size if split.per_position else 1
+    per_unit = int(plan.scored.max()) if not split.per_position else min(split.block_size,
+                                                                          split.n_tokens)
+    positions = min(TEXT_EVAL_POSITIONS, max(1, TEXT_EVAL_LOGITS // model.config.vocab_size))
+    chunk = max(1, positions // max(per_unit, width))
+    sums = np.zeros(len(plan))  # (U,) each unit's summed negative log-likelihood
+    with eval_mode(model):
+        for c, lo in enumerate(range(0, len(plan), chunk)):
+            if c % world.size != world.rank:
+                continue
+            if stop is not None and not world.distributed and stop():
+                raise KeyboardInterrupt
+            hi = lo + chunk
+            scored = plan.scored[lo:hi]
+            X, Y = split.windows(plan.ends[lo:hi], scored)
+            logits, _ = model.forward(X)
+            nll = _token_nll(logits_array(logits), Y)  # (U, T) or (sum(scored),)
+            if split.per_position:
+                sums[lo:hi] = nll.sum(axis=1)
+            else:
+                sums[lo:hi] = np.add.reduceat(nll, np.cumsum(scored) - scored)
+    if world.distributed:
+        sums = np.array(distributed.all_sum(sums.tolist()))
+    loss = float(sums.sum() / plan.scored.sum())
+    se = None
+    if not plan.exact:
+        means = sums / plan.scored  # (U,)
+        se = float(means.std(ddof=1) / math.sqrt(len(means))) if len(means) > 1 else math.inf
+    return Measured(loss, se, int(plan.scored.sum()))
+
+
+def _token_nll(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """-log softmax(logits)[target] in float64 for every target, 0 where it is IGNORE."""
+    z = logits.astype(np.float64)  # (..., V)
+    top = z.max(axis=-1, keepdims=True)
+    log_norm = np.log(np.exp(z - top).sum(axis=-1)) + top[..., 0]
+    picked = np.take_along_axis(z, np.maximum(targets, 0)[..., None], axis=-1)[..., 0]
+    return np.where(targets == IGNORE, 0.0, log_norm - picked)
 
 
 def _check_parts(config: TrainConfig, model, world: distributed.World, n_train: int) -> None:
@@ -439,12 +513,23 @@ class Trainer:
                 f"the training loss became {value} at step {step}: the learning rate "
                 f"({self.optimizer.lr:g}) is probably too large; the run keeps its last checkpoint")
 
-    def _evaluate(self, step: int, split: str, batch_size: int, limit: int | None = None) -> float:
-        value = evaluate(self.model, self.splits[split], batch_size, limit, self.world)
+    def _evaluate(self, step: int, split: str, batch_size: int, limit: int | None = None
+                  ) -> tuple[float, dict]:
+        """The loss on ``split``, and for an estimate on a text its standard error as
+        ``{"<split>_loss_se": se}`` for the record."""
+        data, extra = self.splits[split], {}
+        if isinstance(data, TextSplit):
+            measured = measure(self.model, data, self.config.eval_tokens, self.config.seed,
+                               self.world, stop=lambda: self._signal is not None)
+            value = measured.loss
+            if measured.se is not None:
+                extra[f"{split}_loss_se"] = measured.se
+        else:
+            value = evaluate(self.model, data, batch_size, limit, self.world)
         if not math.isfinite(value):
             raise TrainingDiverged(f"the {split} loss became {value} at step {step}; the run "
                                    "keeps its last checkpoint")
-        return value
+        return value, extra
 
     def _checkpoint_due(self, step: int) -> bool:
         every = self.config.checkpoint_every
@@ -471,9 +556,11 @@ class Trainer:
                     self.optimizer.lr = lr
                     evaluation = None
                     if step % cfg.eval_every == 0 or step == cfg.steps - 1:
-                        train_loss = self._evaluate(step, "train", eval_bs, cfg.eval_train_batches)
-                        val_loss = self._evaluate(step, "val", eval_bs)
-                        evaluation = {"step": step, "train_loss": train_loss, "val_loss": val_loss}
+                        train_loss, train_se = self._evaluate(step, "train", eval_bs,
+                                                              cfg.eval_train_batches)
+                        val_loss, val_se = self._evaluate(step, "val", eval_bs)
+                        evaluation = {"step": step, "train_loss": train_loss, "val_loss": val_loss,
+                                      **train_se, **val_se}
                         if cfg.keep == "best" and (self.best is None or val_loss < self.best.val_loss):
                             self.best = Best(step, val_loss, self.model.state_dict())
                         # logged with the update it precedes: a checkpoint never holds an
@@ -516,15 +603,15 @@ class Trainer:
         """The test record, measured once, at the end, on the weights the run keeps."""
         steps = self.config.steps
         if self.best is None:
-            loss = self._evaluate(steps, "test", batch_size)
-            return {"step": steps, "test_loss": loss, "test_perplexity": perplexity(loss)}
+            loss, se = self._evaluate(steps, "test", batch_size)
+            return {"step": steps, "test_loss": loss, "test_perplexity": perplexity(loss), **se}
         last = self.model.state_dict()
         self.model.load_state_dict(self.best.weights)
         try:
-            loss = self._evaluate(steps, "test", batch_size)
+            loss, se = self._evaluate(steps, "test", batch_size)
         finally:
             self.model.load_state_dict(last)  # the checkpoint must resume from the last step
-        return {"step": steps, "test_loss": loss, "test_perplexity": perplexity(loss),
+        return {"step": steps, "test_loss": loss, "test_perplexity": perplexity(loss), **se,
                 "best_step": self.best.step, "best_val_loss": self.best.val_loss}
 
     def keep_weights(self) -> None:

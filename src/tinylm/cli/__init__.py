@@ -30,7 +30,9 @@ import numpy as np
 
 from tinylm import __version__, runs, settings
 from tinylm.cli import micrograd, neural, ngram, report, serve, train
-from tinylm.cli.common import Parser, Terminated, UsageError, add_run_dir, print_samples
+from tinylm.cli.common import (
+    Parser, Terminated, UsageError, add_run_dir, print_samples, write_passage,
+)
 from tinylm.errors import TinylmError
 from tinylm.rng import RNG
 from tinylm.sample import mark_known, sample_items
@@ -62,7 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "wilder (default: 1)")
     sample.add_argument("--top-k", type=settings.POSITIVE_INT.parse, default=None, metavar="K",
                         help="sample only among the k most likely tokens (default: all)")
-    sample.add_argument("--prompt", default="", help="start every item with this text (default: none)")
+    sample.add_argument("--prompt", default="", help="start every item (or the passage) with "
+                        "this text (default: none)")
+    sample.add_argument("--tokens", type=settings.POSITIVE_INT.parse, default=None, metavar="N",
+                        help="write one continuous passage of N characters instead of items "
+                        f"(a --format text run's default: {neural.TEXT_PASSAGE})")
     sample.set_defaults(handler=_sample)
 
     evaluate = sub.add_parser("eval", help="print the loss of a trained run on each split",
@@ -82,10 +88,14 @@ def build_parser() -> argparse.ArgumentParser:
 def _sample(args: argparse.Namespace) -> int:
     run = runs.open_run(args.out_dir)
     run.tokenizer.encode(args.prompt)  # DataError naming a character the model never saw
+    if args.tokens is not None or run.format == "text":
+        write_passage(run.model, run.tokenizer, args.tokens or neural.TEXT_PASSAGE, args.seed,
+                      None, args.prompt, args.temperature, args.top_k)
+        return 0
     items = sample_items(run.model, run.tokenizer, args.num_samples, RNG(args.seed),
                          prompt=args.prompt, temperature=args.temperature, top_k=args.top_k,
                          continuous=run.loader == "stream")
-    print_samples(mark_known(items, run.lines3[0]))
+    print_samples(mark_known(items, run.lines3[0]), args.prompt)
     return 0
 
 
@@ -138,6 +148,11 @@ def _main(argv: Sequence[str] | None) -> int:
         # point stdout at devnull so the interpreter's final flush cannot fail again
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
+    except MemoryError:  # what the estimate before a run did not foresee
+        print("tinylm: error: out of memory: the machine cannot hold what this command "
+              "asked for; choose smaller settings (the run directory keeps its last commit)",
+              file=sys.stderr)
+        return 2
     except OSError as e:  # a full disk, a permission, a path too long: the run keeps its last commit
         where = f" {e.filename!r}" if e.filename else ""
         print(f"tinylm: error: cannot write or read{where}: {e.strerror or e}", file=sys.stderr)

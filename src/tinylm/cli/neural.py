@@ -19,19 +19,30 @@ from pathlib import Path
 from typing import Any, Callable
 
 from tinylm import data, devices, diagnostics, distributed, runs, settings, threads
-from tinylm.batches import split_for
-from tinylm.cli.common import add_run_dir, format_perplexity, print_loss, sample_and_save
+import numpy as np
+
+from tinylm import memory, text
+from tinylm.batches import EVAL_POSITIONS
+from tinylm.batches import split_for, text_split_for
+from tinylm.cli.common import (
+    add_run_dir, format_loss, format_perplexity, print_loss, progress_bar, sample_and_save, write_passage,
+)
 from tinylm.errors import ConfigError, TinylmError
 from tinylm.io import atomic_write_text, check_out_dir
 from tinylm.models import ModelConfig, build_model, is_sequence
 from tinylm.rng import RNG
 from tinylm.sample import sample_tokens
 from tinylm.train import (
-    TrainConfig, Trainer, TrainingInterrupted, evaluate as split_loss, learning_rate,
+    TEXT_EVAL_POSITIONS, TrainConfig, Trainer, TrainingInterrupted, evaluate as split_loss,
+    learning_rate, measure,
 )
 
 # With no terminal to draw a progress bar on, a progress line at least this often.
 QUIET_SECONDS = 10.0
+# An item this long, setting the block size, is named when a run does not fit in memory.
+LONG_ITEM = 1000
+# The passage a text run samples at the end (and 'tinylm sample' by default), in characters.
+TEXT_PASSAGE = 500
 
 
 def register_diagnose(sub: argparse._SubParsersAction) -> None:
@@ -75,7 +86,12 @@ def train(args: argparse.Namespace, lines3: tuple[list[str], list[str], list[str
     process 0 alone writes the directory."""
     gate = gate or distributed.Gate(world)
     out = runs.check_new_run_dir(args.out_dir, inputs) if world.main else Path(args.out_dir or ".")
-    tokenizer = data.Tokenizer.from_lines([line for lines in lines3 for line in lines])
+    text_run = explicit.get("format") == "text"
+    longest = None  # the longest item, where it set the block size
+    if text_run:
+        tokenizer = text.tokenizer_of(lines3)
+    else:
+        tokenizer = data.Tokenizer.from_lines([line for lines in lines3 for line in lines])
     mconfig, config = runs.resolve_configs(model_name, explicit.get("recipe"), explicit,
                                            tokenizer.vocab_size)
     # the count and the device are part of the arithmetic (tinylm.threads): saved, so a
@@ -83,15 +99,24 @@ def train(args: argparse.Namespace, lines3: tuple[list[str], list[str], list[str
     config = dataclasses.replace(config, threads=threads.effective(config.threads),
                                  device=devices.resolve(config.device, config.backend))
     if is_sequence(mconfig):
-        if mconfig.block_size == 0:  # the fewest positions that hold every item and its end
+        if mconfig.block_size == 0 and text_run:
+            mconfig = dataclasses.replace(mconfig, block_size=text.DEFAULT_BLOCK)
+        elif mconfig.block_size == 0:  # the fewest positions that hold every item and its end
             longest = max(len(line) for lines in lines3 for line in lines)
             mconfig = dataclasses.replace(mconfig, block_size=longest + 1)
         if config.diagnose_every:
             raise ConfigError(f"--diagnose-every is not available for the {mconfig.model} "
                               "model yet: its statistics are made for layer stacks")
+    _check_memory(mconfig, config, lines3, text_run, longest)
+    tokens = None
+    if text_run:
+        with progress_bar("encoding", sum(map(len, lines3)), "char") as bar:
+            tokens = text.encode_splits(lines3, tokenizer, bar)
     rng = RNG(config.seed)
     model = build_model(mconfig, config.backend, rng)
-    trainer = _trainer(model, mconfig, config, lines3, tokenizer, rng, world)
+    trainer = _trainer(model, mconfig, config,
+                       text.split_tokens(tokens, lines3) if text_run else lines3, tokenizer, rng,
+                       world)
     gate.passed()
     if not world.main:
         with distributed.together(world):  # process 0 writes the run's step 0
@@ -100,7 +125,7 @@ def train(args: argparse.Namespace, lines3: tuple[list[str], list[str], list[str
     # everything is checked: from here on the run directory is written
     with distributed.together(world):
         store = runs.RunWriter.create(out, inputs, runs.neural_settings(mconfig, config),
-                                      tokenizer, source, lines3)
+                                      tokenizer, source, lines3, tokens)
         trainer.store = store
         try:
             trainer.save()  # step 0: a kill before the first periodic checkpoint resumes from here
@@ -110,10 +135,16 @@ def train(args: argparse.Namespace, lines3: tuple[list[str], list[str], list[str
     try:
         print(f"training {_what(trainer, mconfig, config)}: {config.steps} steps, batch "
               f"{config.batch_size or 'all'}, {config.optimizer} lr {config.lr:g} "
-              f"{config.lr_schedule}, loader {config.loader}"
+              f"{config.lr_schedule}, "
+              + ("format text" if text_run else f"loader {config.loader}")
               + (f", recipe {config.recipe}" if config.recipe else ""))
-        sizes = " / ".join(f"{name} {len(s):,}" for name, s in trainer.splits.items())
-        print(f"data: {source}: examples {sizes}; vocabulary {tokenizer.vocab_size}")
+        if text_run:
+            sizes = " / ".join(f"{name} {s.n_tokens:,}" for name, s in trainer.splits.items())
+            print(f"data: {source}: characters {sizes}; vocabulary {tokenizer.vocab_size}; "
+                  f"format text, block {trainer.splits['train'].width}")
+        else:
+            sizes = " / ".join(f"{name} {len(s):,}" for name, s in trainer.splits.items())
+            print(f"data: {source}: examples {sizes}; vocabulary {tokenizer.vocab_size}")
         return _run(trainer, model, mconfig, config, tokenizer, lines3, out, args.num_samples)
     finally:
         store.close()
@@ -155,7 +186,7 @@ def resume(args: argparse.Namespace, explicit: dict[str, Any],
                               "run has done; give more steps to extend it")
         model, tokenizer = run.model, run.tokenizer
         rng = RNG(config.seed)
-        trainer = _trainer(model, mconfig, config, run.lines3, tokenizer, rng, world)
+        trainer = _trainer(model, mconfig, config, run.tokens or run.lines3, tokenizer, rng, world)
         trainer.restore(run.manifest["state"], run.arrays, run.metrics)
         gate.passed()
         with distributed.together(world):  # process 0 reopens the run for writing
@@ -186,6 +217,31 @@ def resume(args: argparse.Namespace, explicit: dict[str, Any],
         store.close()
 
 
+def _check_memory(mconfig: ModelConfig, config: TrainConfig, lines3, text_run: bool,
+                  longest: int | None) -> None:
+    """Refuse, before anything is allocated, a run that cannot fit in memory (tinylm.memory)."""
+    sequence = is_sequence(mconfig)
+    T = mconfig.block_size if sequence else 1
+    if text_run:
+        n = sum(map(len, lines3))
+        rows = n
+        data_bytes = n * text.token_dtype(mconfig.vocab_size).itemsize
+        eval_positions = max(T, TEXT_EVAL_POSITIONS)
+    else:
+        rows = sum(map(len, lines3)) if sequence else sum(len(line) + 1 for lines in lines3
+                                                         for line in lines)
+        data_bytes = rows * (2 * T * 8 if sequence else (mconfig.context + 1) * 8)
+        eval_positions = max(T, min(EVAL_POSITIONS, rows * T))
+    batch = config.batch_size or len(lines3[0]) if not text_run else config.batch_size or rows
+    advice = ("give a smaller --batch-size, --block-size, --n-embd, --n-hidden or --n-layers"
+              if sequence else "give a smaller --batch-size, --n-embd, --n-hidden or --n-layers")
+    if longest is not None and longest >= LONG_ITEM:
+        advice = (f"the longest item has {longest:,} characters, so the block size is "
+                  f"{longest + 1:,}: give --block-size N (longer items are refused), or "
+                  "--format text to read the file as one continuous document")
+    memory.check(memory.estimate(mconfig, batch, T, eval_positions, data_bytes), advice)
+
+
 def _what(trainer: Trainer, mconfig: ModelConfig, config: TrainConfig) -> str:
     model, world = trainer.model, trainer.world
     where = [config.backend]
@@ -202,11 +258,19 @@ def _what(trainer: Trainer, mconfig: ModelConfig, config: TrainConfig) -> str:
 
 def _trainer(model, mconfig: ModelConfig, config: TrainConfig, lines3, tokenizer: data.Tokenizer,
              rng: RNG, world: distributed.World) -> Trainer:
-    splits = {name: split_for(name, lines, tokenizer, mconfig, config.loader)
-              for name, lines in zip(data.SPLIT_NAMES, lines3)}
+    """The trainer of a run whose splits ``lines3`` are lists of lines, or token arrays."""
+    splits = _splits(lines3, tokenizer, mconfig, config)
     if config.sample_tokens:
         tokenizer.encode(config.sample_prompt)  # refuse a prompt the vocabulary cannot spell, now
     return Trainer(config, model, splits, rng, world=world)
+
+
+def _splits(lines3, tokenizer: data.Tokenizer, mconfig: ModelConfig, config: TrainConfig) -> dict:
+    if isinstance(lines3[0], np.ndarray):
+        return {name: text_split_for(name, tokens, mconfig)
+                for name, tokens in zip(data.SPLIT_NAMES, lines3)}
+    return {name: split_for(name, lines, tokenizer, mconfig, config.loader)
+            for name, lines in zip(data.SPLIT_NAMES, lines3)}
 
 
 def _run(trainer: Trainer, model, mconfig: ModelConfig, config: TrainConfig,
@@ -222,7 +286,8 @@ def _run(trainer: Trainer, model, mconfig: ModelConfig, config: TrainConfig,
         except TinylmError:  # a divergence is found by every process alike: process 0 says it
             raise SystemExit(2) from None
         return 0
-    reporter = _Reporter(config.steps, trainer.state.step, sys.stderr.isatty())
+    reporter = _Reporter(config.steps, trainer.state.step, sys.stderr.isatty(),
+                         text=config.format == "text")
     trainer.progress = _watched(reporter, config, trainer, out, tokenizer.vocab_size)
     try:
         with threads.limited(config.threads):
@@ -247,10 +312,14 @@ def _run(trainer: Trainer, model, mconfig: ModelConfig, config: TrainConfig,
         print(f"done in {result.seconds:.1f} s: kept the weights of step {final['best_step']} "
               f"(val loss {final['best_val_loss']:.4f}{last}): test loss "
               f"{test:.4f} (perplexity {format_perplexity(test)})")
+    elif config.format == "text":
+        print(f"done in {result.seconds:.1f} s: val loss {val:.4f}, test loss "
+              f"{format_loss(test, final.get('test_loss_se'))}")
     else:
         print(f"done in {result.seconds:.1f} s: val loss {val:.4f}, test loss {test:.4f} "
               f"(perplexity {format_perplexity(test)})")
-    _finish(model, tokenizer, config, lines3[0], out, num_samples, result.metrics)
+    _finish(model, tokenizer, config, None if config.format == "text" else lines3[0], out,
+            num_samples, result.metrics)
     return 0
 
 
@@ -262,8 +331,9 @@ class _Reporter:
     written to a log always shows that it is alive.
     """
 
-    def __init__(self, total: int, start: int, use_bar: bool) -> None:
+    def __init__(self, total: int, start: int, use_bar: bool, text: bool = False) -> None:
         self.total = total
+        self.text = text  # a text run: losses in bits per character too, estimates with their error
         self.bar = None
         self.t0, self.n0 = time.perf_counter(), start
         self.last_line = self.t0
@@ -286,12 +356,22 @@ class _Reporter:
                     self.bar.set_postfix(loss=f"{record['loss']:.4f}", refresh=False)
             elif time.perf_counter() - self.last_line >= QUIET_SECONDS:
                 self.write(self._position(record["step"] + 1) + self._rate(record["step"] + 1))
+        elif "val_loss" in record and self.text:
+            self.write(self._position(record["step"])
+                       + f" | train {self._loss(record, 'train')} | val {self._loss(record, 'val')}"
+                       + f" = {text.bits(record['val_loss']):.4f} bits/char"
+                       + self._rate(record["step"]))
         elif "val_loss" in record:
             self.write(self._position(record["step"])
                        + f" | train {record['train_loss']:.4f} | val {record['val_loss']:.4f}"
                        + self._rate(record["step"]))
         elif "test_loss" in record:
             self.close()
+
+    @staticmethod
+    def _loss(record: dict, split: str) -> str:
+        se = record.get(f"{split}_loss_se")
+        return f"{record[f'{split}_loss']:.4f}" + ("" if se is None else f" ± {se:.4f}")
 
     def _position(self, step: int) -> str:
         return f"step {step:>{len(str(self.total))}}/{self.total}"
@@ -351,9 +431,10 @@ def _watched(reporter: _Reporter, config: TrainConfig, trainer: Trainer, out: Pa
     return progress
 
 
-def _finish(model, tokenizer: data.Tokenizer, config: TrainConfig, train_lines: list[str],
+def _finish(model, tokenizer: data.Tokenizer, config: TrainConfig, train_lines: list[str] | None,
             out: Path, n: int, metrics: list[dict]) -> None:
-    """Samples at the end of training (the ones ``tinylm sample -n N`` prints) and loss.png."""
+    """Samples at the end of training (the ones ``tinylm sample -n N`` prints; a text run's,
+    None for ``train_lines``: the passage ``tinylm sample`` prints) and loss.png."""
     written = ["manifest.json", "config.json", "weights", "metrics.jsonl", "train/val/test.txt"]
     if config.sample_tokens:
         text = sample_tokens(model, tokenizer, config.sample_prompt, config.sample_tokens,
@@ -362,7 +443,10 @@ def _finish(model, tokenizer: data.Tokenizer, config: TrainConfig, train_lines: 
         print(f"sample ({config.sample_tokens} tokens after {config.sample_prompt!r}):")
         print(text.strip("\n"))
         written.append("sample.txt")
-    if n:
+    if n and train_lines is None:
+        write_passage(model, tokenizer, TEXT_PASSAGE, config.sample_seed, out / "samples.txt")
+        written.append("samples.txt")
+    elif n:
         sample_and_save(model, tokenizer, n, config.sample_seed, train_lines,
                         config.loader == "stream", out / "samples.txt")
         written.append("samples.txt")
@@ -379,12 +463,16 @@ def _finish(model, tokenizer: data.Tokenizer, config: TrainConfig, train_lines: 
 
 def evaluate(run: runs.Run) -> None:
     config = run.config
-    splits = {name: split_for(name, lines, run.tokenizer, run.model_config, config.loader)
-              for name, lines in zip(data.SPLIT_NAMES, run.lines3)}
+    splits = _splits(run.tokens or run.lines3, run.tokenizer, run.model_config, config)
     batch = config.batch_size or len(splits["train"])
     kept = run.manifest["state"].get("best")
     print(f"{run.model_config.model} ({config.backend}) at step {run.step}"
-          + (f", kept weights of step {kept['step']}" if kept else "") + f", loader {config.loader}")
+          + (f", kept weights of step {kept['step']}" if kept else "")
+          + (", format text" if run.format == "text" else f", loader {config.loader}"))
     with threads.limited(config.threads):
         for name, split in splits.items():
-            print_loss(name, split_loss(run.model, split, batch))
+            if run.format == "text":
+                measured = measure(run.model, split, config.eval_tokens, config.seed)
+                print_loss(name, measured.loss, measured.se, text=True)
+            else:
+                print_loss(name, split_loss(run.model, split, batch))

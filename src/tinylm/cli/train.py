@@ -16,7 +16,7 @@ import dataclasses
 import os
 from typing import Any
 
-from tinylm import data, distributed, settings
+from tinylm import data, distributed, settings, text
 from tinylm.cli import neural, ngram
 from tinylm.cli.common import add_run_dir
 from tinylm.errors import ConfigError
@@ -36,8 +36,9 @@ def model_names() -> tuple[str, ...]:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train", help="train a model and write the run to -o DIR",
-        description="Train a model on a text file (one item per line; default: the bundled "
-        "32,033 names), write metrics.jsonl, config.json and the model into -o DIR, "
+        description="Train a model on a text file (--format lines: one item per line, the "
+        "default, and the bundled 32,033 names if no file is given; --format text: one "
+        "continuous document, kept character for character), write metrics.jsonl, config.json and the model into -o DIR, "
         "and print samples marked new or copied from the training set. A flag that the "
         "chosen model does not read is refused.",
         epilog="recipes (tinylm recipes NAME lists what each sets): "
@@ -45,8 +46,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     inputs = p.add_argument_group("data and run directory")
     inputs.add_argument("-i", "--input", default=None, metavar="FILE",
-                        help="UTF-8 text file, one item per line (default: the bundled names); "
-                        "split 1000/1000/rest (10%% each for small files) by a seeded shuffle")
+                        help="UTF-8 text file (default: the bundled names). --format lines: "
+                        "one item per line, split 1000/1000/rest (10%% each for small files) "
+                        "by a seeded shuffle; --format text: the first 90%%, the next 5%% and "
+                        "the last 5%% (cut at line ends) are train, val and test")
     inputs.add_argument("--train", default=None, metavar="FILE",
                         help="the train split, for data that comes split (with --val/--test)")
     inputs.add_argument("--val", default=None, metavar="FILE",
@@ -96,7 +99,11 @@ def _train(args: argparse.Namespace, world: distributed.World, gate: distributed
     if model is None:
         model = RECIPES[args.recipe].model if args.recipe else "ngram"
     settings.refuse_unread(explicit, SETTINGS, model, tuple(MODELS))
-    lines3, source, inputs = _read_data(args)
+    text_format = explicit.get("format", "lines") == "text"
+    if text_format and "loader" in explicit:
+        raise ConfigError("--loader applies to --format lines: a text is always read as one "
+                          "continuous stream")
+    lines3, source, inputs = _read_data(args, text_format)
     if model in COUNT_MODELS:
         if world.distributed:
             raise ConfigError("the n-gram models count in one pass: run them without torchrun")
@@ -125,9 +132,10 @@ def _resolve(cls: type, explicit: dict[str, Any]) -> Any:
     return settings.resolve(cls, [explicit])
 
 
-def _read_data(args: argparse.Namespace
-               ) -> tuple[tuple[list[str], list[str], list[str]], str, list[str]]:
-    """The run's three splits, a description of their source and the input files."""
+def _read_data(args: argparse.Namespace, text_format: bool = False
+               ) -> tuple[tuple[Any, Any, Any], str, list[str]]:
+    """The run's three splits (lists of lines, or with ``text_format`` three texts), a
+    description of their source and the input files."""
     split_files = {"--train": args.train, "--val": args.val, "--test": args.test}
     if args.input is not None and any(split_files.values()):
         given = [flag for flag, path in split_files.items() if path]
@@ -136,11 +144,14 @@ def _read_data(args: argparse.Namespace
     if args.train is None and (args.val or args.test):
         raise ConfigError("--val and --test need --train: the file the model learns from")
     if args.train is not None:
-        lines3 = data.read_splits(args.train, args.val, args.test)
+        read = text.read_text_splits if text_format else data.read_splits
+        lines3 = read(args.train, args.val, args.test)
         given = [("train", args.train), ("val", args.val), ("test", args.test)]
         return (lines3, ", ".join(f"{name} {path}" for name, path in given if path),
                 [path for _, path in given if path])
     path = args.input if args.input is not None else data.default_dataset()
+    if text_format:
+        return text.split_text(text.read_text(path), str(path)), str(path), [str(path)]
     return data.split_lines(data.read_lines(path), source=str(path)), str(path), [str(path)]
 
 
