@@ -14,11 +14,9 @@ process, alternating so both see the same machine load:
   count, the context's total and its distinct continuations are looked up
   once, and each smoothing is a few operations per example on them.
 
-Both count each order once with ``NgramModel.fit``; the rows way finds the
-distinct n-grams of the Kneser-Ney continuation counts with
-``np.unique(axis=0)`` as it used to, the lookup way with
-``tinylm.ngram.distinct_rows`` (the same rows). The fits are also timed
-alone, both ways, since for Kneser-Ney they are most of what is left.
+Both count each order once with ``NgramModel.fit`` (sparse counts: the rows
+way gathers whole rows with ``CountTable.dense``). The fits are also timed
+alone, since for Kneser-Ney they are most of what is left.
 Prints each time, the medians, their ratio and the load average, and checks
 that both ways give the same figures. Target on the 2-core machine: the
 default grid >= 5x faster by lookup.
@@ -30,11 +28,10 @@ import argparse
 import os
 import statistics
 import time
-from unittest import mock
 
 import numpy as np
 
-from tinylm import data, ngram
+from tinylm import data
 from tinylm.ngram import ORDERS, SMOOTHINGS, GridPoint, NgramConfig, NgramModel, grid_search
 
 
@@ -43,13 +40,13 @@ def rows_probs(model: NgramModel, idx: np.ndarray) -> np.ndarray:
     V = model.config.vocab_size
     if model.config.method == "additive":
         a, table = model.config.smoothing, model.tables[0]
-        rows, found = table.lookup(idx, V)
-        counts = np.where(found[:, None], table.counts[rows], 0.0)
+        rows, found = table.lookup(idx)
+        counts = np.where(found[:, None], table.dense(rows), 0.0)
         return (counts + a) / (counts.sum(axis=1, keepdims=True) + a * V)
     p = np.full((len(idx), V), 1.0 / V)
     for k, (table, D) in enumerate(zip(model.tables, model.discounts)):
-        rows, found = table.lookup(idx[:, idx.shape[1] - k :], V)
-        counts = table.counts[rows]
+        rows, found = table.lookup(idx[:, idx.shape[1] - k :])
+        counts = table.dense(rows)
         total = counts.sum(axis=1, keepdims=True)
         types = (counts > 0).sum(axis=1, keepdims=True)
         mixed = (np.maximum(counts - D, 0.0) + D * types * p) / np.where(total > 0, total, 1.0)
@@ -86,27 +83,16 @@ def fits_only(examples, vocab_size: int, method: str) -> None:
         NgramModel(NgramConfig(order, vocab_size, method, 0.1)).fit(*examples[order]["train"])
 
 
-def as_before(run):
-    """``run`` with the fit's distinct n-grams found by np.unique(axis=0), as they used to be."""
-    def patched():
-        with mock.patch.object(ngram, "distinct_rows", lambda a: np.unique(a, axis=0)):
-            return run()
-    return patched
-
-
 def load() -> str:
     return "load average " + ", ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def compare(name: str, examples, vocab_size: int, method: str, repeats: int) -> None:
     ways = {
-        "rows": as_before(lambda: rows_grid_search(examples, vocab_size, method)),
+        "rows": lambda: rows_grid_search(examples, vocab_size, method),
         "lookup": lambda: grid_search(examples, vocab_size, method=method),
-        "fits before": as_before(lambda: fits_only(examples, vocab_size, method)),
-        "fits now": lambda: fits_only(examples, vocab_size, method),
+        "fits": lambda: fits_only(examples, vocab_size, method),
     }
-    if method == "additive":  # only Kneser-Ney's fit looks for distinct n-grams: one fit line will do
-        del ways["fits before"]
     times: dict[str, list[float]] = {way: [] for way in ways}
     results = {}
     print(f"{name} ({load()} before)")

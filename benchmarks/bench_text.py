@@ -100,14 +100,14 @@ def prepare(args: argparse.Namespace) -> None:
 
 
 PLAIN = r'''
-import math, sys, time
+import sys
 import numpy as np, torch, torch.nn as nn, torch.nn.functional as F
 torch.set_num_threads(1)
-tokens_path, ends_path, steps, eval_every, L, H, C, T, B, lr = sys.argv[1:]
+tokens_path, units_path, steps, eval_every, L, H, C, T, B, lr = sys.argv[1:]
 steps, eval_every, L, H, C, T, B = map(int, (steps, eval_every, L, H, C, T, B)); lr = float(lr)
 data = np.load(tokens_path, mmap_mode="r")          # the whole text, uint16
-bounds = np.load(ends_path)                            # train end, then the val units' ends
-train_end, ends = int(bounds[0]), bounds[1:]
+units = np.load(units_path)                          # rows: split (0 train, 1 val, 2 test), end, scored
+train_end = int(units[0, 1]); units = units[1:]
 V = int(data.max()) + 1
 class Block(nn.Module):
     def __init__(s):
@@ -131,26 +131,29 @@ class GPT(nn.Module):
 torch.manual_seed(42); model = GPT()
 opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
 g = np.random.default_rng(42)
-def evaluate():
+def evaluate(split):
+    """The same windows as tinylm's evaluation (end, targets scored), 128 at a time."""
+    rows = units[units[:, 0] == split][:, 1:]
     model.eval(); total = 0.0; n = 0
-    with torch.no_grad():
-        for lo in range(0, len(ends), 128):
-            e = ends[lo:lo + 128]
-            idx = np.stack([data[x - T - 1:x - 1] for x in e]).astype(np.int64)
-            tgt = np.stack([data[x - T:x] for x in e]).astype(np.int64)
-            logits = model(torch.from_numpy(idx))[:, T // 2:]
-            total += F.cross_entropy(logits.reshape(-1, V), torch.from_numpy(tgt[:, T // 2:]).reshape(-1), reduction="sum").item()
-            n += tgt[:, T // 2:].size
+    with torch.inference_mode():
+        for lo in range(0, len(rows), 128):
+            e, k = rows[lo:lo + 128, 0], rows[lo:lo + 128, 1]
+            idx = torch.from_numpy(np.stack([data[x - T - 1:x - 1] for x in e]).astype(np.int64))
+            tgt = torch.from_numpy(np.stack([data[x - T:x] for x in e]).astype(np.int64))
+            tgt[torch.arange(T)[None, :] < torch.from_numpy(T - k)[:, None]] = -1
+            total += F.cross_entropy(model(idx).reshape(-1, V), tgt.reshape(-1), ignore_index=-1,
+                                     reduction="sum").item()
+            n += int(k.sum())
     model.train(); return total / n
 for step in range(steps):
     if step % eval_every == 0 or step == steps - 1:
-        val = evaluate()
+        train_loss, val = evaluate(0), evaluate(1)
     starts = g.integers(1, train_end - T, B)
     x = torch.from_numpy(np.stack([data[s - 1:s - 1 + T] for s in starts]).astype(np.int64))
     y = torch.from_numpy(np.stack([data[s:s + T] for s in starts]).astype(np.int64))
     loss = F.cross_entropy(model(x).view(-1, V), y.view(-1))
     opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
-print(f"val {val:.4f}")
+print(f"val {val:.4f}, test {evaluate(2):.4f}")
 '''
 
 
@@ -164,34 +167,39 @@ def side_by_side(args: argparse.Namespace) -> None:
         run = Path(tmp) / "tinylm"
         m = MODEL
         flags = ["--format", "text", "-i", str(path), "-o", str(run), "--model", "transformer",
-                 "--backend", "torch-module", "--n-layers", str(m["n_layers"]), "--n-heads",
+                 "--backend", args.backend, "--n-layers", str(m["n_layers"]), "--n-heads",
                  str(m["n_heads"]), "--n-embd", str(m["n_embd"]), "--block-size",
                  str(m["block_size"]), "--batch-size", str(m["batch_size"]), "--lr", str(m["lr"]),
                  "--lr-schedule", "constant", "--steps", str(args.steps), "--eval-every",
                  str(args.eval_every), "-n", "0", "--eval-tokens", str(args.eval_tokens)]
         seconds, peak, out = child([sys.executable, "-m", "tinylm", "train", *flags], ONE_THREAD)
         val = [line for line in out.splitlines() if line.startswith("done in")][-1]
-        print(f"text: {path.stat().st_size / 1e6:.1f} MB of Python sources; {args.steps} steps; "
+        print(f"text: {path.stat().st_size / 1e6:.1f} MB of Python sources; {args.steps} steps, "
+              f"evaluations every {args.eval_every} of {args.eval_tokens:,} characters a split; "
               f"one thread; load average {os.getloadavg()[0]:.1f}")
-        print(f"tinylm (torch-module): {seconds:.1f} s, peak {peak / 2**20:.0f} MiB; {val}")
-        # the plain loop reads the same tokens and scores the same val units
+        print(f"tinylm ({args.backend}): {seconds:.1f} s, peak {peak / 2**20:.0f} MiB; {val}")
+        # the plain loop reads the same tokens and scores the same evaluation windows
         opened = runs.open_run(run)
         tokens = np.concatenate(opened.tokens).astype(np.uint16)
         np.save(Path(tmp) / "tokens.npy", tokens)
-        val_split = text_mod.TextSplit("val", opened.tokens[1], 0, m["block_size"])
-        plan = text_mod.units(val_split, args.eval_tokens, 42)
-        offset = len(opened.tokens[0])
-        np.save(Path(tmp) / "ends.npy", np.concatenate([[offset], plan.ends[plan.ends >= 64] + offset]))
+        rows, offset = [[0, len(opened.tokens[0]), 0]], 0
+        for k, split in enumerate(opened.tokens):
+            plan = text_mod.units(text_mod.TextSplit(("train", "val", "test")[k], split, 0,
+                                                     m["block_size"]), args.eval_tokens, 42)
+            keep = plan.ends + offset >= m["block_size"] + 1  # the very first window has no token before it
+            rows += [[k, e + offset, s] for e, s in zip(plan.ends[keep], plan.scored[keep])]
+            offset += len(split)
+        np.save(Path(tmp) / "units.npy", np.array(rows, dtype=np.int64))
         script = Path(tmp) / "plain.py"
         script.write_text(PLAIN)
         seconds2, peak2, out2 = child(
-            [sys.executable, str(script), str(Path(tmp) / "tokens.npy"), str(Path(tmp) / "ends.npy"),
+            [sys.executable, str(script), str(Path(tmp) / "tokens.npy"), str(Path(tmp) / "units.npy"),
              str(args.steps), str(args.eval_every), str(m["n_layers"]), str(m["n_heads"]),
              str(m["n_embd"]), str(m["block_size"]), str(m["batch_size"]), str(m["lr"])],
             ONE_THREAD)
-        print(f"plain PyTorch loop:    {seconds2:.1f} s, peak {peak2 / 2**20:.0f} MiB; "
-              f"{out2.strip()}")
-        print(f"tinylm / plain: time {seconds / seconds2:.2f}x")
+        print(f"plain PyTorch loop: {seconds2:.1f} s, peak {peak2 / 2**20:.0f} MiB; "
+              f"{out2.splitlines()[0]}")
+        print(f"tinylm / plain: time {seconds / seconds2:.2f}x, peak memory {peak / peak2:.2f}x")
 
 
 def main() -> None:
@@ -204,6 +212,7 @@ def main() -> None:
     b.add_argument("--steps", type=int, default=2000)
     b.add_argument("--eval-every", type=int, default=500)
     b.add_argument("--eval-tokens", type=int, default=100_000)
+    b.add_argument("--backend", default="torch-module", choices=("torch-module", "torch", "numpy"))
     args = p.parse_args()
     (prepare if args.what == "prepare" else side_by_side)(args)
 

@@ -131,3 +131,42 @@ def test_a_run_too_large_for_memory_is_one_line_naming_the_longest_item(tmp_path
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "longest item has 200,000 characters" in err
     assert "--format text" in err and not run.exists()
+
+
+@pytest.mark.parametrize("method", ["additive", "kneser-ney"])
+def test_the_ngram_counts_a_text_as_one_stream(tmp_path, doc, method, capsys):
+    from tinylm.ngram import NgramConfig, NgramModel, nll
+
+    run = tmp_path / "run"
+    assert main(["train", "--format", "text", "-i", str(doc), "-o", str(run), "--method", method,
+                 "--order", "3"]) == 0
+    joined = b"".join((run / f"{name}.txt").read_bytes() for name in ("train", "val", "test"))
+    assert joined == NORMAL.encode("utf-8")
+    opened = runs.open_run(run)
+    assert opened.format == "text" and opened.model.config.order == 3
+    # the same model counted from windows made the slow way: "\n" before the split's start
+    train = opened.tokenizer.encode(opened.tokenizer.decode(opened.tokens[0]))
+    padded = [0, 0] + train
+    X = np.array([padded[i:i + 2] for i in range(len(train))])
+    model = NgramModel(NgramConfig(3, opened.tokenizer.vocab_size, method,
+                                   opened.model.config.smoothing)).fit(X, np.array(train))
+    test = opened.tokenizer.encode(opened.tokenizer.decode(opened.tokens[2]))
+    Xt = np.array([([0, 0] + test)[i:i + 2] for i in range(len(test))])
+    assert read_metrics(run)[-1]["test_loss"] == pytest.approx(nll(model, Xt, np.array(test)),
+                                                               rel=1e-12)
+    assert len((run / "samples.txt").read_text()) == 500
+    capsys.readouterr()
+    assert main(["eval", "-o", str(run)]) == 0
+    assert "format text" in capsys.readouterr().out
+
+
+def test_a_large_alphabet_searches_the_orders_it_can_count(tmp_path, capsys):
+    path = tmp_path / "wide.txt"
+    chars = [chr(0x4E00 + i) for i in range(3000)]
+    path.write_text("".join(chars[(i * 7919) % 3000] + ("\n" if i % 40 == 39 else "")
+                            for i in range(30_000)))
+    run = tmp_path / "run"
+    assert main(["train", "--format", "text", "-i", str(path), "-o", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "note: order 6 is left out of the search" in out  # 3001**6 > 2**63
+    assert "the 32 most frequent" not in out  # the picture is drawn, not printed

@@ -819,3 +819,76 @@ def test_a_bigram_heatmap_of_3000_characters_is_bounded(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     png = out / "bigram.png"
     assert (png.exists() and png.stat().st_size < 5 << 20) or "note: bigram.png" in done.stdout
+
+
+# --- signals in every phase of a text run (--format text) -------------------------------------
+
+# stopping takes a chunk of work at the most (a fraction of a second); the bound here only
+# separates "stopped at once" from "ran the phase to its end", which takes far longer
+STOPPED_AT_ONCE = 10.0
+
+
+@pytest.fixture(scope="module")
+def long_text(tmp_path_factory) -> Path:
+    """600,000 characters of indented text: an exact evaluation of it takes tens of seconds."""
+    path = tmp_path_factory.mktemp("text") / "doc.txt"
+    lines = [f"{' ' * (i % 8)}line {i}\tof the {'document' if i % 3 else 'text'} {i * 7919 % 997}"
+             for i in range(20_000)]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_sigterm_during_an_evaluation_stops_at_once_and_the_run_resumes(tmp_path, long_text):
+    out = tmp_path / "run"
+    flags = ["--format", "text", "-i", long_text, "-o", out, "--model", "transformer",
+             "--n-embd", "32", "--n-layers", "2", "--eval-tokens", "10000000", "--steps", "2",
+             "-n", "0"]
+    p = popen("train", *flags)
+    _wait_for(out / "manifest.json", p)  # step 0 committed: the step-0 evaluation is running
+    time.sleep(0.5)
+    sent = time.monotonic()
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=120)
+    took = time.monotonic() - sent
+    assert p.returncode == 143, err
+    assert took < STOPPED_AT_ONCE, f"the evaluation went on for {took:.1f} s after SIGTERM"
+    assert err.strip().endswith(f"continue with: tinylm train -o {out} --resume")
+    assert runs.open_run(out).step == 0
+    done = tinylm("train", "-o", out, "--resume", "-n", "0", "--eval-tokens", "2000", timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert runs.open_run(out).step == 2
+
+
+def test_sigterm_while_a_large_text_is_prepared_writes_nothing(tmp_path):
+    big = tmp_path / "big.txt"
+    big.write_bytes(b"def f(x):\n\treturn x\n" * 4_000_000)  # 84 MB: seconds of preparing
+    digest = hashlib.sha256(big.read_bytes()).hexdigest()
+    out = tmp_path / "run"
+    p = popen("train", "--format", "text", "-i", big, "-o", out, "--model", "mlp")
+    time.sleep(1.0)
+    sent = time.monotonic()
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=120)
+    took = time.monotonic() - sent
+    if p.returncode == 143 and not (out / "manifest.json").exists():
+        assert err.strip() == "tinylm: stopped by SIGTERM"
+        assert took < STOPPED_AT_ONCE
+    else:  # a fast machine had prepared it and started: then training stopped as it does
+        assert p.returncode == 143 and "--resume" in err
+    assert hashlib.sha256(big.read_bytes()).hexdigest() == digest  # the input is untouched
+
+
+def test_sigterm_during_a_long_sample_stops_at_once_and_changes_nothing(tmp_path, long_text):
+    out = tmp_path / "run"
+    done = tinylm("train", "--format", "text", "-i", long_text, "-o", out, "--model", "mlp",
+                  "--steps", "2", "--eval-tokens", "1000", "-n", "0")
+    assert done.returncode == 0, done.stderr
+    before = {f.name: f.read_bytes() for f in out.iterdir() if f.is_file()}
+    p = popen("sample", "-o", out, "--tokens", "10000000")
+    time.sleep(1.5)
+    sent = time.monotonic()
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 143 and err.strip() == "tinylm: stopped by SIGTERM"
+    assert time.monotonic() - sent < STOPPED_AT_ONCE
+    assert {f.name: f.read_bytes() for f in out.iterdir() if f.is_file()} == before

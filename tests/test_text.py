@@ -27,7 +27,17 @@ def write(tmp_path, data: bytes, name: str = "doc.txt"):
 def test_read_text_keeps_every_character_and_normalises_line_ends(tmp_path):
     raw = "\ufeff  lead\tand trail  \r\n\r\nnext\rlast \x1b[1m bold\n"
     got = text.read_text(write(tmp_path, raw.encode("utf-8")))
-    assert got == "  lead\tand trail  \n\nnext\nlast \x1b[1m bold\n"
+    assert got == "  lead\tand trail  \n\nnext\nlast \x1b[1m bold\n".encode("utf-8")
+
+
+@pytest.mark.parametrize("data", [b"abc\xe2\x82\xacde\xffgh", b"abcd\xe2\x82\xac\xe2\x82xyz",
+                                  "\u00e9\u20ac\U0001F600abc".encode() + b"\x80", b"\xe2\x82"])
+def test_not_utf8_names_the_first_bad_byte_across_pieces(tmp_path, data, monkeypatch):
+    monkeypatch.setattr(text, "ENCODE_CHUNK", 5)  # characters split between pieces
+    with pytest.raises(UnicodeDecodeError) as real:
+        data.decode("utf-8")
+    with pytest.raises(DataError, match=f"byte offset {real.value.start}\\)"):
+        text.read_text(write(tmp_path, data))
 
 
 def test_read_text_refuses_a_nul_byte_with_its_line(tmp_path):
@@ -36,34 +46,37 @@ def test_read_text_refuses_a_nul_byte_with_its_line(tmp_path):
 
 
 def test_split_is_contiguous_at_line_starts_and_concatenates_back():
-    train, val, test = text.split_text(DOC)
-    assert train + val + test == DOC
-    assert train.endswith("\n") and val.endswith("\n")  # cut after a line end
+    data = DOC.encode()
+    train, val, test = map(bytes, text.split_text(data))
+    assert train + val + test == data
+    assert train.endswith(b"\n") and val.endswith(b"\n")  # cut after a line end
     n = len(DOC)
     assert abs(len(train) - 0.9 * n) < 60 and abs(len(val) - 0.05 * n) < 60
 
 
 def test_split_of_one_long_line_cuts_at_the_character():
-    doc = "x" * 1000
-    train, val, test = text.split_text(doc)
+    train, val, test = text.split_text(b"x" * 1000)
     assert (len(train), len(val), len(test)) == (900, 50, 50)
+    doc = "\u20ac".encode() * 400  # three bytes a character: never cut inside one
+    parts = [bytes(p).decode("utf-8") for p in text.split_text(doc)]
+    assert "".join(parts) == "\u20ac" * 400 and all(parts)
 
 
 def test_a_text_too_short_to_split_is_one_line():
-    with pytest.raises(DataError, match="has 5 characters; at least 20"):
-        text.split_text("short", "s.txt")
+    with pytest.raises(DataError, match="has 5 bytes; at least 20"):
+        text.split_text(b"short", "s.txt")
 
 
 def test_given_splits_and_missing_ones_from_the_end_of_train(tmp_path):
     train = write(tmp_path, ("line %d\n" % 1 * 1).encode() * 200, "train.txt")
     test = write(tmp_path, b"the test\ttext\n", "test.txt")
-    t, v, te = text.read_text_splits(train, test=test)
-    assert te == "the test\ttext\n"
-    assert t + v == train.read_text() and len(v) > 0 and v.startswith("line")
+    t, v, te = map(bytes, text.read_text_splits(train, test=test))
+    assert te == b"the test\ttext\n"
+    assert t + v == train.read_bytes() and len(v) > 0 and v.startswith(b"line")
 
 
 def test_tokenizer_puts_newline_first_and_tab_after_it():
-    tok = text.tokenizer_of(["b\ta", "é\n"])
+    tok = text.tokenizer_of(["b\ta", "é\n".encode(), memoryview(b"a")])
     assert tok.itos == ("\n", "\t", "a", "b", "é")
 
 
@@ -77,6 +90,18 @@ def test_encode_equals_the_dictionary_lookup_in_chunks(doc, monkeypatch):
     assert ids.tolist() == [tok.stoi[ch] for ch in doc]
     assert seen[-1] == (len(doc), len(doc)) and len(seen) == math.ceil(len(doc) / 7)
     assert text.decode(ids, tok) == doc
+    # from UTF-8 bytes, pieces cutting characters: the same ids, into the start of `out`
+    room = np.zeros(len(doc.encode()) + 3, np.uint8)
+    again = text.encode(doc.encode(), tok, out=room)
+    assert again.tolist() == ids.tolist() and again.base is room
+
+
+def test_encode_splits_gives_each_split_its_length_in_characters():
+    parts = ["ab\u20ac\n", "\U0001F600", "xyz"]
+    tok = text.tokenizer_of(parts)
+    tokens, lengths = text.encode_splits([p.encode() for p in parts], tok)
+    assert lengths == [4, 1, 3] and text.decode(tokens, tok) == "".join(parts)
+    assert [text.decode(t, tok) for t in text.split_tokens(tokens, lengths)] == parts
 
 
 def test_token_dtype_by_vocabulary_size():

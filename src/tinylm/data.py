@@ -79,6 +79,21 @@ def decode_file(path: str | os.PathLike) -> str:
 
     ``DataError`` for a file that is missing, a directory, unreadable, empty or not UTF-8.
     """
+    raw = read_file_bytes(path)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise not_utf8(str(path), raw, e.start) from None
+    del raw
+    text = text.removeprefix("\ufeff")
+    if "\r" in text:
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+    return text
+
+
+def read_file_bytes(path: str | os.PathLike) -> bytes:
+    """The bytes of an input file; ``DataError`` for one that is missing, a directory, not a
+    regular file (a pipe would wait for a writer), unreadable or empty."""
     p = Path(path)
     name = str(path)
     if not p.exists():
@@ -93,20 +108,15 @@ def decode_file(path: str | os.PathLike) -> str:
         raise DataError(f"cannot read input file {name!r}: {e.strerror or e}") from None
     if not raw:
         raise DataError(f"input file {name!r} is empty")
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = raw.count(b"\n", 0, e.start) + 1
-        column = e.start - (raw.rfind(b"\n", 0, e.start) + 1) + 1
-        raise DataError(
-            f"input file {name!r} is not UTF-8: byte 0x{raw[e.start]:02x} at line {line}, "
-            f"column {column} (byte offset {e.start}); save it as UTF-8"
-        ) from None
-    del raw
-    text = text.removeprefix("\ufeff")
-    if "\r" in text:
-        text = text.replace("\r\n", "\n").replace("\r", "\n")
-    return text
+    return raw
+
+
+def not_utf8(name: str, raw: bytes, start: int) -> DataError:
+    """The one-line error for the byte at ``start`` of ``raw`` that is not UTF-8."""
+    line = raw.count(b"\n", 0, start) + 1
+    column = start - (raw.rfind(b"\n", 0, start) + 1) + 1
+    return DataError(f"input file {name!r} is not UTF-8: byte 0x{raw[start]:02x} at line {line}, "
+                     f"column {column} (byte offset {start}); save it as UTF-8")
 
 
 # Control characters an item may hold: the whitespace among them (tab, vertical tab, form
@@ -116,12 +126,21 @@ ITEM_CONTROLS = frozenset(ch for ch in map(chr, range(0x100))
 
 
 def characters(text: str) -> np.ndarray:
-    """The distinct code points of ``text``, sorted (uint32): one vectorised pass, no Python loop."""
-    if text.isascii():
-        counts = np.bincount(np.frombuffer(text.encode("ascii"), dtype=np.uint8), minlength=128)
-        return np.flatnonzero(counts).astype(np.uint32)
-    points = np.frombuffer(text.encode("utf-32-le"), dtype="<u4")
-    return np.flatnonzero(np.bincount(points)).astype(np.uint32)
+    """The distinct code points of ``text``, sorted (uint32): vectorised, a piece at a time
+    (a count over a whole 100 MB text would take 800 MB of int64 indices at once)."""
+    seen: set[int] = set()
+    for lo in range(0, len(text), CHARACTERS_CHUNK):
+        piece = text[lo:lo + CHARACTERS_CHUNK]
+        if piece.isascii():
+            points = np.frombuffer(piece.encode("ascii"), dtype=np.uint8)
+        else:
+            points = np.frombuffer(piece.encode("utf-32-le"), dtype="<u4")
+        seen.update(np.flatnonzero(np.bincount(points)).tolist())
+    return np.array(sorted(seen), dtype=np.uint32)
+
+
+# characters looked at a time by ``characters``
+CHARACTERS_CHUNK = 1 << 22
 
 
 def first_refused_character(text: str, allowed: frozenset[str] = frozenset()

@@ -40,16 +40,41 @@ def most_frequent(counts: np.ndarray, itos: Sequence[str], k: int
     return counts[np.ix_(keep, keep)], [itos[i] for i in keep]
 
 
-def bigram_heatmap_png(counts: np.ndarray, itos: Sequence[str]) -> bytes:
-    """PNG bytes of the (V, V) count matrix, every cell labelled (the top ``MAX_CHARS`` if larger)."""
+def frequent_bigrams(tokens: np.ndarray, pad: int, itos: Sequence[str], k: int = MAX_CHARS,
+                     chunk: int = 1 << 22) -> tuple[np.ndarray, list[str]]:
+    """The bigram counts of a token stream among its ``k`` most frequent tokens, (k, k), and
+    their characters, in vocabulary order: the picture of a large alphabet without a V x V
+    matrix (8,909 characters would take 635 MB). The first token follows ``pad``."""
+    V = len(itos)
+    freq = np.zeros(V, dtype=np.int64)
+    for lo in range(0, len(tokens), chunk):
+        freq += np.bincount(tokens[lo:lo + chunk], minlength=V)
+    keep = np.sort(np.argsort(-freq, kind="stable")[:k])
+    index = np.full(V, len(keep), dtype=np.int64)  # every other token: one row left out
+    index[keep] = np.arange(len(keep))
+    K = len(keep) + 1
+    counts = np.zeros(K * K, dtype=np.int64)
+    previous = index[pad]
+    for lo in range(0, len(tokens), chunk):
+        now = index[tokens[lo:lo + chunk]]
+        before = np.concatenate([[previous], now[:-1]])
+        counts += np.bincount(before * K + now, minlength=K * K)
+        previous = now[-1]
+    return counts.reshape(K, K)[:-1, :-1], [itos[i] for i in keep]
+
+
+def bigram_heatmap_png(counts: np.ndarray, itos: Sequence[str], of: int | None = None,
+                       title: str = "bigram counts (. = start / end of an item)") -> bytes:
+    """PNG bytes of the (V, V) count matrix, every cell labelled (the top ``MAX_CHARS`` if
+    larger); ``of``: the size of the whole vocabulary, where ``itos`` is already its top."""
     plt = headless_pyplot()
     V = len(itos)
     if counts.shape != (V, V):
         raise ConfigError(f"count matrix {counts.shape} does not match a vocabulary of {V}")
-    title = "bigram counts (. = start / end of an item)"
     if V > MAX_CHARS:
         counts, itos = most_frequent(counts, itos, MAX_CHARS)
-        title += f": the {MAX_CHARS} most frequent of {V} characters"
+    if max(V, of or 0) > MAX_CHARS:
+        title += f": the {MAX_CHARS} most frequent of {max(V, of or 0)} characters"
     n = len(itos)
     size = max(6.0, 0.6 * n)
     fig, ax = plt.subplots(figsize=(size, size))

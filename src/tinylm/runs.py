@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
-import io
 import json
 import os
 from dataclasses import dataclass, field
@@ -46,7 +45,7 @@ import numpy as np
 from tinylm import checkpoint, settings
 from tinylm.data import EOT, SPLIT_NAMES, Tokenizer
 from tinylm.errors import CheckpointError, ConfigError, TinylmError
-from tinylm.io import atomic_write_bytes, check_out_dir, dumps, write_json
+from tinylm.io import atomic_write_bytes, atomic_write_with, check_out_dir, dumps, write_json
 from tinylm.models import DEFAULT_MODEL, MODEL_DEFAULTS, ModelConfig, build_model
 from tinylm.ngram import NgramConfig, NgramModel
 from tinylm.recipes import get_recipe
@@ -194,13 +193,14 @@ class RunWriter:
     @classmethod
     def create(cls, out: str | os.PathLike, inputs: Sequence[str | os.PathLike],
                base: dict[str, Any], tokenizer: Tokenizer, source: str | None,
-               lines3: Sequence[Sequence[str] | str], tokens: np.ndarray | None = None
-               ) -> "RunWriter":
+               lines3: Sequence[Sequence[str] | bytes | memoryview],
+               tokens: np.ndarray | None = None, lengths: Sequence[int] = ()) -> "RunWriter":
         """A new run in ``out``: the lock taken, the splits and config.json written.
 
         A split is a list of lines (each written with its end) or, for a text run, the
-        text itself, written as it is; a text run's ``tokens`` (the three splits encoded
-        one after the other) go to tokens.npy, their split points to the settings."""
+        text's UTF-8 bytes, written as they are; a text run's ``tokens`` (the three splits
+        encoded one after the other, ``lengths`` tokens each) go to tokens.npy, their split
+        points to the settings."""
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         lock = RunLock(out)
@@ -211,7 +211,6 @@ class RunWriter:
                     os.unlink(out / name)
             base = {**base, "vocab": tokenizer.to_list(), "input": source}
             if tokens is not None:
-                lengths = [len(text) for text in lines3]
                 base["tokens"] = {"file": TOKENS, "dtype": str(tokens.dtype),
                                   "bounds": [0, lengths[0], lengths[0] + lengths[1], len(tokens)]}
             # first: it marks the directory as this run's, so that a kill from here on
@@ -219,16 +218,12 @@ class RunWriter:
             write_json(out / CONFIG, {"format": FORMAT, **base})
             files = {}
             for name, lines in zip(SPLIT_FILES, lines3):
-                text = lines if isinstance(lines, str) else "".join(line + EOT for line in lines)
-                data = text.encode("utf-8")
-                del text
+                data = lines if isinstance(lines, (bytes, memoryview)) else \
+                    "".join(line + EOT for line in lines).encode("utf-8")
                 atomic_write_bytes(out / name, data)
                 files[name] = checkpoint.sha256(data)
             if tokens is not None:
-                blob = _npy_bytes(tokens)
-                atomic_write_bytes(out / TOKENS, blob)
-                files[TOKENS] = checkpoint.sha256(blob)
-                del blob
+                files[TOKENS] = _write_npy(out / TOKENS, tokens)
             (out / METRICS).write_bytes(b"")
         except BaseException:
             lock.release()
@@ -342,11 +337,28 @@ class RunWriter:
             self.lock.release()
 
 
-def _npy_bytes(array: np.ndarray) -> bytes:
-    """``array`` in the .npy format (read back with allow_pickle=False, memory-mapped)."""
-    buffer = io.BytesIO()
-    np.lib.format.write_array(buffer, np.ascontiguousarray(array), allow_pickle=False)
-    return buffer.getvalue()
+class _Hashing:
+    """A file that hashes what is written to it (numpy then writes an array in pieces)."""
+
+    def __init__(self, f) -> None:
+        self.f, self.digest = f, hashlib.sha256()
+
+    def write(self, data) -> int:
+        self.digest.update(data)
+        return self.f.write(data)
+
+
+def _write_npy(path: Path, array: np.ndarray) -> str:
+    """Write ``array`` atomically in the .npy format (read back with allow_pickle=False,
+    memory-mapped), in pieces rather than as one copy in memory; returns its SHA-256."""
+    hashing: list[_Hashing] = []
+
+    def write(f) -> None:
+        hashing.append(_Hashing(f))
+        np.lib.format.write_array(hashing[-1], np.ascontiguousarray(array), allow_pickle=False)
+
+    atomic_write_with(path, write)
+    return hashing[-1].digest.hexdigest()
 
 
 def _unlink(path: Path) -> None:
@@ -511,6 +523,11 @@ def _read_tokens(out: Path, entry: dict, expected: str, vocab_size: int
     if len(tokens) and int(tokens.max()) >= vocab_size:  # one pass; it is hashed anyway
         raise CheckpointError(f"{entry['file']} holds ids outside the vocabulary")
     return tuple(tokens[lo:hi] for lo, hi in zip(bounds, bounds[1:]))  # type: ignore[return-value]
+
+
+def map_tokens(out: str | os.PathLike) -> np.ndarray:
+    """A text run's tokens.npy, memory-mapped read-only (what a run has just written)."""
+    return np.load(Path(out) / TOKENS, mmap_mode="r", allow_pickle=False)
 
 
 def _check_config_file(out: Path, manifest: dict) -> None:

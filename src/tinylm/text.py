@@ -43,14 +43,17 @@ independent.
 
 from __future__ import annotations
 
+import codecs
 import math
 import os
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
-from tinylm.data import EOT, Tokenizer, characters, decode_file, describe_character
+from tinylm.data import (
+    EOT, Tokenizer, characters, describe_character, not_utf8, read_file_bytes,
+)
 from tinylm.errors import DataError
 from tinylm.rng import RNG
 
@@ -69,72 +72,107 @@ FIXED_UNIT = 256
 Progress = Callable[[int, int], None]  # (done, total): long work reports as it goes
 
 
-def read_text(path: str | os.PathLike) -> str:
-    """The whole file as one document: UTF-8, "\\\\r\\\\n" and "\\\\r" made "\\\\n", nothing else
-    changed (tabs, blank lines, leading and trailing spaces are kept). A NUL byte is
-    refused: it is the mark of a binary file or of UTF-16, not of text."""
-    text = decode_file(path)
-    if "\x00" in text:
-        position = text.index("\x00")
-        raise DataError(f"input file {str(path)!r}, line {text.count(EOT, 0, position) + 1} "
-                        f"contains {describe_character(chr(0))}: a binary file, or text saved as "
-                        "UTF-16? save it as UTF-8")
-    return text
+def read_text(path: str | os.PathLike) -> bytes:
+    """The whole file as one document, as UTF-8 bytes: "\\r\\n" and "\\r" made "\\n", a
+    byte-order mark dropped, nothing else changed (tabs, blank lines, leading and trailing
+    spaces are kept). Checked to be UTF-8 a piece at a time: the document is never held as a
+    Python string, which takes up to four bytes a character. A NUL byte is refused: it is
+    the mark of a binary file or of UTF-16, not of text."""
+    name = str(path)
+    raw = read_file_bytes(path)
+    if raw.startswith(BOM):
+        raw = raw[len(BOM):]
+    if b"\r" in raw:
+        raw = raw.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+    nul = raw.find(b"\x00")
+    if nul >= 0:
+        line = raw.count(b"\n", 0, nul) + 1
+        raise DataError(f"input file {name!r}, line {line} contains "
+                        f"{describe_character(chr(0))}: a binary file, or text saved as UTF-16? "
+                        "save it as UTF-8")
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    for lo in range(0, len(raw), ENCODE_CHUNK):
+        pending = len(decoder.getstate()[0])  # bytes of a character the last piece began
+        try:
+            decoder.decode(raw[lo:lo + ENCODE_CHUNK], final=lo + ENCODE_CHUNK >= len(raw))
+        except UnicodeDecodeError as e:  # e.start counts from the pending bytes
+            raise not_utf8(name, raw, lo - pending + e.start) from None
+    return raw
 
 
-def _cut(text: str, position: int, limit: int) -> int:
-    """The first line start at or after ``position`` and before ``limit``; ``position``
-    itself where no line ends in between (a document of few, long lines)."""
-    if position == 0 or text[position - 1] == EOT:
+BOM = "\ufeff".encode("utf-8")
+
+
+def pieces(data: bytes | memoryview) -> Iterator[str]:
+    """The text of UTF-8 ``data`` a piece of at most ``ENCODE_CHUNK`` bytes at a time."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    for lo in range(0, len(data), ENCODE_CHUNK):
+        yield decoder.decode(data[lo:lo + ENCODE_CHUNK], final=lo + ENCODE_CHUNK >= len(data))
+
+
+def _cut(data: bytes | memoryview, position: int, limit: int) -> int:
+    """The first line start at or after byte ``position`` and before ``limit``; where no
+    line ends in between (a document of few, long lines), the first character start."""
+    if position == 0 or data[position - 1] == NEWLINE:
         return position
-    end = text.find(EOT, position, limit)
-    return end + 1 if end >= 0 and end + 1 < limit else position
+    end = bytes(data[position:limit]).find(b"\n")
+    if end >= 0 and position + end + 1 < limit:
+        return position + end + 1
+    while position < limit and data[position] & 0xC0 == 0x80:  # inside a character
+        position += 1
+    return position
 
 
-def split_text(text: str, source: str | None = None) -> tuple[str, str, str]:
-    """(train, val, test): the first 90%, the next 5%, the last 5% of ``text``, each cut
-    moved forward to the next line start, so that ``train + val + test == text``."""
-    n = len(text)
+NEWLINE = ord(EOT)
+
+
+def split_text(data: bytes | memoryview, source: str | None = None
+               ) -> tuple[memoryview, memoryview, memoryview]:
+    """(train, val, test): the first 90%, the next 5%, the last 5% of the document's bytes,
+    each cut moved forward to the next line start, so that ``train + val + test == data``."""
+    view, n = memoryview(data), len(data)
     if n < MIN_CHARACTERS:
         where = f"input file {source!r}" if source else "the input"
-        raise DataError(f"{where} has {n} characters; at least {MIN_CHARACTERS} are needed to "
+        raise DataError(f"{where} has {n} bytes; at least {MIN_CHARACTERS} are needed to "
                         "hold out a validation and a test text")
     held = max(1, round(n * HELD_OUT))
-    b = _cut(text, n - held, n)
-    a = _cut(text, b - held, b)
-    return text[:a], text[a:b], text[b:]
+    b = _cut(view, n - held, n)
+    a = _cut(view, b - held, b)
+    return view[:a], view[a:b], view[b:]
 
 
-def split_off_end(text: str, source: str) -> tuple[str, str]:
-    """(rest, end): the last 5% of ``text``, cut at a line start, for a split not given."""
-    n = len(text)
+def split_off_end(data: bytes | memoryview, source: str) -> tuple[memoryview, memoryview]:
+    """(rest, end): the last 5% of ``data``, cut at a line start, for a split not given."""
+    view, n = memoryview(data), len(data)
     if n < MIN_CHARACTERS:
-        raise DataError(f"train file {source!r} has {n} characters; at least {MIN_CHARACTERS} are "
+        raise DataError(f"train file {source!r} has {n} bytes; at least {MIN_CHARACTERS} are "
                         "needed to split off a held-out text")
-    cut = _cut(text, n - max(1, round(n * HELD_OUT)), n)
-    return text[:cut], text[cut:]
+    cut = _cut(view, n - max(1, round(n * HELD_OUT)), n)
+    return view[:cut], view[cut:]
 
 
 def read_text_splits(train: str | os.PathLike, val: str | os.PathLike | None = None,
-                     test: str | os.PathLike | None = None) -> tuple[str, str, str]:
+                     test: str | os.PathLike | None = None) -> tuple[memoryview, ...]:
     """(train, val, test) texts from files already split; a missing one is the end of train
     (test the very end, then val before it), so held-out text follows what is learnt."""
-    text = read_text(train)
+    data = memoryview(read_text(train))
     if val is None and test is None:
-        return split_text(text, str(train))
-    given_test = read_text(test) if test is not None else None
-    given_val = read_text(val) if val is not None else None
+        return split_text(data, str(train))
+    given_test = memoryview(read_text(test)) if test is not None else None
+    given_val = memoryview(read_text(val)) if val is not None else None
     if given_test is None:
-        text, given_test = split_off_end(text, str(train))
+        data, given_test = split_off_end(data, str(train))
     if given_val is None:
-        text, given_val = split_off_end(text, str(train))
-    return text, given_val, given_test
+        data, given_val = split_off_end(data, str(train))
+    return data, given_val, given_test
 
 
-def tokenizer_of(texts: Sequence[str]) -> Tokenizer:
-    """The characters of every split, "\\\\n" first (token 0, the context before a split)."""
-    points = np.unique(np.concatenate([characters(t) for t in texts] + [np.array([10], np.uint32)]))
-    return Tokenizer.from_chars(map(chr, points.tolist()))
+def tokenizer_of(texts: Sequence[str | bytes | memoryview]) -> Tokenizer:
+    """The characters of every split, "\\n" first (token 0, the context before a split)."""
+    seen = [np.array([NEWLINE], np.uint32)]
+    for t in texts:
+        seen.extend(characters(piece) for piece in ([t] if isinstance(t, str) else pieces(t)))
+    return Tokenizer.from_chars(map(chr, np.unique(np.concatenate(seen)).tolist()))
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
@@ -145,32 +183,37 @@ def token_dtype(vocab_size: int) -> np.dtype:
     raise DataError(f"a vocabulary of {vocab_size:,} characters is too large")
 
 
-def encode(text: str, tokenizer: Tokenizer, out: np.ndarray | None = None,
+def encode(text: str | bytes | memoryview, tokenizer: Tokenizer, out: np.ndarray | None = None,
            progress: Progress | None = None) -> np.ndarray:
-    """The token ids of ``text`` in the tokenizer's compact dtype, written into ``out``
-    (say a memory map) if given; ``ENCODE_CHUNK`` characters at a time, so the memory
-    it takes beside the result is bounded, and ``progress(done, total)`` after each."""
-    n = len(text)
+    """The token ids of ``text`` (a string, or UTF-8 bytes) in the tokenizer's compact dtype,
+    written into the start of ``out`` if given (which must have room: a character is at
+    least a byte); returns the filled part. A piece at a time, so the memory it takes
+    beside the result is bounded, with ``progress(done, total)`` after each."""
+    whole = len(text)
+    if isinstance(text, str):
+        chunks: Iterator[str] = (text[lo:lo + ENCODE_CHUNK] for lo in range(0, whole, ENCODE_CHUNK))
+    else:
+        chunks = pieces(text)
     if out is None:
-        out = np.empty(n, dtype=token_dtype(tokenizer.vocab_size))
-    if out.shape != (n,):
-        raise ValueError(f"out has shape {out.shape}, {n} tokens need ({n},)")
+        out = np.empty(whole, dtype=token_dtype(tokenizer.vocab_size))
     largest = max(ord(ch) for ch in tokenizer.itos)
     lut = np.full(largest + 1, -1, dtype=np.int64)
     lut[[ord(ch) for ch in tokenizer.itos]] = np.arange(tokenizer.vocab_size)
-    for lo in range(0, n, ENCODE_CHUNK):
-        piece = text[lo:lo + ENCODE_CHUNK]
+    filled = 0
+    for k, piece in enumerate(chunks):
         if piece.isascii():
             points = np.frombuffer(piece.encode("ascii"), dtype=np.uint8)
         else:
             points = np.frombuffer(piece.encode("utf-32-le"), dtype="<u4")
-        if points.max() > largest or (ids := lut[points]).min() < 0:
+        if len(points) and (points.max() > largest or (ids := lut[points]).min() < 0):
             unknown = next(ch for ch in piece if ch not in tokenizer.stoi)
             raise DataError(f"character {unknown!r} is not in the vocabulary")
-        out[lo:lo + len(piece)] = ids
+        if len(points):
+            out[filled:filled + len(points)] = ids
+        filled += len(points)
         if progress is not None:
-            progress(min(n, lo + ENCODE_CHUNK), n)
-    return out
+            progress(min(whole, (k + 1) * ENCODE_CHUNK), whole)
+    return out[:filled]
 
 
 def decode(tokens: np.ndarray, tokenizer: Tokenizer) -> str:
@@ -292,25 +335,25 @@ def _split_seed(seed: int, name: str) -> int:
     return (mixed % ((1 << 64) - 1)) + 1
 
 
-def encode_splits(texts: Sequence[str], tokenizer: Tokenizer, progress: Progress | None = None
-                  ) -> np.ndarray:
+def encode_splits(texts: Sequence[str | bytes | memoryview], tokenizer: Tokenizer,
+                  progress: Progress | None = None) -> tuple[np.ndarray, list[int]]:
     """The splits encoded one after the other into one token array (what tokens.npy holds),
-    with ``progress(done, total)`` over all their characters."""
+    and each split's length in characters; ``progress(done, total)`` over all their bytes."""
     total = sum(len(t) for t in texts)
-    tokens = np.empty(total, dtype=token_dtype(tokenizer.vocab_size))
-    lo = 0
+    room = np.empty(total, dtype=token_dtype(tokenizer.vocab_size))
+    lengths, lo = [], 0
     for t in texts:
         done = lo
-        encode(t, tokenizer, tokens[lo:lo + len(t)],
-               None if progress is None else (lambda d, n, done=done: progress(done + d, total)))
+        part = encode(t, tokenizer, room[sum(lengths):],
+                      None if progress is None else (lambda d, n, done=done: progress(done + d, total)))
+        lengths.append(len(part))
         lo += len(t)
-    return tokens
+    return room[:sum(lengths)], lengths
 
 
-def split_tokens(tokens: np.ndarray, texts_or_lengths: Sequence) -> tuple[np.ndarray, ...]:
-    """The three splits' views of ``tokens``, by their texts' lengths."""
-    lengths = [t if isinstance(t, int) else len(t) for t in texts_or_lengths]
-    bounds = np.cumsum([0] + lengths)
+def split_tokens(tokens: np.ndarray, lengths: Sequence[int]) -> tuple[np.ndarray, ...]:
+    """The three splits' views of ``tokens``, by their lengths in characters."""
+    bounds = np.cumsum([0, *lengths])
     return tuple(tokens[lo:hi] for lo, hi in zip(bounds, bounds[1:]))
 
 

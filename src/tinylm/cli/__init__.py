@@ -31,7 +31,7 @@ import numpy as np
 from tinylm import __version__, runs, settings
 from tinylm.cli import micrograd, neural, ngram, report, serve, train
 from tinylm.cli.common import (
-    Parser, Terminated, UsageError, add_run_dir, print_samples, write_passage,
+    TEXT_PASSAGE, Parser, Terminated, UsageError, add_run_dir, print_samples, write_passage,
 )
 from tinylm.errors import TinylmError
 from tinylm.rng import RNG
@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "this text (default: none)")
     sample.add_argument("--tokens", type=settings.POSITIVE_INT.parse, default=None, metavar="N",
                         help="write one continuous passage of N characters instead of items "
-                        f"(a --format text run's default: {neural.TEXT_PASSAGE})")
+                        f"(a --format text run's default: {TEXT_PASSAGE})")
     sample.set_defaults(handler=_sample)
 
     evaluate = sub.add_parser("eval", help="print the loss of a trained run on each split",
@@ -89,7 +89,7 @@ def _sample(args: argparse.Namespace) -> int:
     run = runs.open_run(args.out_dir)
     run.tokenizer.encode(args.prompt)  # DataError naming a character the model never saw
     if args.tokens is not None or run.format == "text":
-        write_passage(run.model, run.tokenizer, args.tokens or neural.TEXT_PASSAGE, args.seed,
+        write_passage(run.model, run.tokenizer, args.tokens or TEXT_PASSAGE, args.seed,
                       None, args.prompt, args.temperature, args.top_k)
         return 0
     items = sample_items(run.model, run.tokenizer, args.num_samples, RNG(args.seed),

@@ -17,6 +17,10 @@ from tinylm.sample import MAX_ITEM_TOKENS, mark_known, sample_items, sample_toke
 from tinylm.train import perplexity
 
 
+# The passage a text run samples at the end (and 'tinylm sample' by default), in characters.
+TEXT_PASSAGE = 500
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM outside a training loop (which defers it to a step boundary itself)."""
 

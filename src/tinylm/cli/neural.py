@@ -25,7 +25,7 @@ from tinylm import memory, text
 from tinylm.batches import EVAL_POSITIONS
 from tinylm.batches import split_for, text_split_for
 from tinylm.cli.common import (
-    add_run_dir, format_loss, format_perplexity, print_loss, progress_bar, sample_and_save, write_passage,
+    TEXT_PASSAGE, add_run_dir, format_loss, format_perplexity, print_loss, progress_bar, sample_and_save, write_passage,
 )
 from tinylm.errors import ConfigError, TinylmError
 from tinylm.io import atomic_write_text, check_out_dir
@@ -41,8 +41,7 @@ from tinylm.train import (
 QUIET_SECONDS = 10.0
 # An item this long, setting the block size, is named when a run does not fit in memory.
 LONG_ITEM = 1000
-# The passage a text run samples at the end (and 'tinylm sample' by default), in characters.
-TEXT_PASSAGE = 500
+
 
 
 def register_diagnose(sub: argparse._SubParsersAction) -> None:
@@ -108,14 +107,14 @@ def train(args: argparse.Namespace, lines3: tuple[list[str], list[str], list[str
             raise ConfigError(f"--diagnose-every is not available for the {mconfig.model} "
                               "model yet: its statistics are made for layer stacks")
     _check_memory(mconfig, config, lines3, text_run, longest)
-    tokens = None
+    tokens, lengths = None, []
     if text_run:
-        with progress_bar("encoding", sum(map(len, lines3)), "char") as bar:
-            tokens = text.encode_splits(lines3, tokenizer, bar)
+        with progress_bar("encoding", sum(map(len, lines3)), "byte") as bar:
+            tokens, lengths = text.encode_splits(lines3, tokenizer, bar)
     rng = RNG(config.seed)
     model = build_model(mconfig, config.backend, rng)
     trainer = _trainer(model, mconfig, config,
-                       text.split_tokens(tokens, lines3) if text_run else lines3, tokenizer, rng,
+                       text.split_tokens(tokens, lengths) if text_run else lines3, tokenizer, rng,
                        world)
     gate.passed()
     if not world.main:
@@ -125,7 +124,12 @@ def train(args: argparse.Namespace, lines3: tuple[list[str], list[str], list[str
     # everything is checked: from here on the run directory is written
     with distributed.together(world):
         store = runs.RunWriter.create(out, inputs, runs.neural_settings(mconfig, config),
-                                      tokenizer, source, lines3, tokens)
+                                      tokenizer, source, lines3, tokens, lengths)
+        if tokens is not None:  # from here on the splits are read from the run's tokens.npy
+            mapped = text.split_tokens(runs.map_tokens(out), lengths)
+            trainer.splits = {name: dataclasses.replace(split, tokens=view) for (name, split), view
+                              in zip(trainer.splits.items(), mapped)}
+            del tokens
         trainer.store = store
         try:
             trainer.save()  # step 0: a kill before the first periodic checkpoint resumes from here
@@ -232,7 +236,9 @@ def _check_memory(mconfig: ModelConfig, config: TrainConfig, lines3, text_run: b
                                                          for line in lines)
         data_bytes = rows * (2 * T * 8 if sequence else (mconfig.context + 1) * 8)
         eval_positions = max(T, min(EVAL_POSITIONS, rows * T))
-    batch = config.batch_size or len(lines3[0]) if not text_run else config.batch_size or rows
+    train = (len(lines3[0]) if text_run or sequence else sum(len(x) + 1 for x in lines3[0]))
+    # a batch larger than the train split is refused, with its own message, by the trainer
+    batch = min(config.batch_size or train, train)
     advice = ("give a smaller --batch-size, --block-size, --n-embd, --n-hidden or --n-layers"
               if sequence else "give a smaller --batch-size, --n-embd, --n-hidden or --n-layers")
     if longest is not None and longest >= LONG_ITEM:

@@ -13,25 +13,46 @@ from __future__ import annotations
 import argparse
 import time
 
-from tinylm import data, runs
-from tinylm.cli.common import format_perplexity, print_loss, sample_and_save
+from tinylm import data, memory, runs, text
+from tinylm.cli.common import (
+    TEXT_PASSAGE, format_loss, format_perplexity, print_loss, progress_bar, sample_and_save,
+    write_passage,
+)
 from tinylm.errors import ConfigError
 from tinylm.io import atomic_write_bytes, write_jsonl
 from tinylm.ngram import (
-    ORDERS, GridPoint, NgramConfig, NgramModel, NgramSettings, best, bigram_counts, grid_search, nll,
+    ORDERS, GridPoint, NgramConfig, NgramModel, NgramSettings, best, bigram_counts, grid_search,
+    grid_search_stream, nll, nll_stream,
 )
-from tinylm.ngram_plot import bigram_heatmap_png
+from tinylm.ngram_plot import bigram_heatmap_png, frequent_bigrams
 from tinylm.train import TrainConfig, perplexity
 
 MODEL_FILE = "model.npz"
 SPLITS = data.SPLIT_NAMES
 
 
+class _Examples(dict):
+    """``examples[order][split]`` for the grid search, made when first asked for and only
+    the last order's kept: every order at once took 3.6 GB for 2,000,000 lines."""
+
+    def __init__(self, splits, tokenizer, loader) -> None:
+        super().__init__()
+        self.splits, self.tokenizer, self.loader = splits, tokenizer, loader
+
+    def __missing__(self, order: int) -> dict:
+        self.clear()
+        made = {name: data.make_examples(lines, self.tokenizer, order - 1, self.loader)
+                for name, lines in zip(SPLITS, self.splits)}
+        self[order] = made
+        return made
+
+
 def _examples(splits, tokenizer, orders, loader):
-    return {
-        order: {name: data.make_examples(lines, tokenizer, order - 1, loader) for name, lines in zip(SPLITS, splits)}
-        for order in orders
-    }
+    return _Examples(splits, tokenizer, loader)
+
+
+# bytes a counted n-gram may take while a table is built (keys, counts, sort temporaries)
+NGRAM_BYTES = 64
 
 
 def _format_grid(points: list[GridPoint]) -> list[str]:
@@ -49,38 +70,119 @@ def train(args: argparse.Namespace, splits: tuple[list[str], list[str], list[str
           inputs: list[str], search: NgramSettings, config: TrainConfig) -> int:
     """Search, fit and save a count model; ``splits`` are the run's train/val/test lines."""
     out = runs.check_new_run_dir(args.out_dir, inputs)
-    tokenizer = data.Tokenizer.from_lines([line for lines in splits for line in lines])
+    text_run = config.format == "text"
+    if text_run:
+        tokenizer = text.tokenizer_of(splits)
+    else:
+        tokenizer = data.Tokenizer.from_lines([line for lines in splits for line in lines])
     loader = config.loader
     V = tokenizer.vocab_size
-    for order in search.orders:
+    orders = search.orders
+    if search.order is None:  # the default search: the orders this alphabet can count
+        orders = tuple(o for o in ORDERS if _countable(o, V))
+        if orders != ORDERS:
+            left = [str(o) for o in ORDERS if o not in orders]
+            print(f"note: order{'s' if len(left) > 1 else ''} {', '.join(left)} "
+                  f"{'are' if len(left) > 1 else 'is'} left out of the search: {V:,} characters "
+                  "have too many possible n-grams of that length")
+    for order in orders:
         NgramConfig(order, V)  # refuse an impossible order before any work
+    # every training n-gram distinct at worst, for each table of the largest order
+    n = sum(map(len, splits)) if text_run else sum(len(x) + 1 for lines in splits for x in lines)
+    tables = max(orders) if search.method == "kneser-ney" else 1
+    memory.check(memory.Estimate({"the n-gram counts": NGRAM_BYTES * n * tables,
+                                  "the data": n * (2 if text_run else 8 * max(orders))}),
+                 "choose a smaller --order, or a smaller input")
+    tokens, lengths = None, []
+    if text_run:
+        with progress_bar("encoding", sum(map(len, splits)), "byte") as bar:
+            tokens, lengths = text.encode_splits(splits, tokenizer, bar)
     started = time.perf_counter()
     # the directory is taken now, before the work: an unwritable -o fails at once
-    store = runs.RunWriter.create(out, inputs, {"kind": "ngram", "model": "ngram", "loader": loader},
-                                  tokenizer, source, splits)
+    settings = {"kind": "ngram", "model": "ngram", "loader": loader}
+    store = runs.RunWriter.create(out, inputs, settings, tokenizer, source, splits, tokens, lengths)
     try:
-        _search_and_save(store, args.num_samples, config.seed, splits, source, tokenizer, search,
-                         loader)
+        if text_run:
+            mapped = text.split_tokens(runs.map_tokens(out), lengths)
+            del tokens
+            _search_and_save_text(store, args.num_samples, config.seed, mapped, source,
+                                  tokenizer, search, orders)
+        else:
+            _search_and_save(store, args.num_samples, config.seed, splits, source, tokenizer,
+                             search, loader, orders)
     finally:
         store.close()
     print(f"  ({time.perf_counter() - started:.1f} s)")
     return 0
 
 
-def _search_and_save(store: runs.RunWriter, num_samples: int, seed: int, splits, source: str,
-                     tokenizer: data.Tokenizer, search: NgramSettings, loader: str) -> None:
-    V = tokenizer.vocab_size
-    orders = search.orders
-    print(f"data: {source}: {sum(map(len, splits)):,} items -> train {len(splits[0]):,} / "
-          f"val {len(splits[1]):,} / test {len(splits[2]):,}; vocabulary {V} characters; "
-          f"loader {loader}")
-    examples = _examples(splits, tokenizer, orders, loader)
-    points = grid_search(examples, V, orders, search.smoothings, search.method)
+def _countable(order: int, V: int) -> bool:
+    try:
+        NgramConfig(order, V)
+    except ConfigError:
+        return False
+    return True
+
+
+def _search_and_save_text(store: runs.RunWriter, num_samples: int, seed: int, tokens3,
+                          source: str, tokenizer: data.Tokenizer, search: NgramSettings,
+                          orders: tuple[int, ...]) -> None:
+    """The grid search, the chosen model and its files for a text run: every count and every
+    loss made from the token arrays a piece at a time (tinylm.ngram's stream functions)."""
+    V, pad = tokenizer.vocab_size, tokenizer.eot
+    train, val, test = tokens3
+    print(f"data: {source}: characters train {len(train):,} / val {len(val):,} / test "
+          f"{len(test):,}; vocabulary {V} characters; format text")
+    points = grid_search_stream(train, val, pad, V, orders, search.smoothings, search.method)
+    _print_grid(points, search)
+    chosen = best(points)
+    fitted = NgramConfig(chosen.order, V, search.method, chosen.smoothing or 0.0)
+    model = NgramModel(fitted).fit_stream(train, pad)
+    test_loss = nll_stream(model, test, pad)
+    knob = "" if chosen.smoothing is None else f", smoothing {chosen.smoothing:g}"
+    print(f"best: order {chosen.order}{knob}: train {chosen.train_loss:.4f}, val "
+          f"{chosen.val_loss:.4f} nats per character")
+    print(f"test loss {format_loss(test_loss)}, perplexity {format_perplexity(test_loss)}")
+    store.update_settings({"ngram": fitted.to_dict()})
+    store.log({"step": 1, "train_loss": chosen.train_loss, "val_loss": chosen.val_loss})
+    store.log({"step": 1, "test_loss": test_loss, "test_perplexity": perplexity(test_loss)})
+    store.commit({"step": 1}, model.to_arrays(), MODEL_FILE)
+    written = ["manifest.json", "config.json", MODEL_FILE, "metrics.jsonl", "train/val/test.txt",
+               runs.TOKENS]
+    write_jsonl(store.out / "grid.jsonl", [vars(p) for p in points])
+    written.append("grid.jsonl")
+    counts, itos = frequent_bigrams(train, pad, tokenizer.itos)
+    try:
+        png = bigram_heatmap_png(counts, itos, of=V, title="bigram counts")
+    except ConfigError as e:
+        print(f"note: bigram.png skipped: {e}")
+    else:
+        atomic_write_bytes(store.out / "bigram.png", png)
+        written.append("bigram.png")
+    if num_samples:
+        write_passage(model, tokenizer, TEXT_PASSAGE, seed, store.out / "samples.txt")
+        written.append("samples.txt")
+    print(f"wrote {store.out}/: {', '.join(written)}", end="")
+
+
+def _print_grid(points: list[GridPoint], search: NgramSettings) -> None:
     if len(points) > 1:
         label = "Kneser-Ney" if search.method == "kneser-ney" else "additive smoothing"
         print(f"grid search, val loss ({label}):")
         for row in _format_grid(points):
             print("  " + row)
+
+
+def _search_and_save(store: runs.RunWriter, num_samples: int, seed: int, splits, source: str,
+                     tokenizer: data.Tokenizer, search: NgramSettings, loader: str,
+                     orders: tuple[int, ...]) -> None:
+    V = tokenizer.vocab_size
+    print(f"data: {source}: {sum(map(len, splits)):,} items -> train {len(splits[0]):,} / "
+          f"val {len(splits[1]):,} / test {len(splits[2]):,}; vocabulary {V} characters; "
+          f"loader {loader}")
+    examples = _examples(splits, tokenizer, orders, loader)
+    points = grid_search(examples, V, orders, search.smoothings, search.method)
+    _print_grid(points, search)
     chosen = best(points)
     fitted = NgramConfig(chosen.order, V, search.method, chosen.smoothing or 0.0)
     model = NgramModel(fitted).fit(*examples[chosen.order]["train"])
@@ -91,7 +193,7 @@ def _search_and_save(store: runs.RunWriter, num_samples: int, seed: int, splits,
     print(f"test loss {test_loss:.4f}, perplexity {format_perplexity(test_loss)}")
     if search.method == "kneser-ney":
         every = examples if orders == ORDERS else _examples(splits, tokenizer, ORDERS, loader)
-        additive = best(grid_search(every, V))
+        additive = best(grid_search(every, V, tuple(o for o in ORDERS if _countable(o, V))))
         add_model = NgramModel(NgramConfig(additive.order, V, "additive", additive.smoothing))
         add_test = nll(add_model.fit(*every[additive.order]["train"]), *every[additive.order]["test"])
         final.update({"additive_order": additive.order, "additive_smoothing": additive.smoothing,
@@ -123,6 +225,11 @@ def _search_and_save(store: runs.RunWriter, num_samples: int, seed: int, splits,
 
 def evaluate(run: runs.Run) -> None:
     model, loader = run.model, run.loader
+    if run.format == "text":
+        print(f"order {model.config.order} {model.config.method} model, format text")
+        for name, tokens in zip(SPLITS, run.tokens):
+            print_loss(name, nll_stream(model, tokens, run.tokenizer.eot), text=True)
+        return
     print(f"order {model.config.order} {model.config.method} model, loader {loader}")
     for name, lines in zip(SPLITS, run.lines3):
         X, Y = data.make_examples(lines, run.tokenizer, model.context, loader)
