@@ -1,5 +1,6 @@
 """Figures of --format text: preparing a large corpus, and training beside plain PyTorch.
 
+    python benchmarks/bench_text.py corpus --mb 100 -o py100m.txt   # just the text
     python benchmarks/bench_text.py prepare [--mb 100]     # read, check, split, encode, write
     python benchmarks/bench_text.py side-by-side [--mb 2.3] [--steps 2000]
 
@@ -205,16 +206,22 @@ def side_by_side(args: argparse.Namespace) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="what", required=True)
+    c = sub.add_parser("corpus")
+    c.add_argument("--mb", type=float, default=100.0)
+    c.add_argument("-o", "--out", required=True)
     a = sub.add_parser("prepare")
     a.add_argument("--mb", type=float, default=100.0)
     b = sub.add_parser("side-by-side")
     b.add_argument("--mb", type=float, default=2.3)
     b.add_argument("--steps", type=int, default=2000)
     b.add_argument("--eval-every", type=int, default=500)
-    b.add_argument("--eval-tokens", type=int, default=100_000)
+    b.add_argument("--eval-tokens", type=int, default=32_768)
     b.add_argument("--backend", default="torch-module", choices=("torch-module", "torch", "numpy"))
     args = p.parse_args()
-    (prepare if args.what == "prepare" else side_by_side)(args)
+    if args.what == "corpus":
+        print(f"wrote {corpus(Path(args.out), args.mb)}")
+    else:
+        (prepare if args.what == "prepare" else side_by_side)(args)
 
 
 if __name__ == "__main__":

@@ -277,7 +277,9 @@ def test_help_shows_every_default_and_each_models_own(capsys):
             "transformer, rnn, gru: 0.0005)") in text
     assert ("--n-layers N hidden layers of the deep MLP, blocks of the transformer (default: 1; "
             "bnmlp: 5; transformer: 4)") in text
-    assert "(default: 0 = all)" not in text and "0 = all (default: 0)" in text
+    assert ("--eval-train-batches N --format lines: batches of the train split to estimate its "
+            "loss on (default: all of it up to 262,144 targets") in text
+    assert "(default: bounded)" not in text  # a help that says its default is not noted twice
     assert "mlp-classic: the MLP of Bengio et al. 2003" in text
     assert main(["sample", "--help"]) == 0
     text = " ".join(capsys.readouterr().out.split())

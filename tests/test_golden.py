@@ -482,3 +482,48 @@ def test_sequence_models_300_steps_on_every_backend(tmp_path, model):
             assert a.keys() == b.keys() and all(abs(a[k] - b[k]) <= 1e-5 for k in a), (a, b)
         assert (runs[backend] / "sample.txt").read_text() == \
             (runs["numpy"] / "sample.txt").read_text()
+
+
+# --- --format text: the README's worked run on the Python standard library's sources ----------
+
+# The README builds its text with this one line; the figures below are this machine's Python's
+# (3.11.7), whose top-level modules concatenate to 4,698,280 characters with this SHA-256.
+STDLIB_SHA256 = "2e31e854ce7c5a39d3549a94420e7ba4b51281ef0f32fc8b6ddd601eff6d7d42"
+
+
+@pytest.fixture(scope="module")
+def stdlib_text(tmp_path_factory) -> Path:
+    import glob
+    import hashlib
+    import sysconfig
+
+    files = sorted(glob.glob(sysconfig.get_path("stdlib") + "/*.py"))
+    text = "".join(open(f, encoding="utf-8").read() for f in files)
+    path = tmp_path_factory.mktemp("stdlib") / "stdlib.txt"
+    path.write_text(text, encoding="utf-8")
+    if hashlib.sha256(path.read_bytes()).hexdigest() != STDLIB_SHA256:
+        pytest.skip("this Python's standard library is not the one the README's text run used")
+    return path
+
+
+@slow
+def test_text_ngram_on_the_stdlib(tmp_path, stdlib_text):
+    out = train_run(tmp_path / "kn", "--format", "text", "-i", str(stdlib_text), "--method",
+                    "kneser-ney", "-n", "0")
+    grid = [json.loads(line) for line in (out / "grid.jsonl").read_text().splitlines()]
+    best = min(grid, key=lambda p: p["val_loss"])
+    assert (best["order"], round(best["val_loss"], 4)) == (6, 1.3766)
+    assert round(final_record(out)["test_loss"], 4) == 1.2855
+
+
+@slow
+def test_text_transformer_on_the_stdlib(tmp_path, stdlib_text):
+    out = train_run(tmp_path / "t", "--format", "text", "-i", str(stdlib_text), "--model",
+                    "transformer", "--backend", "torch-module", "--n-layers", "4", "--n-heads",
+                    "4", "--n-embd", "128", "--batch-size", "12", "--lr", "1e-3", "--steps",
+                    "2000", "--eval-every", "500", "-n", "0")
+    last = evaluations(out)[-1]
+    assert (last["step"], round(last["val_loss"], 4)) == (1999, 1.5377)
+    final = final_record(out)
+    assert (round(final["test_loss"], 4), round(final["test_loss_se"], 4)) == (1.4420, 0.0193)
+    assert round(final["test_loss"] / math.log(2), 4) == 2.0804

@@ -37,7 +37,9 @@ def test_kinds_parse_flags_and_check_values():
     for bad in ("inf", "nan", "0"):
         with pytest.raises(argparse.ArgumentTypeError):
             settings.POSITIVE_FLOAT.parse(bad)
-    assert settings.ALL_OR_POSITIVE.parse("0") is None and settings.ALL_OR_POSITIVE.parse("5") == 5
+    # 0 is "all", kept apart from None, the bounded default its reader decides
+    assert settings.ALL_OR_POSITIVE.parse("0") == 0 and settings.ALL_OR_POSITIVE.parse("5") == 5
+    assert settings.ALL_OR_POSITIVE.ok(None) and not settings.ALL_OR_POSITIVE.ok(-1)
     assert settings.SEED.parse(str(2**64 - 1)) == 2**64 - 1
     with pytest.raises(argparse.ArgumentTypeError):
         settings.SEED.parse(str(2**64))
@@ -70,9 +72,9 @@ def test_flags_are_made_from_the_fields_with_their_defaults_in_the_help():
     help_text = parser.format_help()
     assert "--width N" in help_text and "how wide (default: 4)" in help_text
     args = parser.parse_args(["--rate", "0.1", "--limit", "0"])
-    assert settings.given(args, [Toy]) == {"rate": 0.1}  # limit 0 = None: as if not given
+    assert settings.given(args, [Toy]) == {"rate": 0.1, "limit": 0}  # 0: all, said explicitly
     assert settings.resolve(Toy, [{"width": 9, "rate": 2.0}, settings.given(args, [Toy])]) == \
-        Toy(width=9, rate=0.1)
+        Toy(width=9, rate=0.1, limit=0)
 
 
 def test_reads_and_refusal_of_a_setting_the_model_ignores():

@@ -89,8 +89,9 @@ SEED = Kind(int, lambda v: _is_int(v) and 0 < v < 2**64, "a whole number from 1 
             metavar="S", to_json=str, from_json=_int_or_text)
 TEXT = Kind(str, lambda v: isinstance(v, str), "text", metavar="TEXT")
 # ``0`` on the command line, None in a config: no limit
-ALL_OR_POSITIVE = Kind(lambda t: int(t) or None, lambda v: v is None or (_is_int(v) and v > 0),
-                       "a positive whole number (0 on the command line: all)", metavar="N")
+# None: a bounded default the setting's reader decides; 0: all
+ALL_OR_POSITIVE = Kind(int, lambda v: v is None or (_is_int(v) and v >= 0),
+                       "a whole number >= 0 (0: all)", metavar="N")
 
 
 def optional(kind: Kind, says: str) -> Kind:
@@ -244,7 +245,7 @@ def given(args: argparse.Namespace, classes: Iterable[type]) -> dict[str, Any]:
 def show(value: Any, kind: Kind | None = None) -> str:
     """A value as it would be typed on the command line."""
     if value is None:
-        return "0" if kind is ALL_OR_POSITIVE else "none"
+        return "bounded" if kind is ALL_OR_POSITIVE else "none"
     if isinstance(value, str):
         return repr(value) if (not value or value.strip() != value or "\n" in value) else value
     if isinstance(value, float):

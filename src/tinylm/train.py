@@ -54,6 +54,9 @@ from tinylm.settings import (
     optional, setting,
 )
 
+# a lines run's train loss by default: all of the split up to this many targets, else its first
+# batches that hold this many (the split is shuffled: a fixed sample)
+TRAIN_EVAL_TARGETS = 262_144
 # which weights a run keeps: after its last step, or at its lowest val loss
 KEEP = ("last", "best")
 DEVICE = settings.Kind(str, devices.is_device_name, devices.DEVICE_FORMS, metavar="DEVICE")
@@ -100,9 +103,10 @@ class TrainConfig(settings.Settings):
                         "before its step's update: early stopping without stopping)",
                         choice(KEEP))
     eval_train_batches: int | None = setting(
-        None, "--format lines: batches of the train split to estimate its loss on, 0 = all",
-        ALL_OR_POSITIVE)
-    eval_tokens: int = setting(100_000, "--format text: a split of at most this many characters "
+        None, "--format lines: batches of the train split to estimate its loss on (default: "
+        f"all of it up to {TRAIN_EVAL_TARGETS:,} targets, else its first batches that hold "
+        "that many, a fixed sample since the lines are shuffled; 0: all)", ALL_OR_POSITIVE)
+    eval_tokens: int = setting(32_768, "--format text: a split of at most this many characters "
                                "is scored whole, each character once; a larger one (train, "
                                "usually) is estimated from a fixed sample of about this many, "
                                "with its standard error", POSITIVE_INT, resume=True)
@@ -183,6 +187,19 @@ def loss_value(loss) -> float:
 
 def learning_rate(config: TrainConfig, step: int) -> float:
     return float(lr_at(step, config.steps, config.lr, config.lr_schedule, warmup=config.warmup))
+
+
+def train_batches(config: TrainConfig, split: Split) -> int | None:
+    """How many batches of a lines run's train split its train loss is measured on: those
+    ``eval_train_batches`` says (0: all), by default all up to ``TRAIN_EVAL_TARGETS``
+    targets, else the first batches that hold that many. None: all of them."""
+    if config.eval_train_batches is not None:
+        return config.eval_train_batches or None
+    if isinstance(split, TextSplit) or split.n_tokens <= TRAIN_EVAL_TARGETS:
+        return None
+    batch = config.batch_size or len(split)
+    per_example = split.n_tokens / len(split)  # targets a row or window scores, on average
+    return max(1, math.ceil(TRAIN_EVAL_TARGETS / (per_example * batch)))
 
 
 def evaluate(model, split: Split, batch_size: int, max_batches: int | None = None,
@@ -556,8 +573,8 @@ class Trainer:
                     self.optimizer.lr = lr
                     evaluation = None
                     if step % cfg.eval_every == 0 or step == cfg.steps - 1:
-                        train_loss, train_se = self._evaluate(step, "train", eval_bs,
-                                                              cfg.eval_train_batches)
+                        train_loss, train_se = self._evaluate(
+                            step, "train", eval_bs, train_batches(cfg, self.splits["train"]))
                         val_loss, val_se = self._evaluate(step, "val", eval_bs)
                         evaluation = {"step": step, "train_loss": train_loss, "val_loss": val_loss,
                                       **train_se, **val_se}

@@ -34,7 +34,7 @@ from tinylm.rng import RNG
 from tinylm.sample import sample_tokens
 from tinylm.train import (
     TEXT_EVAL_POSITIONS, TrainConfig, Trainer, TrainingInterrupted, evaluate as split_loss,
-    learning_rate, measure,
+    learning_rate, measure, train_batches,
 )
 
 # With no terminal to draw a progress bar on, a progress line at least this often.
@@ -481,4 +481,8 @@ def evaluate(run: runs.Run) -> None:
                 measured = measure(run.model, split, config.eval_tokens, config.seed)
                 print_loss(name, measured.loss, measured.se, text=True)
             else:
-                print_loss(name, split_loss(run.model, split, batch))
+                limit = train_batches(config, split) if name == "train" else None
+                print_loss(name, split_loss(run.model, split, batch, limit))
+                if limit is not None and limit * batch < len(split):
+                    print(f"       (its first {limit * batch:,} of {len(split):,} examples, "
+                          "a fixed sample: --eval-train-batches in training)")

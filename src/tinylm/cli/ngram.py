@@ -52,7 +52,7 @@ def _examples(splits, tokenizer, orders, loader):
 
 
 # bytes a counted n-gram may take while a table is built (keys, counts, sort temporaries)
-NGRAM_BYTES = 64
+NGRAM_BYTES = 32
 
 
 def _format_grid(points: list[GridPoint]) -> list[str]:
@@ -87,9 +87,10 @@ def train(args: argparse.Namespace, splits: tuple[list[str], list[str], list[str
                   "have too many possible n-grams of that length")
     for order in orders:
         NgramConfig(order, V)  # refuse an impossible order before any work
-    # every training n-gram distinct at worst, for each table of the largest order
+    # every training n-gram of the largest order distinct at worst; Kneser-Ney's lower orders
+    # have fewer distinct n-grams each, and hold about as much again in all (measured)
     n = sum(map(len, splits)) if text_run else sum(len(x) + 1 for lines in splits for x in lines)
-    tables = max(orders) if search.method == "kneser-ney" else 1
+    tables = 2 if search.method == "kneser-ney" else 1
     memory.check(memory.Estimate({"the n-gram counts": NGRAM_BYTES * n * tables,
                                   "the data": n * (2 if text_run else 8 * max(orders))}),
                  "choose a smaller --order, or a smaller input")
