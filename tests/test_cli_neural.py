@@ -118,7 +118,7 @@ def test_train_sample_eval(tmp_path, names, capsys):
 @contextlib.contextmanager
 def interrupted_at(monkeypatch, step: int):
     """Within the block, a training run gets Ctrl-C right after the update of ``step``."""
-    from tinylm.cli import neural
+    from tinylm import neural_run as neural
 
     original = neural._Reporter.__call__
 
@@ -326,7 +326,7 @@ def test_a_run_saves_its_thread_count_and_a_resume_keeps_it(tmp_path, names, cap
     count the run started with, whatever the environment says then; --threads may change
     it, with a warning that the numbers will not be those of an uninterrupted run."""
     from tinylm import threads
-    from tinylm.cli import neural
+    from tinylm import neural_run as neural
 
     for name in threads.ENVIRONMENT:
         monkeypatch.delenv(name, raising=False)
@@ -374,7 +374,7 @@ def test_parameter_counts_leave_out_batchnorm_statistics(tmp_path, names, capsys
 
 def test_a_log_without_a_terminal_hears_from_the_run_between_evaluations(tmp_path, names, capsys,
                                                                          monkeypatch):
-    from tinylm.cli import neural
+    from tinylm import neural_run as neural
 
     monkeypatch.setattr(neural, "QUIET_SECONDS", 0.0)
     assert main(["train", "-i", str(names), "-o", str(tmp_path / "r"), "-n", "0", *SMALL]) == 0

@@ -333,3 +333,24 @@ def test_each_update_uses_the_learning_rate_of_its_own_step():
     trainer.run()
     for name, value in trainer.model.state_dict().items():
         np.testing.assert_allclose(value, before[name] - SMALL["lr"] * grads[name], atol=1e-6)
+
+
+def test_an_evaluation_cuts_the_padding_a_long_item_leaves_and_scores_the_same():
+    from tinylm.batches import eval_batches, make_split
+    from tinylm.data import Tokenizer
+    from tinylm.layers.numpy_layers import sequence_cross_entropy
+    from tinylm.models import ModelConfig, build_model
+
+    lines = ["ab", "abc", "b", "ca", "x" * 59] + ["ab", "bca", "c"] * 3000
+    tok = Tokenizer.from_lines(lines)
+    split = make_split("val", lines, tok, 0, "words", block_size=60)
+    chunks = list(eval_batches(split, 32))
+    assert chunks[0][0].shape[1] == 60  # the chunk holding the long item keeps its block
+    assert all(X.shape[1] == 4 for X, _, _ in chunks[1:])  # the others end by position 4
+    model = build_model(ModelConfig(model="transformer", vocab_size=tok.vocab_size, n_embd=8,
+                                    n_layers=1, n_heads=2, block_size=60), "numpy", RNG(3))
+    model.eval()
+    cut = sum(w * sequence_cross_entropy(model.forward(X)[0], Y) for X, Y, w in chunks)
+    whole = sequence_cross_entropy(model.forward(split.X)[0], split.Y) * split.n_tokens
+    assert cut == pytest.approx(whole, rel=1e-6)
+    assert sum(w for _, _, w in chunks) == split.n_tokens

@@ -188,6 +188,16 @@ def eval_batches(
     rows = EVAL_CHUNK if not split.per_position else max(1, min(EVAL_CHUNK, EVAL_POSITIONS // split.Y.shape[1]))
     for lo in range(0, n, rows):
         hi = min(n, lo + rows)
-        Y = split.Y[lo:hi]
+        X, Y = split.X[lo:hi], split.Y[lo:hi]
+        if not split.per_position:
+            yield X, Y, hi - lo
+            continue
+        scored = Y != IGNORE
+        # a block set by one long item leaves most positions padding: where a chunk's items
+        # all end within half the block, its positions past them are cut (a prediction reads
+        # only what comes before it, so theirs are the same; the bundled names never are)
+        used = int(np.flatnonzero(scored.any(axis=0)).max(initial=0)) + 1
+        if used <= Y.shape[1] // 2:
+            X, Y, scored = X[:, :used], Y[:, :used], scored[:, :used]
         # rows of a sequence model weigh what they score: their targets that are not IGNORE
-        yield split.X[lo:hi], Y, int((Y != IGNORE).sum()) if split.per_position else hi - lo
+        yield X, Y, int(scored.sum())

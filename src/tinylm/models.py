@@ -384,7 +384,7 @@ def _sequence_layers(L: ModuleType, config: ModelConfig) -> None:
                           "backend")
     if config.block_size < 1:
         raise ConfigError(f"the {config.model} model needs a block size (0 means: from the data, "
-                          "which the trainer fills in)")
+                          "which tinylm.train and 'tinylm train' fill in)")
 
 
 # The reference toolkit's defaults for its Transformer, RNN and GRU: AdamW at lr 5e-4 with

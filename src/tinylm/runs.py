@@ -82,11 +82,21 @@ def resolve_configs(model: str | None, recipe: str | None, explicit: Mapping[str
             raise ConfigError(f"--model {model} differs from the model of --recipe {recipe} "
                               f"({chosen.model}); leave --model out or choose another recipe")
         model = chosen.model
-        layers.append(chosen.settings)
+        layers.append(_scaled(chosen.settings, explicit))
     model = model or DEFAULT_MODEL
     layers.insert(0, MODEL_DEFAULTS.get(model, {}))
     layers.append({**explicit, "model": model, "recipe": recipe})
     return (resolve(ModelConfig, layers, vocab_size=vocab_size), resolve(TrainConfig, layers))
+
+
+def _scaled(recipe: Mapping[str, Any], explicit: Mapping[str, Any]) -> Mapping[str, Any]:
+    """A recipe's settings for a run of other ``steps``: its warmup scaled with them (a recipe
+    shortened to 300 steps keeps its share of warmup instead of being refused for its 500)."""
+    if ("steps" in explicit and "warmup" not in explicit and recipe.get("warmup")
+            and recipe.get("steps")):
+        warmup = round(recipe["warmup"] * explicit["steps"] / recipe["steps"])
+        return {**recipe, "warmup": min(warmup, explicit["steps"] - 1)}
+    return recipe
 
 
 def neural_settings(mconfig: ModelConfig, config: TrainConfig) -> dict[str, Any]:

@@ -25,6 +25,7 @@ import os
 import sys
 from typing import Iterator
 
+from tinylm.errors import ConfigError
 from threadpoolctl import threadpool_info, threadpool_limits
 
 DEFAULT = 1
@@ -38,6 +39,15 @@ def chosen(requested: int) -> int | None:
     if any(os.environ.get(name) for name in ENVIRONMENT):
         return None
     return DEFAULT
+
+
+def check(requested: int) -> None:
+    """Refuse a thread count above this machine's cores: threads beyond them only wait for
+    each other (three steps took 145 s with --threads 1000)."""
+    cores = os.cpu_count() or 1
+    if requested > cores:
+        raise ConfigError(f"--threads {requested} is more than this machine's {cores} cores; "
+                          "threads beyond them only wait for a core")
 
 
 def effective(requested: int) -> int:

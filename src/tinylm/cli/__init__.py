@@ -28,14 +28,13 @@ from typing import Sequence
 
 import numpy as np
 
-from tinylm import __version__, runs, settings
-from tinylm.cli import micrograd, neural, ngram, report, serve, train
+from tinylm import __version__, api, settings
+from tinylm.cli import micrograd, neural, report, serve, train
 from tinylm.cli.common import (
-    TEXT_PASSAGE, Parser, Terminated, UsageError, add_run_dir, print_samples, write_passage,
+    CONSOLE, Parser, Terminated, UsageError, add_run_dir, run_dir_of,
 )
 from tinylm.errors import TinylmError
-from tinylm.rng import RNG
-from tinylm.sample import mark_known, sample_items
+from tinylm.output import TEXT_PASSAGE, say_passage, say_samples
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.register(sub)
 
     sample = sub.add_parser("sample", help="print new items from a trained run",
-                            description="Load the model saved in -o DIR and print new items, "
+                            description="Load the model saved in DIR and print new items, "
                             "each marked new or copied from the training set.")
     add_run_dir(sample, required=True)
     sample.add_argument("-n", "--num-samples", type=settings.NONNEG_INT.parse, default=20,
@@ -72,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     sample.set_defaults(handler=_sample)
 
     evaluate = sub.add_parser("eval", help="print the loss of a trained run on each split",
-                              description="Reload the run in -o DIR and print its loss and "
+                              description="Reload the run in DIR and print its loss and "
                               "perplexity on the train, val and test splits.")
     add_run_dir(evaluate, required=True)
     evaluate.set_defaults(handler=_eval)
@@ -86,22 +85,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _sample(args: argparse.Namespace) -> int:
-    run = runs.open_run(args.out_dir)
-    run.tokenizer.encode(args.prompt)  # DataError naming a character the model never saw
-    if args.tokens is not None or run.format == "text":
-        write_passage(run.model, run.tokenizer, args.tokens or TEXT_PASSAGE, args.seed,
-                      None, args.prompt, args.temperature, args.top_k)
-        return 0
-    items = sample_items(run.model, run.tokenizer, args.num_samples, RNG(args.seed),
-                         prompt=args.prompt, temperature=args.temperature, top_k=args.top_k,
-                         continuous=run.loader == "stream")
-    print_samples(mark_known(items, run.lines3[0]), args.prompt)
+    run = api.load(args.out_dir)
+    got = run.sample(args.num_samples, args.prompt, args.temperature, args.top_k, args.seed,
+                     args.tokens)
+    if isinstance(got, str):
+        say_passage(CONSOLE, got, args.tokens or TEXT_PASSAGE, args.prompt)
+    else:
+        say_samples(CONSOLE, [(s.text, not s.new) for s in got], args.prompt)
     return 0
 
 
 def _eval(args: argparse.Namespace) -> int:
-    run = runs.open_run(args.out_dir)
-    (ngram if run.kind == "ngram" else neural).evaluate(run)
+    api.load(args.out_dir).evaluate(CONSOLE)
     return 0
 
 
@@ -127,6 +122,7 @@ def _main(argv: Sequence[str] | None) -> int:
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
+        run_dir_of(args, parser)
         # an overflow in a model's arithmetic shows in its results (a loss of inf, a
         # divergence caught by the trainer), not as numpy warnings on stderr
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):

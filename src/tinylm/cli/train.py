@@ -1,11 +1,10 @@
-"""``tinylm train`` and ``tinylm recipes``: flags made from the settings, then one family's run.
+"""``tinylm train`` and ``tinylm recipes``: flags made from the settings, then the library's run.
 
 Every model and training flag is made from a field of ``ModelConfig``,
 ``TrainConfig`` or ``NgramSettings`` (tinylm.settings): its default, its
-check and its help line are declared there, once. This module decides the
-model (``--model``, else the recipe's, else ngram), refuses any flag that
-model does not read, reads the data, and hands over to ``cli.ngram`` or
-``cli.neural``.
+check and its help line are declared there, once. The run itself is
+``tinylm.api.run_training``, the same as the Python API's ``tinylm.train``;
+this module parses the flags and prints what the run says.
 """
 
 from __future__ import annotations
@@ -14,23 +13,14 @@ import argparse
 import contextlib
 import dataclasses
 import os
-from typing import Any
 
-from tinylm import data, distributed, settings, text
-from tinylm.cli import neural, ngram
-from tinylm.cli.common import add_run_dir
-from tinylm.errors import ConfigError
-from tinylm.models import MODEL_DEFAULTS, MODELS, ModelConfig
+from tinylm import api, distributed, settings
+from tinylm.api import SETTINGS, model_names
+from tinylm.cli.common import CONSOLE, add_run_dir
+from tinylm.models import MODEL_DEFAULTS, ModelConfig
 from tinylm.ngram import NgramSettings
 from tinylm.recipes import RECIPES, recipe_names
 from tinylm.train import TrainConfig
-
-SETTINGS = (ModelConfig, TrainConfig, NgramSettings)
-COUNT_MODELS = ("ngram",)
-
-
-def model_names() -> tuple[str, ...]:
-    return COUNT_MODELS + tuple(MODELS)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -92,24 +82,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace, world: distributed.World, gate: distributed.Gate) -> int:
-    explicit = settings.given(args, SETTINGS)
-    if args.resume:
-        return neural.resume(args, explicit, world, gate)
-    model = args.model
-    if model is None:
-        model = RECIPES[args.recipe].model if args.recipe else "ngram"
-    settings.refuse_unread(explicit, SETTINGS, model, tuple(MODELS))
-    text_format = explicit.get("format", "lines") == "text"
-    if text_format and "loader" in explicit:
-        raise ConfigError("--loader applies to --format lines: a text is always read as one "
-                          "continuous stream")
-    lines3, source, inputs = _read_data(args, text_format)
-    if model in COUNT_MODELS:
-        if world.distributed:
-            raise ConfigError("the n-gram models count in one pass: run them without torchrun")
-        return ngram.train(args, lines3, source, inputs, _resolve(NgramSettings, explicit),
-                           _resolve(TrainConfig, explicit))
-    return neural.train(args, lines3, source, inputs, args.model, explicit, world, gate)
+    api.run_training(settings.given(args, SETTINGS), model=args.model, input=args.input,
+                     out_dir=args.out_dir, train=args.train, val=args.val, test=args.test,
+                     resume=args.resume, num_samples=args.num_samples, output=CONSOLE,
+                     world=world, gate=gate)
+    return 0
 
 
 def _train_together(args: argparse.Namespace, world: distributed.World) -> int:
@@ -123,36 +100,9 @@ def _train_together(args: argparse.Namespace, world: distributed.World) -> int:
                 stack.enter_context(open(os.devnull, "w"))))
         distributed.start(world)
         stack.callback(distributed.stop)
-        # setting up is a stage all get through or none does; neural.train passes its gate
+        # setting up is a stage all get through or none does; neural_run.train passes its gate
         with distributed.together(world) as gate:
             return _train(args, world, gate)
-
-
-def _resolve(cls: type, explicit: dict[str, Any]) -> Any:
-    return settings.resolve(cls, [explicit])
-
-
-def _read_data(args: argparse.Namespace, text_format: bool = False
-               ) -> tuple[tuple[Any, Any, Any], str, list[str]]:
-    """The run's three splits (lists of lines, or with ``text_format`` three texts), a
-    description of their source and the input files."""
-    split_files = {"--train": args.train, "--val": args.val, "--test": args.test}
-    if args.input is not None and any(split_files.values()):
-        given = [flag for flag, path in split_files.items() if path]
-        raise ConfigError(f"-i/--input and {'/'.join(given)} exclude each other: give one file "
-                          "to split, or the files already split")
-    if args.train is None and (args.val or args.test):
-        raise ConfigError("--val and --test need --train: the file the model learns from")
-    if args.train is not None:
-        read = text.read_text_splits if text_format else data.read_splits
-        lines3 = read(args.train, args.val, args.test)
-        given = [("train", args.train), ("val", args.val), ("test", args.test)]
-        return (lines3, ", ".join(f"{name} {path}" for name, path in given if path),
-                [path for _, path in given if path])
-    path = args.input if args.input is not None else data.default_dataset()
-    if text_format:
-        return text.split_text(text.read_text(path), str(path)), str(path), [str(path)]
-    return data.split_lines(data.read_lines(path), source=str(path)), str(path), [str(path)]
 
 
 def register_recipes(sub: argparse._SubParsersAction) -> None:

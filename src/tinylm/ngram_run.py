@@ -1,22 +1,24 @@
-"""``tinylm train/sample/eval`` for the count-based n-gram models.
+"""A count-based n-gram run, from settings to a finished run directory.
 
-``train`` with no ``--order``/``--smoothing`` grid-searches order 1..6 and the
+``train`` with no ``order``/``smoothing`` grid-searches order 1..6 and the
 additive smoothing {0.01, 0.03, 0.1, 0.3, 1.0} on the validation split,
 prints the table, keeps the best model and reports its test loss. Either
 flag alone fixes that axis of the grid. ``--method kneser-ney`` searches the
 order only (its discounts come from the counts) and also reports how far it
-beats the best additive model on the same data.
+beats the best additive model on the same data. What it finds is said
+through a tinylm.output.Output; the command line and the Python API are
+shells over this.
 """
 
 from __future__ import annotations
 
-import argparse
 import time
+from pathlib import Path
 
 from tinylm import data, memory, runs, text
-from tinylm.cli.common import (
-    TEXT_PASSAGE, format_loss, format_perplexity, print_loss, progress_bar, sample_and_save,
-    write_passage,
+from tinylm.output import (
+    SILENT, TEXT_PASSAGE, Output, format_loss, format_perplexity, progress_bar, sample_and_save,
+    say_loss, write_passage,
 )
 from tinylm.errors import ConfigError
 from tinylm.io import atomic_write_bytes, write_jsonl
@@ -66,10 +68,12 @@ def _format_grid(points: list[GridPoint]) -> list[str]:
     return rows
 
 
-def train(args: argparse.Namespace, splits: tuple[list[str], list[str], list[str]], source: str,
-          inputs: list[str], search: NgramSettings, config: TrainConfig) -> int:
-    """Search, fit and save a count model; ``splits`` are the run's train/val/test lines."""
-    out = runs.check_new_run_dir(args.out_dir, inputs)
+def train(out_dir: str | None, num_samples: int, splits, source: str,
+          inputs: list[str], search: NgramSettings, config: TrainConfig,
+          output: Output = SILENT) -> Path:
+    """Search, fit and save a count model; ``splits`` are the run's train/val/test lines (or,
+    for a text, their bytes). Returns the run directory."""
+    out = runs.check_new_run_dir(out_dir, inputs)
     text_run = config.format == "text"
     if text_run:
         tokenizer = text.tokenizer_of(splits)
@@ -82,7 +86,7 @@ def train(args: argparse.Namespace, splits: tuple[list[str], list[str], list[str
         orders = tuple(o for o in ORDERS if _countable(o, V))
         if orders != ORDERS:
             left = [str(o) for o in ORDERS if o not in orders]
-            print(f"note: order{'s' if len(left) > 1 else ''} {', '.join(left)} "
+            output.say(f"note: order{'s' if len(left) > 1 else ''} {', '.join(left)} "
                   f"{'are' if len(left) > 1 else 'is'} left out of the search: {V:,} characters "
                   "have too many possible n-grams of that length")
     for order in orders:
@@ -96,7 +100,7 @@ def train(args: argparse.Namespace, splits: tuple[list[str], list[str], list[str
                  "choose a smaller --order, or a smaller input")
     tokens, lengths = None, []
     if text_run:
-        with progress_bar("encoding", sum(map(len, splits)), "byte") as bar:
+        with progress_bar(output, "encoding", sum(map(len, splits)), "byte") as bar:
             tokens, lengths = text.encode_splits(splits, tokenizer, bar)
     started = time.perf_counter()
     # the directory is taken now, before the work: an unwritable -o fails at once
@@ -106,15 +110,15 @@ def train(args: argparse.Namespace, splits: tuple[list[str], list[str], list[str
         if text_run:
             mapped = text.split_tokens(runs.map_tokens(out), lengths)
             del tokens
-            _search_and_save_text(store, args.num_samples, config.seed, mapped, source,
-                                  tokenizer, search, orders)
+            line = _search_and_save_text(store, num_samples, config.seed, mapped, source,
+                                         tokenizer, search, orders, output)
         else:
-            _search_and_save(store, args.num_samples, config.seed, splits, source, tokenizer,
-                             search, loader, orders)
+            line = _search_and_save(store, num_samples, config.seed, splits, source, tokenizer,
+                                    search, loader, orders, output)
     finally:
         store.close()
-    print(f"  ({time.perf_counter() - started:.1f} s)")
-    return 0
+    output.say(f"{line}  ({time.perf_counter() - started:.1f} s)")
+    return out
 
 
 def _countable(order: int, V: int) -> bool:
@@ -127,23 +131,24 @@ def _countable(order: int, V: int) -> bool:
 
 def _search_and_save_text(store: runs.RunWriter, num_samples: int, seed: int, tokens3,
                           source: str, tokenizer: data.Tokenizer, search: NgramSettings,
-                          orders: tuple[int, ...]) -> None:
+                          orders: tuple[int, ...], output: Output) -> str:
     """The grid search, the chosen model and its files for a text run: every count and every
     loss made from the token arrays a piece at a time (tinylm.ngram's stream functions)."""
     V, pad = tokenizer.vocab_size, tokenizer.eot
     train, val, test = tokens3
-    print(f"data: {source}: characters train {len(train):,} / val {len(val):,} / test "
+    output.say(f"data: {source}: characters train {len(train):,} / val {len(val):,} / test "
           f"{len(test):,}; vocabulary {V} characters; format text")
     points = grid_search_stream(train, val, pad, V, orders, search.smoothings, search.method)
-    _print_grid(points, search)
+    _say_grid(points, search, output)
     chosen = best(points)
+    _note_edge(chosen, points, output)
     fitted = NgramConfig(chosen.order, V, search.method, chosen.smoothing or 0.0)
     model = NgramModel(fitted).fit_stream(train, pad)
     test_loss = nll_stream(model, test, pad)
     knob = "" if chosen.smoothing is None else f", smoothing {chosen.smoothing:g}"
-    print(f"best: order {chosen.order}{knob}: train {chosen.train_loss:.4f}, val "
+    output.say(f"best: order {chosen.order}{knob}: train {chosen.train_loss:.4f}, val "
           f"{chosen.val_loss:.4f} nats per character")
-    print(f"test loss {format_loss(test_loss)}, perplexity {format_perplexity(test_loss)}")
+    output.say(f"test loss {format_loss(test_loss)}, perplexity {format_perplexity(test_loss)}")
     store.update_settings({"ngram": fitted.to_dict()})
     store.log({"step": 1, "train_loss": chosen.train_loss, "val_loss": chosen.val_loss})
     store.log({"step": 1, "test_loss": test_loss, "test_perplexity": perplexity(test_loss)})
@@ -156,42 +161,56 @@ def _search_and_save_text(store: runs.RunWriter, num_samples: int, seed: int, to
     try:
         png = bigram_heatmap_png(counts, itos, of=V, title="bigram counts")
     except ConfigError as e:
-        print(f"note: bigram.png skipped: {e}")
+        output.say(f"note: bigram.png skipped: {e}")
     else:
         atomic_write_bytes(store.out / "bigram.png", png)
         written.append("bigram.png")
     if num_samples:
-        write_passage(model, tokenizer, TEXT_PASSAGE, seed, store.out / "samples.txt")
+        write_passage(output, model, tokenizer, TEXT_PASSAGE, seed, store.out / "samples.txt")
         written.append("samples.txt")
-    print(f"wrote {store.out}/: {', '.join(written)}", end="")
+    return f"wrote {store.out}/: {', '.join(written)}"
 
 
-def _print_grid(points: list[GridPoint], search: NgramSettings) -> None:
+def _note_edge(chosen: GridPoint, points: list[GridPoint], output: Output) -> None:
+    """Say so when the best point lies on the edge of a searched axis: past it may be better."""
+    orders = sorted({p.order for p in points})
+    smoothings = sorted({p.smoothing for p in points if p.smoothing is not None})
+    if len(orders) > 1 and chosen.order == orders[-1]:
+        output.say(f"note: the best order is the largest searched ({chosen.order}): a longer one "
+                   "may do better (--order N)")
+    if len(smoothings) > 1 and chosen.smoothing in (smoothings[0], smoothings[-1]):
+        side = "smallest" if chosen.smoothing == smoothings[0] else "largest"
+        output.say(f"note: the best smoothing is the {side} searched ({chosen.smoothing:g}): "
+                   "one beyond it may do better (--smoothing A)")
+
+
+def _say_grid(points: list[GridPoint], search: NgramSettings, output: Output) -> None:
     if len(points) > 1:
         label = "Kneser-Ney" if search.method == "kneser-ney" else "additive smoothing"
-        print(f"grid search, val loss ({label}):")
+        output.say(f"grid search, val loss ({label}):")
         for row in _format_grid(points):
-            print("  " + row)
+            output.say("  " + row)
 
 
 def _search_and_save(store: runs.RunWriter, num_samples: int, seed: int, splits, source: str,
                      tokenizer: data.Tokenizer, search: NgramSettings, loader: str,
-                     orders: tuple[int, ...]) -> None:
+                     orders: tuple[int, ...], output: Output) -> str:
     V = tokenizer.vocab_size
-    print(f"data: {source}: {sum(map(len, splits)):,} items -> train {len(splits[0]):,} / "
+    output.say(f"data: {source}: {sum(map(len, splits)):,} items -> train {len(splits[0]):,} / "
           f"val {len(splits[1]):,} / test {len(splits[2]):,}; vocabulary {V} characters; "
           f"loader {loader}")
     examples = _examples(splits, tokenizer, orders, loader)
     points = grid_search(examples, V, orders, search.smoothings, search.method)
-    _print_grid(points, search)
+    _say_grid(points, search, output)
     chosen = best(points)
+    _note_edge(chosen, points, output)
     fitted = NgramConfig(chosen.order, V, search.method, chosen.smoothing or 0.0)
     model = NgramModel(fitted).fit(*examples[chosen.order]["train"])
     test_loss = nll(model, *examples[chosen.order]["test"])
     knob = "" if chosen.smoothing is None else f", smoothing {chosen.smoothing:g}"
-    print(f"best: order {chosen.order}{knob}: train {chosen.train_loss:.4f}, val {chosen.val_loss:.4f}")
+    output.say(f"best: order {chosen.order}{knob}: train {chosen.train_loss:.4f}, val {chosen.val_loss:.4f}")
     final = {"step": 1, "test_loss": test_loss, "test_perplexity": perplexity(test_loss)}
-    print(f"test loss {test_loss:.4f}, perplexity {format_perplexity(test_loss)}")
+    output.say(f"test loss {test_loss:.4f}, perplexity {format_perplexity(test_loss)}")
     if search.method == "kneser-ney":
         every = examples if orders == ORDERS else _examples(splits, tokenizer, ORDERS, loader)
         additive = best(grid_search(every, V, tuple(o for o in ORDERS if _countable(o, V))))
@@ -199,7 +218,7 @@ def _search_and_save(store: runs.RunWriter, num_samples: int, seed: int, splits,
         add_test = nll(add_model.fit(*every[additive.order]["train"]), *every[additive.order]["test"])
         final.update({"additive_order": additive.order, "additive_smoothing": additive.smoothing,
                       "additive_test_loss": add_test})
-        print(f"Kneser-Ney beats the best additive model (order {additive.order}, smoothing "
+        output.say(f"Kneser-Ney beats the best additive model (order {additive.order}, smoothing "
               f"{additive.smoothing:g}, test {add_test:.4f}) by {add_test - test_loss:.4f} nats "
               "per character")
 
@@ -214,24 +233,30 @@ def _search_and_save(store: runs.RunWriter, num_samples: int, seed: int, splits,
     try:
         png = bigram_heatmap_png(bigram_counts(X2, Y2, V), tokenizer.itos)
     except ConfigError as e:
-        print(f"note: bigram.png skipped: {e}")
+        output.say(f"note: bigram.png skipped: {e}")
     else:
         atomic_write_bytes(store.out / "bigram.png", png)
         written.append("bigram.png")
-    sample_and_save(model, tokenizer, num_samples, seed, splits[0], loader == "stream",
+    sample_and_save(output, model, tokenizer, num_samples, seed, splits[0], loader == "stream",
                     store.out / "samples.txt")
     written.append("samples.txt")
-    print(f"wrote {store.out}/: {', '.join(written)}", end="")
+    return f"wrote {store.out}/: {', '.join(written)}"
 
 
-def evaluate(run: runs.Run) -> None:
+def evaluate(run: runs.Run, output: Output = SILENT) -> dict[str, dict]:
+    """The loss of a committed n-gram run on each split, ``{split: {"loss", "se"}}``, said
+    through ``output`` as ``tinylm eval`` prints it."""
     model, loader = run.model, run.loader
+    losses = {}
     if run.format == "text":
-        print(f"order {model.config.order} {model.config.method} model, format text")
+        output.say(f"order {model.config.order} {model.config.method} model, format text")
         for name, tokens in zip(SPLITS, run.tokens):
-            print_loss(name, nll_stream(model, tokens, run.tokenizer.eot), text=True)
-        return
-    print(f"order {model.config.order} {model.config.method} model, loader {loader}")
+            losses[name] = {"loss": nll_stream(model, tokens, run.tokenizer.eot), "se": None}
+            say_loss(output, name, losses[name]["loss"], text=True)
+        return losses
+    output.say(f"order {model.config.order} {model.config.method} model, loader {loader}")
     for name, lines in zip(SPLITS, run.lines3):
         X, Y = data.make_examples(lines, run.tokenizer, model.context, loader)
-        print_loss(name, nll(model, X, Y))
+        losses[name] = {"loss": nll(model, X, Y), "se": None}
+        say_loss(output, name, losses[name]["loss"])
+    return losses
