@@ -46,6 +46,10 @@ from tinylm.text import DEFAULT_BLOCK, TextSplit
 EVAL_CHUNK = 4096
 # ... and at most this many positions, for sequence models of long blocks
 EVAL_POSITIONS = 65536
+# ... and at most this many pairs of positions (attention keeps a score for each pair, per head
+# and layer: 840 rows of a 78-position block took 2.3 GB at 65,536 positions); the bundled
+# names' block of 16 still takes 4,096 rows a chunk
+EVAL_PAIRS = 4096 * 16 * 16
 
 
 @dataclass(frozen=True)
@@ -185,7 +189,8 @@ def eval_batches(
     n = len(split)
     if max_batches is not None and batch_size > 0:
         n = min(n, max_batches * batch_size)
-    rows = EVAL_CHUNK if not split.per_position else max(1, min(EVAL_CHUNK, EVAL_POSITIONS // split.Y.shape[1]))
+    T = split.Y.shape[1] if split.per_position else 1
+    rows = max(1, min(EVAL_CHUNK, EVAL_POSITIONS // T, EVAL_PAIRS // (T * T)))
     for lo in range(0, n, rows):
         hi = min(n, lo + rows)
         X, Y = split.X[lo:hi], split.Y[lo:hi]

@@ -21,7 +21,7 @@ from typing import Any, Callable
 import numpy as np
 
 from tinylm import data, devices, diagnostics, distributed, memory, runs, settings, text, threads
-from tinylm.batches import EVAL_POSITIONS, split_for, text_split_for
+from tinylm.batches import EVAL_CHUNK, EVAL_PAIRS, EVAL_POSITIONS, split_for, text_split_for
 from tinylm.errors import ConfigError, TinylmError
 from tinylm.io import atomic_write_text, check_out_dir
 from tinylm.models import ModelConfig, build_model, is_sequence
@@ -204,7 +204,7 @@ def _check_memory(mconfig: ModelConfig, config: TrainConfig, lines3, text_run: b
         rows = sum(map(len, lines3)) if sequence else sum(len(line) + 1 for lines in lines3
                                                          for line in lines)
         data_bytes = rows * (2 * T * 8 if sequence else (mconfig.context + 1) * 8)
-        eval_positions = max(T, min(EVAL_POSITIONS, rows * T))
+        eval_positions = T * max(1, min(rows, EVAL_CHUNK, EVAL_POSITIONS // T, EVAL_PAIRS // T**2))
     train = (len(lines3[0]) if text_run or sequence else sum(len(x) + 1 for x in lines3[0]))
     # a batch larger than the train split is refused, with its own message, by the trainer
     batch = min(config.batch_size or train, train)
