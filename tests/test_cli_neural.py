@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+from safetensors.numpy import load_file
 
 from tinylm.cli import main
 
@@ -59,7 +60,8 @@ def test_keep_best_tests_and_samples_the_weights_of_the_lowest_val_loss(tmp_path
         final["test_loss"], abs=1e-6)
     assert main(["eval", "-o", str(run)]) == 0
     assert f"kept weights of step {final['best_step']}" in capsys.readouterr().out
-    with np.load(run / "weights-000000060.npz") as saved:  # diagnose reads the last weights
+    with contextlib.nullcontext(load_file(run / "weights-000000060.safetensors")) as saved:
+        # diagnose reads the last weights
         last = open_run(run, weights="last").model.state_dict()
         assert all(np.array_equal(last[k], saved[f"model/{k}"]) for k in last)
         kept = opened.model.state_dict()
@@ -82,7 +84,7 @@ def test_keep_best_resumes_bit_identically(tmp_path, names, monkeypatch):
         assert main(["train", "-i", str(names), "-o", str(stopped), *KEEP_BEST]) == 130
     assert "best" in json.loads((stopped / "manifest.json").read_text())["state"]
     assert main(["train", "-o", str(stopped), "-n", "3", "--resume"]) == 0
-    for name in ("metrics.jsonl", "samples.txt", "weights-000000060.npz"):
+    for name in ("metrics.jsonl", "samples.txt", "weights-000000060.safetensors"):
         assert (straight / name).read_bytes() == (stopped / name).read_bytes(), name
 
 
@@ -92,7 +94,7 @@ def test_train_sample_eval(tmp_path, names, capsys):
     out = capsys.readouterr().out
     assert "training mlp (numpy" in out and "test loss" in out
     assert "(new)" in out or "(copy of a training item)" in out
-    for name in ("manifest.json", "config.json", "weights-000000030.npz", "metrics.jsonl",
+    for name in ("manifest.json", "config.json", "weights-000000030.safetensors", "metrics.jsonl",
                  "samples.txt", "train.txt", "val.txt", "test.txt"):
         assert (run / name).is_file(), name
     assert len(list(run.glob("weights-*"))) == 1
@@ -177,8 +179,8 @@ def test_sample_and_eval_of_a_missing_or_damaged_run(tmp_path, names, capsys):
     capsys.readouterr()
     assert main(["sample", "-o", str(run), "--prompt", "Q"]) == 2
     assert "'Q'" in _one_error_line(capsys)
-    blob = (run / "weights-000000030.npz").read_bytes()
-    (run / "weights-000000030.npz").write_bytes(blob[:-10])
+    blob = (run / "weights-000000030.safetensors").read_bytes()
+    (run / "weights-000000030.safetensors").write_bytes(blob[:-10])
     assert main(["eval", "-o", str(run)]) == 2
     assert "truncated or was modified" in _one_error_line(capsys)
 
@@ -209,9 +211,9 @@ def test_ctrl_c_saves_and_resume_continues_bit_identically(tmp_path, names, caps
     assert main(["train", "-o", str(stopped), "-n", "2", "--model", "mlp", "--resume"]) == 0
     assert (straight / "metrics.jsonl").read_text() == (stopped / "metrics.jsonl").read_text()
     assert (straight / "samples.txt").read_text() == (stopped / "samples.txt").read_text()
-    with np.load(straight / "weights-000000030.npz") as a, \
-            np.load(stopped / "weights-000000030.npz") as b:
-        assert a.files == b.files and all(np.array_equal(a[k], b[k]) for k in a.files)
+    # the same arrays are the same bytes (a safetensors file carries no write time)
+    assert (straight / "weights-000000030.safetensors").read_bytes() == \
+        (stopped / "weights-000000030.safetensors").read_bytes()
 
 
 def test_the_three_large_implementations_agree_on_the_classic_recipe(tmp_path):
@@ -444,9 +446,8 @@ def test_sequence_models_train_sample_eval_and_resume_bit_identically(tmp_path, 
         assert main(["train", "-o", str(halves), *args]) == 130
     assert main(["train", "-o", str(halves), "--resume", "-n", "3"]) == 0
     assert (straight / "metrics.jsonl").read_text() == (halves / "metrics.jsonl").read_text()
-    with np.load(straight / "weights-000000020.npz") as a, \
-            np.load(halves / "weights-000000020.npz") as b:
-        assert a.files == b.files and all(np.array_equal(a[k], b[k]) for k in a.files)
+    assert (straight / "weights-000000020.safetensors").read_bytes() == \
+        (halves / "weights-000000020.safetensors").read_bytes()
 
 
 @pytest.mark.parametrize("model", list(SEQ))

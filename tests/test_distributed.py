@@ -12,6 +12,7 @@ import time
 
 import numpy as np
 import pytest
+from safetensors.numpy import load_file
 
 from tinylm import data, distributed, settings
 from tinylm.batches import split_for
@@ -248,6 +249,6 @@ def test_sigterm_stops_every_process_before_the_same_step_and_resume_is_bit_iden
     done = torchrun(2, *args, "-o", str(straight))
     assert done.returncode == 0, done.stderr
     assert read_metrics(run) == read_metrics(straight)
-    with np.load(sorted(run.glob("weights-*.npz"))[-1]) as a, \
-            np.load(sorted(straight.glob("weights-*.npz"))[-1]) as b:
-        assert all(np.array_equal(a[k], b[k]) for k in a.files)
+    a = load_file(sorted(run.glob("weights-*.safetensors"))[-1])
+    b = load_file(sorted(straight.glob("weights-*.safetensors"))[-1])
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)

@@ -160,7 +160,7 @@ def assert_same_run(out: Path, ref: Path, whole: bool = True) -> None:
     assert_same_arrays(got.arrays, want.arrays)
     manifests = [json.loads((d / "manifest.json").read_text()) for d in (out, ref)]
     for m in manifests:
-        m["arrays"].pop("sha256")  # the .npz zip entries carry their write time
+        m["arrays"].pop("sha256")  # an .npz's zip entries (model.npz) carry their write time
     assert manifests[0] == manifests[1]
     for name in ("config.json", "train.txt", "val.txt", "test.txt"):
         assert (out / name).read_bytes() == (ref / name).read_bytes(), name
@@ -619,7 +619,7 @@ def test_a_crafted_weights_file_is_refused_and_never_runs(tmp_path, capsys, trai
         blob = buf.getvalue()
     elif form == "pickle":
         blob = pickle.dumps({"model": Payload(marker)})
-    else:  # a plain array, but no .npz of named arrays
+    else:  # a plain array, but no file of named arrays
         buf = io.BytesIO()
         np.save(buf, np.zeros(3))
         blob = buf.getvalue()
@@ -632,7 +632,7 @@ def test_a_crafted_weights_file_is_refused_and_never_runs(tmp_path, capsys, trai
     for argv in commands:
         assert main(argv) == 2
         assert one_line(capsys) == cannot_use(
-            out, f"{name} in {str(out)!r} is not a plain .npz of numeric arrays")
+            out, f"{name} in {str(out)!r} is not a plain {Path(name).suffix} of numeric arrays")
     assert not marker.exists()
     assert not (out / "diagnostics").exists()
 

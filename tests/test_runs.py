@@ -13,7 +13,7 @@ import os
 import numpy as np
 import pytest
 
-from tinylm import data, runs
+from tinylm import checkpoint, data, runs
 from tinylm.errors import CheckpointError, ConfigError
 from tinylm.models import build_model
 from tinylm.rng import RNG
@@ -76,7 +76,7 @@ def test_a_commit_is_read_back_whole(tmp_path):
         assert np.array_equal(opened.arrays["model"][name], array)
         assert np.array_equal(opened.model.state_dict()[name], array)
     assert names(run.out) == [".lock", "config.json", "manifest.json", "metrics.jsonl",
-                              "test.txt", "train.txt", "val.txt", "weights-000000002.npz"]
+                              "test.txt", "train.txt", "val.txt", "weights-000000002.safetensors"]
     # config.json says what the manifest says, for people
     config = json.loads((run.out / "config.json").read_text())
     manifest = json.loads((run.out / "manifest.json").read_text())
@@ -100,18 +100,18 @@ def test_the_previous_weights_file_stays_until_the_next_commit_and_goes_at_close
     run = Run(tmp_path / "run")
     writer = run.create()
     run.commit(writer, 0)
-    assert weights(run.out) == ["weights-000000000.npz"]
+    assert weights(run.out) == ["weights-000000000.safetensors"]
     run.commit(writer, 5, 1.0)
     # a reader that read the manifest just before this commit still finds its file
-    assert weights(run.out) == ["weights-000000000.npz", "weights-000000005.npz"]
+    assert weights(run.out) == ["weights-000000000.safetensors", "weights-000000005.safetensors"]
     run.commit(writer, 10, 2.0)
-    assert weights(run.out) == ["weights-000000005.npz", "weights-000000010.npz"]
+    assert weights(run.out) == ["weights-000000005.safetensors", "weights-000000010.safetensors"]
     # a commit of the same step reuses its file: the arrays are the same
-    inode = os.stat(run.out / "weights-000000010.npz").st_ino
+    inode = os.stat(run.out / "weights-000000010.safetensors").st_ino
     run.commit(writer, 10, 2.0)
-    assert os.stat(run.out / "weights-000000010.npz").st_ino == inode
+    assert os.stat(run.out / "weights-000000010.safetensors").st_ino == inode
     writer.close()
-    assert weights(run.out) == ["weights-000000010.npz"]
+    assert weights(run.out) == ["weights-000000010.safetensors"]
     assert runs.open_run(run.out).step == 10
 
 
@@ -128,7 +128,7 @@ def test_revert_makes_the_commit_before_the_last_the_state_again(tmp_path):
     assert np.array_equal(opened.arrays["model"]["layers.0.weight"],
                           run.arrays()["model"]["layers.0.weight"])
     writer.close()
-    assert weights(run.out) == ["weights-000000001.npz"]
+    assert weights(run.out) == ["weights-000000001.safetensors"]
     assert runs.open_run(run.out).step == 1
 
 
@@ -196,9 +196,78 @@ def test_reopen_removes_weights_no_manifest_names(tmp_path):
     run.commit(writer, 3)
     writer.close()
     # a kill after the next weights file was written, before the manifest named it
-    (run.out / "weights-000000004.npz").write_bytes(b"partial")
+    (run.out / "weights-000000004.safetensors").write_bytes(b"partial")
     _reopen(run.out).close()
+    assert weights(run.out) == ["weights-000000003.safetensors"]
+
+
+def test_a_commit_writes_the_format_its_file_name_says(tmp_path):
+    """New commits are safetensors, with the tree's names flat; a name ending .npz (an n-gram
+    run's model.npz) is written as an .npz."""
+    from safetensors.numpy import load_file
+
+    run = Run(tmp_path / "run")
+    writer = run.create()
+    run.commit(writer, 1, bump=0.25)
+    flat = load_file(run.out / "weights-000000001.safetensors")
+    assert sorted(flat) == sorted([f"model/{k}" for k in run.model.state_dict()]
+                                  + ["optimizer/step"])
+    for name, array in run.arrays(0.25)["model"].items():
+        assert np.array_equal(flat[f"model/{name}"], array)
+    writer.commit(run.state(2), run.arrays(0.5), "model.npz")
+    assert (run.out / "model.npz").read_bytes()[:2] == b"PK"  # a zip: the .npz format
+    writer.close()
+    assert runs.open_run(run.out).arrays["model"]["layers.0.weight"][0, 0] == \
+        run.arrays(0.5)["model"]["layers.0.weight"][0, 0]
+
+
+def test_a_run_written_as_npz_opens_and_resumes_into_safetensors(tmp_path):
+    """A run of an older tinylm (weights-<step>.npz) opens as it is; resumed, its next commit
+    is .safetensors, and the .npz goes once no manifest names it."""
+    run = Run(tmp_path / "run")
+    writer = run.create()
+    writer.log(_record(0))
+    writer.commit(run.state(3), run.arrays(1.0), "weights-000000003.npz")  # as tinylm wrote it
+    writer.close()
+    assert (run.out / "weights-000000003.npz").read_bytes()[:2] == b"PK"
+    opened = runs.open_run(run.out)
+    assert opened.manifest["arrays"]["file"] == "weights-000000003.npz"
+    for name, array in run.arrays(1.0)["model"].items():
+        assert np.array_equal(opened.model.state_dict()[name], array)
+    # a killed write of the older tinylm, and its leftover temporary file: both go at reopen
+    (run.out / "weights-000000004.npz").write_bytes(b"partial")
+    (run.out / ".weights-000000004.npz.abc123de.tmp").write_bytes(b"partial")
+    writer = _reopen(run.out)
     assert weights(run.out) == ["weights-000000003.npz"]
+    writer.log(_record(3))
+    run.commit(writer, 4, 2.0)
+    # the .npz the previous manifest named stays until the next commit or the close
+    assert weights(run.out) == ["weights-000000003.npz", "weights-000000004.safetensors"]
+    writer.close()
+    assert weights(run.out) == ["weights-000000004.safetensors"]
+    assert not any(n.endswith(".tmp") for n in names(run.out))
+    opened = runs.open_run(run.out)
+    assert opened.step == 4 and opened.metrics == [_record(0), _record(3)]
+    for name, array in run.arrays(2.0)["model"].items():
+        assert np.array_equal(opened.model.state_dict()[name], array)
+
+
+def test_a_file_that_is_not_what_its_name_says_is_refused(tmp_path):
+    """An .npz renamed .safetensors (hashes recomputed) is refused, not read as an .npz."""
+    run = Run(tmp_path / "run")
+    writer = run.create()
+    run.commit(writer, 1)
+    writer.close()
+    manifest = json.loads((run.out / "manifest.json").read_text())
+    blob = checkpoint.encode(run.arrays(), "npz")
+    (run.out / manifest["arrays"]["file"]).write_bytes(blob)
+    manifest["arrays"]["sha256"] = checkpoint.sha256(blob)
+    (run.out / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(CheckpointError) as e:
+        runs.open_run(run.out)
+    assert str(e.value) == (f"the run in {str(run.out)!r} cannot be used: weights-000000001."
+                            f"safetensors in {str(run.out)!r} is not a plain .safetensors of "
+                            "numeric arrays")
 
 
 def test_the_lock_has_one_holder(tmp_path):
@@ -248,7 +317,8 @@ def test_a_new_run_dir_is_checked_without_creating_anything(tmp_path):
 
 
 @pytest.mark.parametrize("name", ["train.txt", "val.txt", "test.txt", "config.json",
-                                  "metrics.jsonl", "model.npz", "weights-000000001.npz",
+                                  "metrics.jsonl", "model.npz", "weights-000000001.safetensors",
+                                  "weights-000000001.npz",
                                   "samples.txt", "loss.png"])
 def test_a_dir_with_files_a_run_would_overwrite_is_refused(tmp_path, name):
     out = tmp_path / "ds"
@@ -292,7 +362,9 @@ def test_an_unfinished_runs_own_leftovers_are_taken_over(tmp_path):
     writer.log(_record(0))
     writer.flush()
     # killed before the first commit, in the middle of writing a weights file
-    (run.out / "weights-000000000.npz").write_bytes(b"half")
+    (run.out / "weights-000000000.safetensors").write_bytes(b"half")
+    (run.out / ".weights-000000001.safetensors.abc123de.tmp").write_bytes(b"half")
+    (run.out / "weights-000000000.npz").write_bytes(b"half")  # an older tinylm's leftovers
     (run.out / ".weights-000000001.npz.abc123de.tmp").write_bytes(b"half")
     (run.out / ".manifest.json.k2j3h4g5.tmp").write_bytes(b"{")
     writer.metrics.close()
@@ -303,7 +375,7 @@ def test_an_unfinished_runs_own_leftovers_are_taken_over(tmp_path):
     run.commit(writer, 0)
     writer.close()
     assert names(run.out) == [".lock", "config.json", "manifest.json", "metrics.jsonl",
-                              "test.txt", "train.txt", "val.txt", "weights-000000000.npz"]
+                              "test.txt", "train.txt", "val.txt", "weights-000000000.safetensors"]
 
 
 def test_a_run_killed_while_writing_its_splits_is_its_own_leftover(tmp_path, monkeypatch):

@@ -230,7 +230,7 @@ def test_checkpoints_every_n_steps_and_only_the_committed_weights_stay(tmp_path)
                                                   commit(state, arrays))
     finish(trainer)
     assert commits == [7, 14, 21, 28, 35, 40]
-    assert sorted(p.name for p in tmp_path.glob("weights-*")) == ["weights-000000040.npz"]
+    assert sorted(p.name for p in tmp_path.glob("weights-*")) == ["weights-000000040.safetensors"]
 
 
 def test_extending_a_finished_run(tmp_path):

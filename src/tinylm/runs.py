@@ -7,7 +7,8 @@ instead of weights files)::
     config.json          the run's settings and vocabulary, for people (checked against the manifest)
     train.txt val.txt test.txt     the run's own copy of its splits
     tokens.npy           a text run's document encoded, one token per character (memory-mapped)
-    weights-000500.npz   model and optimizer arrays at the committed step (loaded with allow_pickle=False)
+    weights-000000500.safetensors   model and optimizer arrays at the committed step (runs
+                         written before: weights-000000500.npz, still read; see tinylm.checkpoint)
     metrics.jsonl        an append-only log; the manifest says how many bytes of it are committed
     samples.txt loss.png ...       outputs, made again by sample/eval/diagnose at any time
     .lock                held by the one process that writes the directory
@@ -61,6 +62,8 @@ METRICS = "metrics.jsonl"
 LOCK = ".lock"
 SPLIT_FILES = tuple(f"{name}.txt" for name in SPLIT_NAMES)
 TOKENS = "tokens.npy"
+WEIGHTS_SUFFIX = ".safetensors"  # what new commits write
+WEIGHTS_SUFFIXES = (".safetensors", ".npz")  # what a run directory may hold (.npz: older runs)
 # every name a run writes: a directory holding one of them, and no run, is not ours to write
 OWN_NAMES = {MANIFEST, CONFIG, METRICS, *SPLIT_FILES, TOKENS, "model.npz", "grid.jsonl", "samples.txt",
              "sample.txt", "loss.png", "bigram.png", "diagnostics.jsonl"}
@@ -133,7 +136,8 @@ def check_new_run_dir(out: str | os.PathLike, inputs: Sequence[str | os.PathLike
 
 
 def _is_weights(name: str) -> bool:
-    return name.startswith("weights-") and name.endswith(".npz")
+    # both formats: a run written as .npz and resumed commits .safetensors from then on
+    return name.startswith("weights-") and name.endswith(WEIGHTS_SUFFIXES)
 
 
 def _is_temp(name: str) -> bool:
@@ -298,7 +302,7 @@ class RunWriter:
         """
         name = name or weights_name(int(state["step"]))
         if name != self.arrays:
-            blob = checkpoint.encode(arrays)
+            blob = checkpoint.encode(arrays, checkpoint.format_of(name))
             atomic_write_bytes(self.out / name, blob)
             self.arrays_sha256 = checkpoint.sha256(blob)
         self.metrics.flush()
@@ -379,7 +383,8 @@ def _unlink(path: Path) -> None:
 
 
 def weights_name(step: int) -> str:
-    return f"weights-{step:09d}.npz"
+    """The weights file of a commit at ``step``: ``weights-000000500.safetensors``."""
+    return f"weights-{step:09d}{WEIGHTS_SUFFIX}"
 
 
 # --- reading --------------------------------------------------------------------------------
@@ -462,7 +467,8 @@ def open_run(out: str | os.PathLike, backend: str | None = None, weights: str = 
             lines3 = tuple(_read_split(out, name, files[name]) for name in SPLIT_FILES)
         _check_config_file(out, manifest)
         arrays = checkpoint.decode(_read(out / arrays_entry["file"]), arrays_entry["sha256"],
-                                   f"{arrays_entry['file']} in {str(out)!r}")
+                                   f"{arrays_entry['file']} in {str(out)!r}",
+                                   checkpoint.format_of(arrays_entry["file"]))
         metrics = _read_metrics(out, committed)
         run = Run(out, manifest, tokenizer, lines3, arrays, metrics,  # type: ignore[arg-type]
                   tokens=tokens)

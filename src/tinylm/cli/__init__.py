@@ -8,11 +8,12 @@ stderr and exit code 2; a Ctrl-C becomes exit code 130.
 
 Subcommands:
   train      train a model on a text file (n-gram or neural), write the run to -o DIR
-  sample     print new items from a trained run
+  sample     print new items (or a passage) from a trained run
   eval       print the loss of a trained run on each split
   diagnose   print and plot training diagnostics of a trained neural run
   report     one self-contained HTML page about one or more runs
   serve      a local web page to sample from a trained run
+  export     a run as a Hugging Face Transformers checkpoint or an ONNX model
   recipes    list the training recipes and what each sets
   micrograd  the scalar-autograd demo: a tiny MLP on a 2D toy dataset
 """
@@ -29,7 +30,7 @@ from typing import Sequence
 import numpy as np
 
 from tinylm import __version__, api, settings
-from tinylm.cli import micrograd, neural, report, serve, train
+from tinylm.cli import export, micrograd, neural, report, serve, train
 from tinylm.cli.common import (
     CONSOLE, Parser, Terminated, UsageError, add_run_dir, run_dir_of,
 )
@@ -79,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     neural.register_diagnose(sub)
     report.register(sub)
     serve.register(sub)
+    export.register(sub)
     train.register_recipes(sub)
     micrograd.register(sub, add_run_dir)
     return parser
