@@ -16,6 +16,21 @@ perplexity; the samples, each marked new or copied from the training split;
 the n-gram grid search as a heat map and the bigram picture; the
 diagnostics pictures. A directory that is not a run, or whose settings do
 not parse, is refused with a ``ReportError`` naming it.
+
+A run directory is read as data that may be anything, since a run may be
+copied, edited or still writing:
+
+* every file goes through one reader (``_open``), which checks that it is a
+  regular file before opening it: a FIFO or a device in place of config.json
+  would otherwise hang the report forever, or never end;
+* metrics.jsonl is streamed, a line at a time, each curve thinned as it is
+  read (``Thinned``): memory is the points drawn, however long the run;
+* a value that cannot be drawn (a step of 1e308 beside 0, a loss of -1e308)
+  is drawn where it can be or left out, never a traceback or a ``nan`` in
+  the SVG; a setting nested deeper than ``MAX_DEPTH`` is shown cut there;
+* text from the run (names, settings, samples) is shown with its control
+  characters escaped (``printable``): a model name holding a terminal
+  escape must not drive the terminal the report's lines are printed on.
 """
 
 from __future__ import annotations
@@ -24,21 +39,78 @@ import base64
 import html
 import json
 import math
+import os
+import re
+import stat
+import unicodedata
+from array import array
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, BinaryIO, Callable, Iterator, Sequence
 
 from tinylm.errors import TinylmError
+from tinylm.runs import CONFIG, MANIFEST, METRICS
 
 GENERATOR = "tinylm report"  # the page's <meta name="generator">: a file tinylm may overwrite
 COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2")
 PICTURES = ("bigram.png", "loss.png", "regions.png")
+GRID, SAMPLES, TRAIN = "grid.jsonl", "samples.txt", "train.txt"
 MAX_SAMPLES = 40
 MAX_POINTS = 2000  # per curve: more than a plot's width shows, and the page stays small
+CURVES = ("val_loss", "train_loss", "loss")  # the keys drawn over the steps
+# the keys whose last number is kept (``RunView.last``): the results table's, and the curves'
+RESULTS = ("step", *CURVES, "test_loss", "test_perplexity", "test_accuracy")
+MAX_LINE = 1 << 20  # a record tinylm writes is a few hundred bytes; a longer line is read cut
+MAX_FILE = 64 << 20  # config.json, manifest.json: the vocabulary of a large alphabet is ~1 MB
+MAX_PICTURE = 16 << 20
+MAX_GRID = 1000  # grid records shown: a search of tinylm's has tens
+MAX_DEPTH = 8  # levels of a setting shown: tinylm's have two at most
+MAX_JSON_DEPTH = 100  # levels of a file parsed: deeper ones are cut before parsing (see _json)
+MAX_LABEL = 80  # characters of a grid label
+TOO_DEEP = "(nested too deep)"
 
 
 class ReportError(TinylmError):
     """A directory that cannot be reported on: what is wrong with it, in one line."""
+
+
+class _TooLarge(ReportError):
+    """A run file larger than any a run writes."""
+
+
+class Thinned:
+    """Points of a curve as they arrive, at most ``cap`` of them (and the last) kept.
+
+    Every ``stride``-th point is kept; when the kept ones pass ``cap`` every
+    other one goes and the stride doubles, so memory is bounded by ``cap``
+    whatever the number of points, and the kept ones stay evenly spaced.
+    Kept as two arrays of doubles: 16 bytes a point, not a tuple of floats' 104.
+    """
+
+    def __init__(self, cap: int = MAX_POINTS) -> None:
+        self.cap = cap
+        self.xs, self.ys = array("d"), array("d")
+        self.stride = 1
+        self.seen = 0
+        self.last: tuple[float, float] | None = None
+
+    def add(self, point: tuple[float, float]) -> None:
+        if self.seen % self.stride == 0:
+            self.xs.append(point[0])
+            self.ys.append(point[1])
+            if len(self.xs) > self.cap:
+                del self.xs[1::2]  # xs[j] is point j * stride: keep those of 2 * stride
+                del self.ys[1::2]
+                self.stride *= 2
+        self.seen += 1
+        self.last = point
+
+    def points(self) -> list[tuple[float, float]]:
+        """The kept points and, always, the last."""
+        if self.last is None:
+            return []
+        tail = [] if (self.seen - 1) % self.stride == 0 else [self.last]
+        return list(zip(self.xs, self.ys)) + tail
 
 
 @dataclass
@@ -49,9 +121,12 @@ class RunView:
     kind: str
     model: str
     settings: dict[str, Any]
-    metrics: list[dict] = field(default_factory=list)
+    records: int = 0  # the metrics records read
+    curves: dict[str, Thinned] = field(default_factory=lambda: {k: Thinned() for k in CURVES})
+    results: dict[str, float] = field(default_factory=dict)  # the last number of each RESULTS key
     samples: list[tuple[str, bool]] = field(default_factory=list)  # (item, copied)
-    grid: list[dict] = field(default_factory=list)
+    # the n-gram grid search: (order, method, smoothing) as labels, and the val loss
+    grid: list[tuple[str, str, str, float]] = field(default_factory=list)
     pictures: dict[str, bytes] = field(default_factory=dict)
     committed_step: int | None = None
     notes: list[str] = field(default_factory=list)
@@ -61,24 +136,40 @@ class RunView:
         return self.path.name or str(self.path)
 
     def last(self, key: str) -> float | None:
-        """The last number recorded under ``key`` (a hand-edited record may hold anything)."""
-        for record in reversed(self.metrics):
-            if _num(record.get(key)) is not None:
-                return _num(record[key])
-        return None
+        """The last number recorded under ``key``, one of ``RESULTS`` (a hand-edited record
+        may hold anything: what is not a finite number is passed over)."""
+        if key not in RESULTS:
+            raise KeyError(f"{key!r} is not a key the report keeps; it keeps {', '.join(RESULTS)}")
+        return self.results.get(key)
 
     def curve(self, key: str) -> list[tuple[float, float]]:
-        """(step, value) of every record with both, thinned to what a plot can show."""
-        points = [(_num(r.get("step")), _num(r.get(key))) for r in self.metrics]
-        points = [(x, y) for x, y in points if x is not None and y is not None and x >= 0]
-        if len(points) > MAX_POINTS:  # every k-th, and always the last
-            stride = -(-len(points) // MAX_POINTS)
-            points = points[::stride] + ([points[-1]] if (len(points) - 1) % stride else [])
-        return points
+        """(step, value) of the records with both, thinned to what a plot can show."""
+        return self.curves[key].points()
+
+    def add(self, record: dict) -> None:
+        """Take in one metrics record (kept: only the curves' points and the last values)."""
+        self.records += 1
+        found = {}
+        for key in _KEPT.intersection(record):  # the few keys a record has, not all kept ones
+            value = _num(record[key])
+            if value is not None:
+                found[key] = value
+        self.results.update(found)
+        step = found.get("step")
+        if step is None or step < 0:
+            return
+        for key in CURVES:
+            if key in found:
+                self.curves[key].add((step, found[key]))
+
+
+_KEPT = frozenset(RESULTS)
 
 
 def _num(x: Any) -> float | None:
     """``x`` as a finite float, or None (a bool, a string, a number beyond float's range)."""
+    if type(x) is float:  # nearly every value of a metrics file: a million of them
+        return x if math.isfinite(x) else None
     if isinstance(x, bool) or not isinstance(x, (int, float)):
         return None
     try:
@@ -88,50 +179,193 @@ def _num(x: Any) -> float | None:
     return f if math.isfinite(f) else None
 
 
+# --- reading the files of a run --------------------------------------------------------------
+
+_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+          (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+          (stat.S_ISSOCK, "a socket"))
+
+
+def _open(path: Path) -> BinaryIO | None:
+    """The run file ``path`` open for reading, or None if there is none.
+
+    ``ReportError`` for anything but a regular file, found before it is
+    opened: opening a FIFO waits for a writer that may never come, and a
+    device (/dev/zero) never ends. Opened without waiting, and checked
+    again, in case one was put in its place in between.
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise ReportError(f"{str(path)!r} cannot be read: {e.strerror or e}") from None
+    _check_regular(path, mode)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise ReportError(f"{str(path)!r} cannot be read: {e.strerror or e}") from None
+    f = os.fdopen(fd, "rb")
+    try:
+        _check_regular(path, os.fstat(fd).st_mode)
+    except BaseException:
+        f.close()
+        raise
+    return f
+
+
+def _check_regular(path: Path, mode: int) -> None:
+    if not stat.S_ISREG(mode):
+        what = next((name for test, name in _KINDS if test(mode)), "not a regular file")
+        raise ReportError(f"{str(path)!r} is {what}, not a regular file: a run's files are "
+                          "files; the run is damaged")
+
+
+def _read_file(path: Path, limit: int = MAX_FILE) -> bytes | None:
+    """The bytes of the run file ``path`` (None if there is none); ``ReportError`` if it is
+    over ``limit``."""
+    f = _open(path)
+    if f is None:
+        return None
+    pieces, size = [], 0
+    with f:
+        expected = os.fstat(f.fileno()).st_size  # f.read(n) takes n bytes at once, then shrinks
+        while piece := f.read(min(max(expected - size, 0) + 1, 1 << 20)):
+            size += len(piece)
+            if size > limit:
+                raise _TooLarge(f"{str(path)!r} is over {limit >> 20} MiB: not a file a run "
+                                "writes; the run is damaged")
+            pieces.append(piece)
+    return b"".join(pieces)
+
+
+def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
+    """(number, line) of the run file ``path``, one at a time (none if there is no file); a
+    line over ``MAX_LINE`` bytes is cut there, so memory is one line's at most."""
+    f = _open(path)
+    if f is None:
+        return
+    with f:
+        number = 0
+        while line := f.readline(MAX_LINE):
+            number += 1
+            if len(line) == MAX_LINE and not line.endswith(b"\n"):
+                while (rest := f.readline(MAX_LINE)) and not rest.endswith(b"\n"):
+                    pass  # the rest of the line, read and dropped
+            yield number, line
+
+
+def _read_jsonl(path: Path, take: Callable[[dict], None]) -> bool:
+    """Give each record (a JSON object) of a JSON-lines file to ``take``, as it is read;
+    whether a last line was cut short (a run still writing, or killed). A line that is not
+    JSON with records after it is damage: ``ReportError``."""
+    bad = None  # the number of a line that is not JSON: a cut last line if nothing follows
+    for number, line in _lines(path):
+        if not line.strip():
+            continue
+        if bad is not None:
+            raise ReportError(f"{str(path)!r} line {bad} is not JSON: the run is damaged")
+        try:
+            record = _json(line.decode("utf-8", errors="replace"))
+        except ValueError:
+            bad = number
+            continue
+        if isinstance(record, dict):
+            take(record)
+    return bad is not None
+
+
 def read_run(path: str | Path) -> RunView:
     """The run in ``path`` as far as it got; ``ReportError`` if it is not a readable run."""
     path = Path(path)
     if not path.is_dir():
         raise ReportError(f"{str(path)!r} is not a directory (give the -o DIR of a run)")
-    config_file = path / "config.json"
-    if not config_file.exists():
+    config_file = path / CONFIG
+    raw = _read_file(config_file)
+    if raw is None:
         raise ReportError(f"{str(path)!r} holds no config.json: it is not a tinylm run directory")
     try:
-        config = json.loads(config_file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
+        config = _json(raw.decode("utf-8"))
+    except ValueError as e:  # UnicodeDecodeError is one
         raise ReportError(f"{str(config_file)!r} cannot be read as JSON "
                           f"({str(e)[:120] or type(e).__name__}): the run is damaged") from None
+    del raw
     if not isinstance(config, dict):
         raise ReportError(f"{str(config_file)!r} is not a JSON object: the run is damaged")
     kind = config.get("kind") or ("micrograd" if config.get("model") == "micrograd" else "?")
-    model = str(config.get("model", "?"))
-    view = RunView(path, kind, model, _flat_settings(config))
-    view.metrics, cut = _read_jsonl(path / "metrics.jsonl")
-    if cut:
+    view = RunView(path, _label(kind, 40), _label(config.get("model", "?"), 80),
+                   _flat_settings(config))
+    if _read_jsonl(path / METRICS, view.add):
         view.notes.append("the last line of metrics.jsonl is incomplete (a run still writing "
                           "or killed): left out")
-    view.grid, _ = _read_jsonl(path / "grid.jsonl")
+    view.grid = _read_grid(path / GRID, view.notes)
     view.samples = _read_samples(path)
-    for name in PICTURES:
-        if (path / name).is_file():
-            view.pictures[name] = (path / name).read_bytes()
-    diagnostics = path / "diagnostics"
-    if diagnostics.is_dir():
-        for picture in sorted(diagnostics.glob("*.png")):
-            view.pictures[f"diagnostics/{picture.name}"] = picture.read_bytes()
-    try:
-        manifest = json.loads((path / "manifest.json").read_text(encoding="utf-8"))
-        view.committed_step = int(manifest["state"]["step"]) if "state" in manifest else None
-    except (OSError, ValueError, KeyError, TypeError, OverflowError, RecursionError):
-        if kind in ("neural", "ngram"):
-            view.notes.append("no committed checkpoint yet (manifest.json missing or unreadable)")
-    if not view.metrics:
+    _read_pictures(path, view)
+    view.committed_step = _committed_step(path / MANIFEST)
+    if view.committed_step is None and kind in ("neural", "ngram"):
+        view.notes.append("no committed checkpoint yet (manifest.json missing or unreadable)")
+    if not view.records:
         view.notes.append("no metrics recorded yet")
     return view
 
 
+def _committed_step(path: Path) -> int | None:
+    raw = _read_file(path)
+    if raw is None:
+        return None
+    try:
+        step = _num(_json(raw.decode("utf-8"))["state"]["step"])
+    except (ValueError, KeyError, TypeError):
+        return None
+    return int(step) if step is not None and step >= 0 and step == int(step) else None
+
+
+def _json(text: str) -> Any:
+    """The value of JSON ``text``, lists and objects nested deeper than ``MAX_JSON_DEPTH``
+    replaced by ``TOO_DEEP``; ``ValueError`` if it is not JSON.
+
+    Python's parser recurses once a level, so whether 988 levels parse depends on how deep
+    the caller's stack already is; here the same text always gives the same value.
+    """
+    try:
+        return json.loads(text)
+    except RecursionError:
+        pass
+    try:
+        return json.loads(_cut_deep(text, MAX_JSON_DEPTH))
+    except RecursionError:  # brackets that never close: nothing was cut
+        raise ValueError(f"nested more than {MAX_JSON_DEPTH} levels deep, and not closed") from None
+
+
+_JSON_TOKENS = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]')
+
+
+def _cut_deep(text: str, depth: int) -> str:
+    """JSON ``text`` with each list or object nested deeper than ``depth`` written as the
+    string ``TOO_DEEP`` (brackets inside strings are text, not nesting)."""
+    out, level, start, kept = [], 0, -1, 0
+    for m in _JSON_TOKENS.finditer(text):
+        token = m.group()
+        if token[0] == '"':
+            continue
+        if token in "[{":
+            level += 1
+            if level == depth + 1:
+                start = m.start()
+        else:
+            if level == depth + 1 and start >= 0:
+                out += [text[kept:start], json.dumps(TOO_DEEP)]
+                kept, start = m.end(), -1
+            level -= 1
+    out.append(text[kept:])
+    return "".join(out)
+
+
 def _flat_settings(config: dict) -> dict[str, Any]:
-    """The run's settings as one level of names: model, training and n-gram ones together."""
+    """The run's settings as one level of names: model, training and n-gram ones together,
+    each cut at ``MAX_DEPTH`` levels (a value nested 988 deep is shown to its eighth)."""
     out: dict[str, Any] = {"kind": config.get("kind", "micrograd"), "model": config.get("model")}
     for key in ("model_config", "train_config", "ngram"):
         if isinstance(config.get(key), dict):
@@ -143,40 +377,96 @@ def _flat_settings(config: dict) -> dict[str, Any]:
             out[key] = config[key]
     if isinstance(config.get("vocab"), list):
         out["vocab_size"] = len(config["vocab"])
-    return out
+    return {k: _bounded(v) for k, v in out.items()}
 
 
-def _read_jsonl(path: Path) -> tuple[list[dict], bool]:
-    """The records of a JSON-lines file, and whether a last line was cut short."""
-    if not path.is_file():
-        return [], False
-    records, cut = [], False
-    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
-    for i, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except (ValueError, RecursionError):
-            if i == len(lines) - 1:
-                cut = True
-                continue
-            raise ReportError(f"{str(path)!r} line {i + 1} is not JSON: the run is damaged") from None
-        if isinstance(record, dict):
-            records.append(record)
-    return records, cut
+def _bounded(value: Any, depth: int = MAX_DEPTH) -> Any:
+    """``value`` with what is nested deeper than ``depth`` lists or objects replaced by
+    ``TOO_DEEP``: shown, compared and written as JSON without a recursion to the bottom."""
+    if isinstance(value, (list, dict)) and depth == 0:
+        return TOO_DEEP
+    if isinstance(value, list):
+        return [_bounded(v, depth - 1) for v in value]
+    if isinstance(value, dict):
+        return {k: _bounded(v, depth - 1) for k, v in value.items()}
+    return value
+
+
+def _label(value: Any, limit: int = MAX_LABEL) -> str:
+    """A value as a short line of text: bounded in depth and length, controls escaped."""
+    text = printable(_show(_bounded(value)))
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def _read_grid(path: Path, notes: list[str]) -> list[tuple[str, str, str, float]]:
+    """The n-gram grid search's cells: (order, method, smoothing) as labels, and val loss."""
+    cells: list[tuple[str, str, str, float]] = []
+    more = [0]
+
+    def take(r: dict) -> None:
+        loss = _num(r.get("val_loss"))
+        if loss is None:
+            return
+        if len(cells) == MAX_GRID:
+            more[0] += 1
+            return
+        cells.append((_label(r.get("order")), _label(r.get("method")), _label(r.get("smoothing")),
+                      loss))
+
+    _read_jsonl(path, take)
+    if more[0]:
+        notes.append(f"{GRID} holds {MAX_GRID + more[0]:,} records: the first {MAX_GRID:,} shown")
+    return cells
 
 
 def _read_samples(path: Path) -> list[tuple[str, bool]]:
-    samples_file = path / "samples.txt"
-    if not samples_file.is_file():
+    """The first samples, each with whether it is a line of the training split (that file
+    streamed: a text run's may be the size of its corpus)."""
+    items = []
+    for _, line in _lines(path / SAMPLES):
+        if len(items) == MAX_SAMPLES:
+            break
+        items.append(line.decode("utf-8", errors="replace").removesuffix("\n"))
+    if not items:
         return []
-    items = samples_file.read_text(encoding="utf-8", errors="replace").splitlines()[:MAX_SAMPLES]
-    known: set[str] = set()
-    train = path / "train.txt"
-    if train.is_file():
-        known = set(train.read_text(encoding="utf-8", errors="replace").splitlines())
+    wanted, known = set(items), set()
+    for _, line in _lines(path / TRAIN):
+        item = line.decode("utf-8", errors="replace").removesuffix("\n")
+        if item in wanted:
+            known.add(item)
     return [(item, item in known) for item in items]
+
+
+def _read_pictures(path: Path, view: RunView) -> None:
+    names = list(PICTURES)
+    if (path / "diagnostics").is_dir():
+        names += [f"diagnostics/{p.name}" for p in sorted((path / "diagnostics").glob("*.png"))]
+    for name in names:
+        try:
+            data = _read_file(path / name, MAX_PICTURE)
+        except _TooLarge:
+            view.notes.append(f"{name} is over {MAX_PICTURE >> 20} MiB: left out")
+            continue
+        if data is not None:
+            view.pictures[name] = data
+
+
+def printable(text: str) -> str:
+    """``text`` with its control characters written as escapes (``\\x1b``, ``\\u202e``): shown
+    on a terminal or a page, a name cannot move the cursor, recolour, retitle the window or
+    reverse what follows. Tabs stay (an item may hold them)."""
+    if text.isprintable():
+        return text
+    return "".join(_escape(ch) for ch in text)
+
+
+_BIDI = frozenset(map(chr, [*range(0x202A, 0x202F), *range(0x2066, 0x206A), 0x200E, 0x200F]))
+
+
+def _escape(ch: str) -> str:
+    if ch == "\t" or (unicodedata.category(ch) not in ("Cc", "Zl", "Zp") and ch not in _BIDI):
+        return ch
+    return f"\\x{ord(ch):02x}" if ord(ch) < 0x100 else f"\\u{ord(ch):04x}"
 
 
 # --- the page --------------------------------------------------------------------------------
@@ -192,7 +482,7 @@ def render(views: Sequence[RunView]) -> str:
 
 
 def _esc(value: Any) -> str:
-    return html.escape(str(value), quote=True)
+    return html.escape(printable(str(value)), quote=True)
 
 
 def _show(value: Any) -> str:
@@ -212,7 +502,7 @@ def _run_list(views: Sequence[RunView]) -> str:
         notes = "".join(f"<div class='note'>{_esc(n)}</div>" for n in v.notes)
         rows.append(f"<li><span class='swatch' style='background:{COLORS[i % len(COLORS)]}'></span>"
                     f"<b>{_esc(v.name)}</b>: {_esc(v.model)} ({_esc(v.kind)}), {_esc(state)}, "
-                    f"{len(v.metrics)} records <code>{_esc(v.path)}</code>{notes}</li>")
+                    f"{v.records:,} records <code>{_esc(v.path)}</code>{notes}</li>")
     return "<ul class='runs'>" + "".join(rows) + "</ul>"
 
 
@@ -234,47 +524,66 @@ def _curves(views: Sequence[RunView]) -> str:
               "dotted: the batch loss of each update</p></section>")
 
 
+class _Axis:
+    """Finite values mapped onto [0, 1], their lowest at 0 and highest at 1, for any finite
+    values: the span is taken in halves (1e308 - -1e308 is inf; 0.5e308 - -0.5e308 is not)."""
+
+    def __init__(self, values: Sequence[float], flat: float) -> None:
+        self.lo, self.hi = min(values), max(values)
+        self.flat = flat  # where values that are all the same go
+
+    def frac(self, v: float) -> float:
+        span = self.hi / 2 - self.lo / 2
+        return self.flat if span == 0 else (v / 2 - self.lo / 2) / span
+
+    def at(self, f: float) -> float:
+        """The value at fraction ``f`` of the way from the lowest to the highest."""
+        v = self.lo * (1 - f) + self.hi * f
+        return v if math.isfinite(v) else (self.lo if f < 0.5 else self.hi)
+
+
 def _plot(series, log_x: bool, ident: str, hidden: bool = False) -> str:
     W, H, L, R, T, B = 760, 360, 60, 20, 15, 40
-    xs = [x for *_, pts in series for x, _ in pts]
-    ys = [y for *_, pts in series for _, y in pts]
+    PAD = 0.05  # of the losses' range, above and below
     fx = (lambda x: math.log10(x + 1)) if log_x else float
-    x0, x1 = fx(min(xs)), fx(max(xs))
-    y0, y1 = min(ys), max(ys)
-    if x1 == x0:
-        x1 = x0 + 1
-    if y1 == y0:
-        y1 = y0 + 1
-    pad = 0.05 * (y1 - y0)
-    y0, y1 = y0 - pad, y1 + pad
+    xaxis = _Axis([fx(x) for *_, pts in series for x, _ in pts], flat=0.0)
+    yaxis = _Axis([y for *_, pts in series for _, y in pts], flat=0.5)
 
     def px(x: float) -> float:
-        return L + (fx(x) - x0) / (x1 - x0) * (W - L - R)
+        return L + xaxis.frac(fx(x)) * (W - L - R)
 
     def py(y: float) -> float:
-        return T + (y1 - y) / (y1 - y0) * (H - T - B)
+        return T + (1 + PAD - yaxis.frac(y)) / (1 + 2 * PAD) * (H - T - B)
 
     out = [f"<svg id='{ident}' class='plot' viewBox='0 0 {W} {H}' width='{W}' height='{H}'"
            + (" style='display:none'" if hidden else "") + ">",
            f"<rect x='{L}' y='{T}' width='{W - L - R}' height='{H - T - B}' class='frame'/>"]
+    for k in range(5):  # the lowest loss, the highest, and three between
+        y = yaxis.at(k / 4)
+        out.append(f"<text x='{L - 6}' y='{py(y) + 4:.1f}' class='tick' text-anchor='end'>"
+                   f"{_number(y, 4)}</text>")
     for k in range(5):
-        y = y0 + (y1 - y0) * k / 4
-        out.append(f"<text x='{L - 6}' y='{py(y) + 4:.1f}' class='tick' text-anchor='end'>{y:.3f}</text>")
-    for k in range(5):
-        x = (10 ** (x0 + (x1 - x0) * k / 4) - 1) if log_x else (x0 + (x1 - x0) * k / 4)
-        out.append(f"<text x='{px(x):.1f}' y='{H - B + 16}' class='tick' text-anchor='middle'>"
-                   f"{x:.0f}</text>")
+        f = xaxis.at(k / 4)
+        label = _power_of_ten(f) if log_x else _number(f, 0)
+        out.append(f"<text x='{L + k / 4 * (W - L - R):.1f}' y='{H - B + 16}' class='tick' "
+                   f"text-anchor='middle'>{label}</text>")
     out.append(f"<text x='{(W + L) / 2}' y='{H - 6}' class='axis' text-anchor='middle'>step"
                f"{' (log scale)' if log_x else ''}</text>")
     for name, key, color, dash, pts in series:
+        # a point whose place is not a number is left out (it cannot be with finite values,
+        # but an SVG with a nan in it draws nothing of the curve)
+        xy = [(cx, cy) for cx, cy in ((px(x), py(y)) for x, y in pts)
+              if math.isfinite(cx) and math.isfinite(cy)]
+        if not xy:
+            continue
         label = f"data-run='{_esc(name)}' data-key='{key}'"
         title = f"<title>{_esc(name)} {key}</title>"
-        if len(pts) == 1:  # an n-gram run is evaluated once: a point, not a line
-            (x, y), = pts
-            out.append(f"<circle class='curve {key}' {label} cx='{px(x):.1f}' cy='{py(y):.1f}' "
+        if len(xy) == 1:  # an n-gram run is evaluated once: a point, not a line
+            (cx, cy), = xy
+            out.append(f"<circle class='curve {key}' {label} cx='{cx:.1f}' cy='{cy:.1f}' "
                        f"r='4' fill='{color}'>{title}</circle>")
             continue
-        coords = " ".join(f"{px(x):.1f},{py(y):.1f}" for x, y in pts)
+        coords = " ".join(f"{cx:.1f},{cy:.1f}" for cx, cy in xy)
         width, opacity = {"val_loss": (1.8, 1), "train_loss": (1.2, 1)}.get(key, (0.8, 0.35))
         out.append(f"<polyline class='curve {key}' {label} fill='none' stroke='{color}' "
                    f"stroke-width='{width}' stroke-opacity='{opacity}'"
@@ -282,6 +591,20 @@ def _plot(series, log_x: bool, ident: str, hidden: bool = False) -> str:
                    + f" points='{coords}'>{title}</polyline>")
     out.append("</svg>")
     return "".join(out)
+
+
+def _number(x: float, digits: int) -> str:
+    """``x`` with ``digits`` decimals, or in 4 significant digits where that would be long
+    (a loss of 1e308 is not 309 digits wide)."""
+    return f"{x:.{digits}f}" if abs(x) < 1e9 else f"{x:.4g}"
+
+
+def _power_of_ten(e: float) -> str:
+    """The step 10 ** e - 1 of a log-scaled axis, written without computing 10 ** 309."""
+    if e < 9:
+        return _number(10 ** e - 1, 0)
+    whole = math.floor(e)
+    return f"{10 ** (e - whole):.3g}e+{whole}"
 
 
 _ABSENT = "\x00absent"  # a setting a run does not have (an n-gram run has no learning rate)
@@ -321,7 +644,8 @@ def _results_table(views: Sequence[RunView]) -> str:
 
 
 def _fmt(value: Any, digits: int = 4) -> str:
-    return "-" if _num(value) is None else f"{_num(value):.{digits}f}"
+    x = _num(value)
+    return "-" if x is None else _number(x, digits)
 
 
 def _run_details(view: RunView, color: str) -> str:
@@ -343,17 +667,13 @@ def _run_details(view: RunView, color: str) -> str:
     return "".join(parts)
 
 
-def _grid(grid: list[dict]) -> str:
+def _grid(cells: list[tuple[str, str, str, float]]) -> str:
     # the labels as the text they show, so that odd values (edited by hand) sort and compare
-    cells = [(_show(r.get("order")), _show(r.get("method")), _show(r.get("smoothing")),
-              _num(r.get("val_loss"))) for r in grid]
-    cells = [c for c in cells if c[3] is not None]
     if not cells:
         return "<p>no grid records</p>"
     columns = sorted({(m, s) for _, m, s, _ in cells}, key=lambda c: (c[0], _sort_key(c[1])))
     orders = sorted({o for o, *_ in cells}, key=_sort_key)
-    losses = [v for *_, v in cells]
-    lo, hi = min(losses), max(losses)
+    axis = _Axis([v for *_, v in cells], flat=0.0)
     best = min(cells, key=lambda c: c[3])
     head = "".join(f"<th>{_esc(m)} {_esc(s)}</th>" for m, s in columns)
     rows = []
@@ -365,10 +685,10 @@ def _grid(grid: list[dict]) -> str:
                 row.append("<td></td>")
                 continue
             v = match[0]
-            t = 0.0 if hi == lo else (v - lo) / (hi - lo)
-            shade = f"hsl({int(120 * (1 - t))}, 70%, {88 - 30 * (1 - t):.0f}%)"
+            t = axis.frac(v)
+            shade = f"hsl({round(120 * (1 - t))}, 70%, {88 - 30 * (1 - t):.0f}%)"
             mark = " best" if (order, m, s, v) == best else ""
-            row.append(f"<td class='cell{mark}' style='background:{shade}'>{v:.4f}</td>")
+            row.append(f"<td class='cell{mark}' style='background:{shade}'>{_number(v, 4)}</td>")
         rows.append("<tr>" + "".join(row) + "</tr>")
     return f"<table class='grid'><tr><th></th>{head}</tr>" + "".join(rows) + "</table>"
 
@@ -412,10 +732,14 @@ def _page(body: str) -> str:
 
 
 def is_report(path: Path) -> bool:
-    """Whether ``path`` is a page this module wrote (the only existing file -o may replace)."""
+    """Whether ``path`` is a page this module wrote (the only existing file -o may replace);
+    a FIFO or a device is not one, and is not opened to find out."""
     try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            head = f.read(400)
-    except OSError:
+        f = _open(path)
+    except ReportError:
         return False
+    if f is None:
+        return False
+    with f:
+        head = f.read(400).decode("utf-8", errors="replace")
     return f"<meta name='generator' content='{GENERATOR}'>" in head

@@ -35,8 +35,10 @@ def run(args: argparse.Namespace) -> int:
                           "choose another -o")
     views = [report.read_run(path) for path in args.runs]
     atomic_write_text(out, report.render(views))
-    for view in views:
-        print(f"{view.name}: {view.model} ({view.kind}), {len(view.metrics)} records"
-              + "".join(f"; {note}" for note in view.notes))
-    print(f"wrote {out} ({out.stat().st_size / 1024:.0f} KB, self-contained)")
+    for view in views:  # names from the runs, escaped: they may hold terminal escapes
+        print(f"{report.printable(view.name)}: {report.printable(view.model)} "
+              f"({report.printable(view.kind)}), {view.records:,} records"
+              + "".join(f"; {report.printable(note)}" for note in view.notes))
+    print(f"wrote {report.printable(str(out))} ({out.stat().st_size / 1024:.0f} KB, "
+          "self-contained)")
     return 0
