@@ -435,9 +435,11 @@ def test_best_recipe_protocol(tmp_path):
     """README and docs/sequence.md `tinylm train --recipe best` (a GRU of 364,523
     parameters): the full run (12,000 steps, val 1.9196, test 1.9181) takes about 12
     minutes, so this pins the recipe's protocol on a 2,000-step run: the warmup to 2e-3
-    over 500 steps, then the cosine, dropout 0.3, the best weights kept (here the last),
+    over the full run's 500 steps (given, since a recipe shortened with --steps scales
+    its warmup), then the cosine, dropout 0.3, the best weights kept (here the last),
     val 2.0026 and test 2.0022."""
-    out = train_run(tmp_path / "best", "--recipe", "best", "--steps", "2000", "-n", "0")
+    out = train_run(tmp_path / "best", "--recipe", "best", "--steps", "2000", "--warmup", "500",
+                    "-n", "0")
     lr = lr_by_step(out)
     assert lr[0] == pytest.approx(4e-6) and lr[499] == lr[500] == pytest.approx(2e-3)
     assert lr[1250] == pytest.approx(1e-3)  # half-way down the cosine after the warmup
