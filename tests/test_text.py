@@ -89,7 +89,7 @@ def test_encode_equals_the_dictionary_lookup_in_chunks(doc, monkeypatch):
     assert ids.dtype == np.uint8
     assert ids.tolist() == [tok.stoi[ch] for ch in doc]
     assert seen[-1] == (len(doc), len(doc)) and len(seen) == math.ceil(len(doc) / 7)
-    assert text.decode(ids, tok) == doc
+    assert tok.decode(ids) == doc
     # from UTF-8 bytes, pieces cutting characters: the same ids, into the start of `out`
     room = np.zeros(len(doc.encode()) + 3, np.uint8)
     again = text.encode(doc.encode(), tok, out=room)
@@ -100,8 +100,8 @@ def test_encode_splits_gives_each_split_its_length_in_characters():
     parts = ["ab\u20ac\n", "\U0001F600", "xyz"]
     tok = text.tokenizer_of(parts)
     tokens, lengths = text.encode_splits([p.encode() for p in parts], tok)
-    assert lengths == [4, 1, 3] and text.decode(tokens, tok) == "".join(parts)
-    assert [text.decode(t, tok) for t in text.split_tokens(tokens, lengths)] == parts
+    assert lengths == [4, 1, 3] and tok.decode(tokens) == "".join(parts)
+    assert [tok.decode(t) for t in text.split_tokens(tokens, lengths)] == parts
 
 
 def test_token_dtype_by_vocabulary_size():

@@ -164,6 +164,11 @@ class Batches:
         return self._X, self._Y
 
 
+def eval_rows(T: int) -> int:
+    """Rows of ``T`` positions an evaluation chunk of a lines split holds (the bounds above)."""
+    return max(1, min(EVAL_CHUNK, EVAL_POSITIONS // T, EVAL_PAIRS // (T * T)))
+
+
 def eval_batches(
     split: Split, batch_size: int, max_batches: int | None = None
 ) -> Iterator[tuple[np.ndarray, np.ndarray, int]]:
@@ -189,8 +194,7 @@ def eval_batches(
     n = len(split)
     if max_batches is not None and batch_size > 0:
         n = min(n, max_batches * batch_size)
-    T = split.Y.shape[1] if split.per_position else 1
-    rows = max(1, min(EVAL_CHUNK, EVAL_POSITIONS // T, EVAL_PAIRS // (T * T)))
+    rows = eval_rows(split.Y.shape[1] if split.per_position else 1)
     for lo in range(0, n, rows):
         hi = min(n, lo + rows)
         X, Y = split.X[lo:hi], split.Y[lo:hi]

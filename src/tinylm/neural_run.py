@@ -21,7 +21,7 @@ from typing import Any, Callable
 import numpy as np
 
 from tinylm import data, devices, diagnostics, distributed, memory, runs, settings, text, threads
-from tinylm.batches import EVAL_CHUNK, EVAL_PAIRS, EVAL_POSITIONS, split_for, text_split_for
+from tinylm.batches import eval_rows, split_for, text_split_for
 from tinylm.errors import ConfigError, TinylmError
 from tinylm.io import atomic_write_text, check_out_dir
 from tinylm.models import ModelConfig, build_model, is_sequence
@@ -197,14 +197,13 @@ def _check_memory(mconfig: ModelConfig, config: TrainConfig, lines3, text_run: b
     T = mconfig.block_size if sequence else 1
     if text_run:
         n = sum(map(len, lines3))
-        rows = n
         data_bytes = n * text.token_dtype(mconfig.vocab_size).itemsize
         eval_positions = max(T, TEXT_EVAL_POSITIONS)
     else:
         rows = sum(map(len, lines3)) if sequence else sum(len(line) + 1 for lines in lines3
                                                          for line in lines)
         data_bytes = rows * (2 * T * 8 if sequence else (mconfig.context + 1) * 8)
-        eval_positions = T * max(1, min(rows, EVAL_CHUNK, EVAL_POSITIONS // T, EVAL_PAIRS // T**2))
+        eval_positions = T * min(rows, eval_rows(T))
     train = (len(lines3[0]) if text_run or sequence else sum(len(x) + 1 for x in lines3[0]))
     # a batch larger than the train split is refused, with its own message, by the trainer
     batch = min(config.batch_size or train, train)

@@ -12,7 +12,6 @@ calls ``print`` itself.
 from __future__ import annotations
 
 import contextlib
-import math
 import sys
 import time
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from tinylm.data import Tokenizer
 from tinylm.io import atomic_write_text
 from tinylm.rng import RNG
 from tinylm.sample import MAX_ITEM_TOKENS, mark_known, sample_items, sample_tokens
+from tinylm.text import bits
 from tinylm.train import perplexity
 
 # The passage a text run samples at the end (and 'tinylm sample' by default), in characters.
@@ -169,6 +169,6 @@ def say_loss(out: "Output", name: str, loss: float, se: float | None = None, tex
 def format_loss(loss: float, se: float | None = None) -> str:
     """"1.2345 nats (1.7810 bits) per character", with "± se" for an estimate."""
     spread = "" if se is None else f" ± {se:.4f}"
-    bits_spread = "" if se is None else f" ± {se / math.log(2):.4f}"
-    return (f"{loss:.4f}{spread} nats ({loss / math.log(2):.4f}{bits_spread} bits) per character"
+    bits_spread = "" if se is None else f" ± {bits(se):.4f}"
+    return (f"{loss:.4f}{spread} nats ({bits(loss):.4f}{bits_spread} bits) per character"
             + ("" if se is None else " (estimated from a sample)"))

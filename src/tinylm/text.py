@@ -52,7 +52,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from tinylm.data import (
-    EOT, Tokenizer, characters, describe_character, not_utf8, read_file_bytes,
+    EOT, IGNORE, Tokenizer, characters, code_points, describe_character, not_utf8, read_file_bytes,
 )
 from tinylm.errors import DataError
 from tinylm.rng import RNG
@@ -201,10 +201,7 @@ def encode(text: str | bytes | memoryview, tokenizer: Tokenizer, out: np.ndarray
     lut[[ord(ch) for ch in tokenizer.itos]] = np.arange(tokenizer.vocab_size)
     filled = 0
     for k, piece in enumerate(chunks):
-        if piece.isascii():
-            points = np.frombuffer(piece.encode("ascii"), dtype=np.uint8)
-        else:
-            points = np.frombuffer(piece.encode("utf-32-le"), dtype="<u4")
+        points = code_points(piece)
         if len(points) and (points.max() > largest or (ids := lut[points]).min() < 0):
             unknown = next(ch for ch in piece if ch not in tokenizer.stoi)
             raise DataError(f"character {unknown!r} is not in the vocabulary")
@@ -215,9 +212,6 @@ def encode(text: str | bytes | memoryview, tokenizer: Tokenizer, out: np.ndarray
             progress(min(whole, (k + 1) * ENCODE_CHUNK), whole)
     return out[:filled]
 
-
-def decode(tokens: np.ndarray, tokenizer: Tokenizer) -> str:
-    return tokenizer.decode(np.asarray(tokens).tolist())
 
 
 @dataclass(frozen=True)
@@ -280,8 +274,6 @@ class TextSplit:
         its last ``scored`` (U,) targets. A sequence model: one window a unit, X and Y
         (U, T), the targets not scored set to ``IGNORE``. A fixed-window model: one example
         a scored target, X (sum(scored), context) and Y (sum(scored),), unit by unit."""
-        from tinylm.data import IGNORE
-
         ends, scored = np.asarray(ends, np.int64), np.asarray(scored, np.int64)
         if self.per_position:
             T = min(self.block_size, len(self.tokens))

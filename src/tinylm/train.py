@@ -249,11 +249,11 @@ def measure(model, split: TextSplit, budget: int, seed: int,
     units with its standard error. ``stop()`` is asked between chunks; True raises
     ``KeyboardInterrupt`` (a signal during an evaluation is answered within a chunk)."""
     plan = units(split, budget, seed)
-    width = split.block_size if split.per_position else 1
-    per_unit = int(plan.scored.max()) if not split.per_position else min(split.block_size,
-                                                                          split.n_tokens)
+    # positions a unit computes: its window, or (a fixed-window model) one per scored target
+    per_unit = min(split.block_size, split.n_tokens) if split.per_position else \
+        int(plan.scored.max())
     positions = min(TEXT_EVAL_POSITIONS, max(1, TEXT_EVAL_LOGITS // model.config.vocab_size))
-    chunk = max(1, positions // max(per_unit, width))
+    chunk = max(1, positions // per_unit)
     sums = np.zeros(len(plan))  # (U,) each unit's summed negative log-likelihood
     with eval_mode(model):
         for c, lo in enumerate(range(0, len(plan), chunk)):
