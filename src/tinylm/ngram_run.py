@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Callable
 
 from tinylm import data, memory, runs, text
 from tinylm.output import (
@@ -149,26 +150,41 @@ def _search_and_save_text(store: runs.RunWriter, num_samples: int, seed: int, to
     output.say(f"best: order {chosen.order}{knob}: train {chosen.train_loss:.4f}, val "
           f"{chosen.val_loss:.4f} nats per character")
     output.say(f"test loss {format_loss(test_loss)}, perplexity {format_perplexity(test_loss)}")
+    final = {"step": 1, "test_loss": test_loss, "test_perplexity": perplexity(test_loss)}
+
+    def picture() -> bytes:
+        counts, itos = frequent_bigrams(train, pad, tokenizer.itos)
+        return bigram_heatmap_png(counts, itos, of=V, title="bigram counts")
+
+    written = _commit(store, fitted, model, chosen, final, points, picture, output, runs.TOKENS)
+    if num_samples:
+        write_passage(output, model, tokenizer, TEXT_PASSAGE, seed, store.out / "samples.txt")
+        written.append("samples.txt")
+    return f"wrote {store.out}/: {', '.join(written)}"
+
+
+def _commit(store: runs.RunWriter, fitted: NgramConfig, model: NgramModel, chosen: GridPoint,
+            final: dict, points: list[GridPoint], picture: Callable[[], bytes],
+            output: Output, *data_files: str) -> list[str]:
+    """Commit the chosen model and its records, then write grid.jsonl and bigram.png (drawn
+    by ``picture``; skipped with a note without matplotlib); returns the files the run holds,
+    ``data_files`` (a text's tokens.npy) among them."""
     store.update_settings({"ngram": fitted.to_dict()})
     store.log({"step": 1, "train_loss": chosen.train_loss, "val_loss": chosen.val_loss})
-    store.log({"step": 1, "test_loss": test_loss, "test_perplexity": perplexity(test_loss)})
+    store.log(final)
     store.commit({"step": 1}, model.to_arrays(), MODEL_FILE)
     written = ["manifest.json", "config.json", MODEL_FILE, "metrics.jsonl", "train/val/test.txt",
-               runs.TOKENS]
+               *data_files]
     write_jsonl(store.out / "grid.jsonl", [vars(p) for p in points])
     written.append("grid.jsonl")
-    counts, itos = frequent_bigrams(train, pad, tokenizer.itos)
     try:
-        png = bigram_heatmap_png(counts, itos, of=V, title="bigram counts")
+        png = picture()
     except ConfigError as e:
         output.say(f"note: bigram.png skipped: {e}")
     else:
         atomic_write_bytes(store.out / "bigram.png", png)
         written.append("bigram.png")
-    if num_samples:
-        write_passage(output, model, tokenizer, TEXT_PASSAGE, seed, store.out / "samples.txt")
-        written.append("samples.txt")
-    return f"wrote {store.out}/: {', '.join(written)}"
+    return written
 
 
 def _note_edge(chosen: GridPoint, points: list[GridPoint], output: Output) -> None:
@@ -222,21 +238,12 @@ def _search_and_save(store: runs.RunWriter, num_samples: int, seed: int, splits,
               f"{additive.smoothing:g}, test {add_test:.4f}) by {add_test - test_loss:.4f} nats "
               "per character")
 
-    store.update_settings({"ngram": fitted.to_dict()})
-    store.log({"step": 1, "train_loss": chosen.train_loss, "val_loss": chosen.val_loss})
-    store.log(final)
-    store.commit({"step": 1}, model.to_arrays(), MODEL_FILE)
-    written = ["manifest.json", "config.json", MODEL_FILE, "metrics.jsonl", "train/val/test.txt"]
-    write_jsonl(store.out / "grid.jsonl", [vars(p) for p in points])
-    written.append("grid.jsonl")
-    X2, Y2 = data.make_examples(splits[0], tokenizer, 1, loader)
-    try:
-        png = bigram_heatmap_png(bigram_counts(X2, Y2, V), tokenizer.itos)
-    except ConfigError as e:
-        output.say(f"note: bigram.png skipped: {e}")
-    else:
-        atomic_write_bytes(store.out / "bigram.png", png)
-        written.append("bigram.png")
+
+    def picture() -> bytes:
+        X2, Y2 = data.make_examples(splits[0], tokenizer, 1, loader)
+        return bigram_heatmap_png(bigram_counts(X2, Y2, V), tokenizer.itos)
+
+    written = _commit(store, fitted, model, chosen, final, points, picture, output)
     sample_and_save(output, model, tokenizer, num_samples, seed, splits[0], loader == "stream",
                     store.out / "samples.txt")
     written.append("samples.txt")
