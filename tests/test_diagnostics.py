@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 
 from tinylm import diagnostics as dg
+from tinylm import layer_stats as st
+from tinylm import plotting as pl
 from tinylm.errors import ConfigError
 
 
@@ -22,9 +24,9 @@ def test_saturation_counts_entries_beyond_threshold():
     t = _tanh_batch()
     flat = [float(v) for v in t.ravel()]
     expected = 100.0 * sum(abs(v) > 0.97 for v in flat) / len(flat)
-    assert dg.saturation(t) == pytest.approx(expected)
-    assert dg.saturation(np.zeros(5)) == 0.0
-    assert dg.saturation(np.full(5, 0.99)) == 100.0
+    assert st.saturation(t) == pytest.approx(expected)
+    assert st.saturation(np.zeros(5)) == 0.0
+    assert st.saturation(np.full(5, 0.99)) == 100.0
 
 
 def test_dead_units_tanh_and_relu():
@@ -32,50 +34,50 @@ def test_dead_units_tanh_and_relu():
     t[:, 3] = 0.99   # saturated on every example: dead
     t[:, 7] = -1.0   # the same in the other direction
     t[5, 7] = 0.0    # ...except one example: alive
-    mask = dg.dead_units(t)
+    mask = st.dead_units(t)
     expected = [all(abs(t[i, j]) > 0.97 for i in range(t.shape[0])) for j in range(t.shape[1])]
     assert mask.tolist() == expected
     assert mask[3] and not mask[7]
     r = np.maximum(np.random.default_rng(1).standard_normal((8, 4)), 0)
     r[:, 2] = 0.0
-    assert dg.dead_units(r, "relu").tolist() == [bool(np.all(r[:, j] <= 0)) for j in range(4)]
+    assert st.dead_units(r, "relu").tolist() == [bool(np.all(r[:, j] <= 0)) for j in range(4)]
     with pytest.raises(ConfigError):
-        dg.dead_units(t, "sigmoid")
+        st.dead_units(t, "sigmoid")
 
 
 def test_dead_units_use_batch_and_time_as_examples():
     t = _tanh_batch(shape=(4, 3, 5))
     t[:, :, 1] = 0.999
     t[2, 1, 4] = 0.999
-    mask = dg.dead_units(t)
+    mask = st.dead_units(t)
     assert mask.shape == (5,)
     assert mask.tolist() == [False, True, False, False, bool(np.all(np.abs(t[..., 4]) > 0.97))]
 
 
 def test_activation_stats_against_statistics_module():
     t = _tanh_batch(2)
-    s = dg.activation_stats("tanh0", t)
+    s = st.activation_stats("tanh0", t)
     flat = [float(v) for v in t.ravel()]
     assert s.mean == pytest.approx(statistics.fmean(flat), abs=1e-12)
     assert s.std == pytest.approx(statistics.pstdev(flat), rel=1e-10)
-    assert s.saturation == pytest.approx(dg.saturation(t))
-    assert (s.dead, s.units) == (int(dg.dead_units(t).sum()), 16)
+    assert s.saturation == pytest.approx(st.saturation(t))
+    assert (s.dead, s.units) == (int(st.dead_units(t).sum()), 16)
 
 
 def test_grad_and_weight_stats():
     rng = np.random.default_rng(3)
     data = rng.standard_normal((10, 20)).astype(np.float32)
     grad = (rng.standard_normal((10, 20)) * 1e-3 + 2e-4).astype(np.float32)
-    g = dg.grad_stats("x", grad)
+    g = st.grad_stats("x", grad)
     flat = [float(v) for v in grad.ravel()]
     assert g.mean == pytest.approx(statistics.fmean(flat), rel=1e-9)
     assert g.std == pytest.approx(statistics.pstdev(flat), rel=1e-9)
-    w = dg.weight_stats("layers.0.weight", data, grad)
+    w = st.weight_stats("layers.0.weight", data, grad)
     assert w.shape == (10, 20)
     assert w.grad_data_ratio == pytest.approx(
         statistics.pstdev(flat) / statistics.pstdev([float(v) for v in data.ravel()]), rel=1e-9)
     with pytest.raises(ConfigError):
-        dg.weight_stats("bad", data, grad[:, :3])
+        st.weight_stats("bad", data, grad[:, :3])
 
 
 def test_update_ratio_is_log10_of_std_ratio():
@@ -84,36 +86,36 @@ def test_update_ratio_is_log10_of_std_ratio():
     after = before - 0.1 * rng.standard_normal((30, 30)) * 0.05
     expected = math.log10(statistics.pstdev([float(a - b) for a, b in zip(after.ravel(), before.ravel())])
                           / statistics.pstdev([float(v) for v in before.ravel()]))
-    assert dg.update_ratio(before, after) == pytest.approx(expected, rel=1e-10)
-    assert dg.update_ratio(before, before.copy()) == -math.inf
+    assert st.update_ratio(before, after) == pytest.approx(expected, rel=1e-10)
+    assert st.update_ratio(before, before.copy()) == -math.inf
     with pytest.raises(ConfigError):
-        dg.update_ratio(before, after[:, :3])
+        st.update_ratio(before, after[:, :3])
 
 
 def test_smooth_is_trailing_mean():
     v = [1.0, 3.0, 5.0, 7.0, 9.0]
-    assert dg.smooth(v, 2).tolist() == [1.0, 2.0, 4.0, 6.0, 8.0]
-    assert dg.smooth(v, 1).tolist() == v
-    assert dg.smooth(v, 100).tolist() == pytest.approx([1, 2, 3, 4, 5])
+    assert st.smooth(v, 2).tolist() == [1.0, 2.0, 4.0, 6.0, 8.0]
+    assert st.smooth(v, 1).tolist() == v
+    assert st.smooth(v, 100).tolist() == pytest.approx([1, 2, 3, 4, 5])
     with pytest.raises(ConfigError):
-        dg.smooth(v, 0)
+        st.smooth(v, 0)
 
 
 def test_loss_series_reads_batch_eval_and_skips_final():
     records = [{"step": 0, "loss": 3.3}, {"step": 1, "loss": 3.1},
                {"step": 1, "train_loss": 3.0, "val_loss": 3.05},
                {"test_loss": 2.9, "test_perplexity": 18.2}]
-    s = dg.loss_series(records)
+    s = pl.loss_series(records)
     assert s["batch"] == ([0, 1], [3.3, 3.1])
     assert s["train"] == ([1], [3.0]) and s["val"] == ([1], [3.05])
 
 
-def _snapshot() -> dg.Snapshot:
+def _snapshot() -> st.Snapshot:
     rng = np.random.default_rng(5)
     acts = {"layers.2": _tanh_batch(6), "layers.5": _tanh_batch(7, (4, 2, 16))}
     grads = {"layers.2": rng.standard_normal((64, 16)) * 1e-3, "layers.5": None}
     weights = {"layers.0.weight": (rng.standard_normal((16, 30)), rng.standard_normal((16, 30)) * 1e-3)}
-    return dg.snapshot_from_arrays(acts, grads, weights)
+    return st.snapshot_from_arrays(acts, grads, weights)
 
 
 def test_snapshot_and_table():
@@ -122,14 +124,14 @@ def test_snapshot_and_table():
     assert [g.name for g in snap.gradient_stats] == ["layers.2"]   # None means unavailable
     rec = snap.to_record()
     assert rec["weights"][0]["shape"] == [16, 30]
-    table = dg.format_table(snap, {"layers.0.weight": -3.01})
+    table = st.format_table(snap, {"layers.0.weight": -3.01})
     assert "layers.5" in table and "16x30" in table and "-3.01" in table
 
 
 @pytest.fixture
 def figures():
     """Close what a test drew: figures that are returned, not saved, stay open."""
-    plt = dg.headless_pyplot()
+    plt = pl.headless_pyplot()
     yield
     plt.close("all")
 
@@ -145,8 +147,8 @@ MARKERS_ONLY = ("None", "o")
 @pytest.mark.parametrize("plot", ["activation", "gradient", "weight"])
 def test_histogram_plots_write_png(tmp_path, plot):
     snap = _snapshot()
-    fn = {"activation": dg.plot_activation_histograms, "gradient": dg.plot_gradient_histograms,
-          "weight": dg.plot_weight_gradient_histograms}[plot]
+    fn = {"activation": pl.plot_activation_histograms, "gradient": pl.plot_gradient_histograms,
+          "weight": pl.plot_weight_gradient_histograms}[plot]
     path = fn(snap, tmp_path / f"{plot}.png", step=7, run="r")
     assert path.stat().st_size > 1000
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -155,10 +157,10 @@ def test_histogram_plots_write_png(tmp_path, plot):
 def test_histograms_say_what_they_show_and_when(figures):
     snap = _snapshot()
     for figure, xlabel, what, names in (
-            (dg.activation_figure, "activation value", "activations", ["layers.2", "layers.5"]),
-            (dg.gradient_figure, "gradient value", "gradient of the loss w.r.t. the activations",
+            (pl.activation_figure, "activation value", "activations", ["layers.2", "layers.5"]),
+            (pl.gradient_figure, "gradient value", "gradient of the loss w.r.t. the activations",
              ["layers.2"]),
-            (dg.weight_gradient_figure, "weight gradient value",
+            (pl.weight_gradient_figure, "weight gradient value",
              "gradient of the loss w.r.t. the weight matrices", ["layers.0.weight"])):
         ax = figure(snap, step=7, run="runs/deep").axes[0]
         assert (ax.get_xlabel(), ax.get_ylabel()) == (xlabel, "density")
@@ -169,7 +171,7 @@ def test_histograms_say_what_they_show_and_when(figures):
 
 def test_update_ratio_plot_names_the_real_update(figures):
     steps = list(range(0, 100, 10))
-    fig = dg.update_ratio_figure(steps, {"a": [-2.5] * 10, "b": [-3.2]}, run="r")
+    fig = pl.update_ratio_figure(steps, {"a": [-2.5] * 10, "b": [-3.2]}, run="r")
     ax = fig.axes[0]
     assert "optimizer update" in ax.get_ylabel() and ax.get_xlabel() == "step"
     assert ax.get_title().startswith("r: update:data ratio")
@@ -182,7 +184,7 @@ def test_loss_plot_of_a_two_step_run_draws_no_trend(figures):
     records = [{"step": 0, "train_loss": 3.30, "val_loss": 3.31}, {"step": 0, "loss": 3.28},
                {"step": 1, "train_loss": 3.20, "val_loss": 3.25}, {"step": 1, "loss": 3.22},
                {"step": 2, "test_loss": 3.24}]
-    fig = dg.loss_figure(records, run="tiny")
+    fig = pl.loss_figure(records, run="tiny")
     # a window of 1 smooths nothing: the batch loss is drawn once, not twice under two names
     assert _lines(fig) == {"batch loss": MARKERS_ONLY, "train loss": MARKERS_ONLY,
                            "val loss": MARKERS_ONLY}
@@ -198,29 +200,29 @@ def test_loss_plot_of_a_two_step_run_draws_no_trend(figures):
 def test_loss_plot_smooths_long_runs_and_clamps_the_window(figures):
     records = [{"step": i, "loss": 3.3 - i * 0.01} for i in range(100)]
     records += [{"step": 0, "val_loss": 3.3}, {"step": 50, "val_loss": 2.9}, {"step": 99, "val_loss": 2.5}]
-    fig = dg.loss_figure(records)
+    fig = pl.loss_figure(records)
     assert _lines(fig) == {"batch loss": ("-", "None"), "batch loss (mean of 2)": ("-", "None"),
                            "val loss": ("-", "o")}
     assert fig.axes[0].get_title() == "batch (mean of 2) and val loss"
     short = [{"step": i, "loss": 3.0 + (i % 2) * 0.1} for i in range(10)]
-    assert "batch loss (mean of 10)" in _lines(dg.loss_figure(short, window=50))
-    assert dg.loss_figure(short[:1], window=50).axes[0].get_title() == "batch loss"
+    assert "batch loss (mean of 10)" in _lines(pl.loss_figure(short, window=50))
+    assert pl.loss_figure(short[:1], window=50).axes[0].get_title() == "batch loss"
     with pytest.raises(ConfigError):
-        dg.loss_figure(short, window=0)
+        pl.loss_figure(short, window=0)
 
 
 def test_update_ratio_and_loss_plots_write_png(tmp_path):
     steps = list(range(0, 100, 10))
     ratios = {"layers.0.weight": [-2.5 - 0.05 * i for i in range(10)]}
-    p = dg.plot_update_ratios(steps, ratios, tmp_path / "update.png", run="r")
+    p = pl.plot_update_ratios(steps, ratios, tmp_path / "update.png", run="r")
     assert p.stat().st_size > 1000
     records = [{"step": i, "loss": 3.3 - i * 0.01} for i in range(100)]
     records += [{"step": 99, "train_loss": 2.4, "val_loss": 2.5}]
-    p = dg.plot_loss_curve(records, tmp_path / "loss.png", run="r")
+    p = pl.plot_loss_curve(records, tmp_path / "loss.png", run="r")
     assert p.read_bytes()[:4] == b"\x89PNG"
     assert not list(tmp_path.glob(".*.tmp"))   # written atomically
     with pytest.raises(ConfigError):
-        dg.plot_loss_curve([{"test_loss": 1.0}], tmp_path / "none.png")
+        pl.plot_loss_curve([{"test_loss": 1.0}], tmp_path / "none.png")
 
 
 # --- measuring a model ------------------------------------------------------------------
@@ -526,13 +528,13 @@ def test_diagnose_run_takes_one_step_of_the_saved_adamw(tmp_path, monkeypatch):
     trainer.run()
     trainer.store.close()
     saved = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
-    titles, save = [], dg._save
+    titles, save = [], pl._save
 
     def saving(fig, path):
         titles.append(fig.axes[0].get_title())
         return save(fig, path)
 
-    monkeypatch.setattr(dg, "_save", saving)
+    monkeypatch.setattr(pl, "_save", saving)
     result = dg.diagnose_run(run, tmp_path / "plots", batch_size=64, seed=5)
     assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == saved
     assert all(t.startswith("run: ") for t in titles) and len(titles) == 5

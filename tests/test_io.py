@@ -36,6 +36,27 @@ def test_jsonl_round_trip(tmp_path):
     assert io.read_jsonl(path) == [{"step": 0}, {"step": 1, "val_loss": 2.5}]
 
 
+def test_jsonl_strict_refuses_any_bad_line_lenient_only_a_cut_last_one():
+    def parse(data: bytes, lenient: bool):
+        records = []
+        return io.parse_jsonl(data.splitlines(keepends=True), records.append,
+                              lenient=lenient), records
+
+    whole = b'{"step": 0}\n\n  \n{"step": 1}\n'
+    assert parse(whole, False) == parse(whole, True) == (False, [{"step": 0}, {"step": 1}])
+    cut = whole + b'{"step": 2, "lo'  # a run still writing, or killed mid-line
+    assert parse(cut, True) == (True, [{"step": 0}, {"step": 1}])
+    with pytest.raises(io.JsonlError, match="line 5 is not JSON") as e:
+        parse(cut, False)
+    assert e.value.line == 5
+    with pytest.raises(io.JsonlError) as e:  # followed by a record: damage, not a write
+        parse(b'{"step": 0}\nnot json\n\n{"step": 1}\n', True)
+    assert e.value.line == 2
+    with pytest.raises(ValueError):  # not UTF-8: refused when strict, replaced when lenient
+        parse(b'"\xff"\n', False)
+    assert parse(b'"\xff"\n', True) == (False, ["\ufffd"])
+
+
 def test_check_out_dir_refuses_files_and_creates_nothing(tmp_path):
     f = tmp_path / "file"
     f.write_text("x")

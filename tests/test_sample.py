@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import pytest
 from hypothesis import given, strategies as st
@@ -63,8 +65,16 @@ class TableModel:
         self.training = True
         self.calls = []
 
+    per_position = False
+
     def parameters(self):
         return []
+
+    def to_numpy(self, x):
+        return np.asarray(x)
+
+    def inference_mode(self):
+        return contextlib.nullcontext()
 
     def train(self, mode: bool = True):
         self.training = mode

@@ -35,7 +35,7 @@ from tinylm.output import SILENT, TEXT_PASSAGE, Output, notebook
 from tinylm.recipes import RECIPES
 from tinylm.rng import RNG
 from tinylm.sample import mark_known, sample_items, sample_tokens
-from tinylm.train import TrainConfig
+from tinylm.train_config import TrainConfig
 
 SETTINGS = (ModelConfig, TrainConfig, NgramSettings)
 COUNT_MODELS = ("ngram",)

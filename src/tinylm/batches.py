@@ -31,15 +31,17 @@ Its evaluation is ``tinylm.train.measure`` over ``tinylm.text.units``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 import numpy as np
 
 from tinylm.data import IGNORE, Tokenizer, make_examples, make_sequences
 from tinylm.errors import DataError
-from tinylm.models import ModelConfig, is_sequence
 from tinylm.rng import RNG
 from tinylm.text import DEFAULT_BLOCK, TextSplit
+
+if TYPE_CHECKING:  # the settings of a model, not its registry: batching needs no model
+    from tinylm.models import ModelConfig
 
 # Forward passes of the exact evaluation use chunks of this many examples:
 # large enough to amortise the per-call cost, small enough to bound memory.
@@ -100,7 +102,7 @@ def make_split(
 def split_for(name: str, lines: Sequence[str], tokenizer: Tokenizer, config: ModelConfig,
               loader: str) -> Split:
     """``make_split`` for the model of ``config``: its context, or its block of positions."""
-    block = config.block_size if is_sequence(config) else None
+    block = config.block_size if config.per_position else None
     return make_split(name, lines, tokenizer, config.context, loader, block)
 
 
@@ -108,7 +110,7 @@ def text_split_for(name: str, tokens: np.ndarray, config: ModelConfig) -> TextSp
     """The ``TextSplit`` of a document's split for the model of ``config``."""
     if len(tokens) == 0:
         raise DataError(f"the {name} split is empty")
-    if not is_sequence(config):
+    if not config.per_position:
         return TextSplit(name, tokens, config.context)
     block = config.block_size or DEFAULT_BLOCK
     if name == "train" and len(tokens) < block:

@@ -25,7 +25,9 @@ import contextlib
 import re
 from typing import Any, Iterator
 
+from tinylm import pytorch
 from tinylm.errors import ConfigError
+from tinylm.layers import TORCH_BACKENDS
 
 DTYPES = ("float32", "bfloat16", "float16")
 DEVICE_FORMS = "auto, cpu, cuda, cuda:N or mps"
@@ -45,14 +47,12 @@ def resolve(requested: str, backend: str) -> str:
     """
     if not is_device_name(requested):
         raise ConfigError(f"unknown device {requested!r}; choose {DEVICE_FORMS}")
-    from tinylm.models import TORCH_BACKENDS
-
     if backend not in TORCH_BACKENDS:
         if requested in ("auto", "cpu"):
             return "cpu"
         raise ConfigError(f"--device {requested} needs a torch backend: the {backend} backend "
                           "computes on the CPU (use --backend torch or torch-module)")
-    import torch
+    torch = pytorch.load()
 
     if requested == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
@@ -77,8 +77,6 @@ def resolve(requested: str, backend: str) -> str:
 
 def check_dtype(dtype: str, backend: str, device: str) -> None:
     """``ConfigError`` for a lower precision on a backend or device that cannot run it."""
-    from tinylm.models import TORCH_BACKENDS
-
     if dtype == "float32":
         return
     if backend not in TORCH_BACKENDS:
@@ -89,7 +87,7 @@ def check_dtype(dtype: str, backend: str, device: str) -> None:
 
 
 def torch_dtype(name: str) -> Any:
-    import torch
+    torch = pytorch.load()
 
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
 
@@ -105,7 +103,7 @@ def autocast(device: str, dtype: str) -> Iterator[None]:
     if dtype == "float32":
         yield
         return
-    import torch
+    torch = pytorch.load()
 
     with torch.autocast(device_type(device), dtype=torch_dtype(dtype)):
         yield
@@ -115,6 +113,6 @@ def grad_scaler(device: str, dtype: str) -> Any:
     """``torch.amp.GradScaler`` for float16, None for the precisions that need no scaling."""
     if dtype != "float16":
         return None
-    import torch
+    torch = pytorch.load()
 
     return torch.amp.GradScaler(device_type(device))

@@ -35,6 +35,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
+from tinylm import pytorch
 from tinylm.errors import ConfigError, TinylmError
 
 class ProcessFailed(TinylmError):
@@ -81,8 +82,8 @@ def from_environment(env: Any = None) -> World:
 
 def start(world: World) -> None:
     """Join the process group: gloo for CPU tensors and, where CUDA is present, NCCL for GPU ones."""
-    import torch
-    import torch.distributed as dist
+    torch = pytorch.load()
+    dist = torch.distributed
 
     backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
     try:
@@ -94,7 +95,7 @@ def start(world: World) -> None:
 
 def stop() -> None:
     """Leave the process group, if this process joined one."""
-    import torch.distributed as dist
+    dist = pytorch.load().distributed
 
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
@@ -114,7 +115,7 @@ def device_of(world: World, device: str) -> str:
     if device != "cuda":
         raise ConfigError(f"--device {device} under torchrun: each process takes its own GPU, "
                           "cuda:LOCAL_RANK; give --device cuda or auto")
-    import torch
+    torch = pytorch.load()
 
     count = torch.cuda.device_count()
     if world.local_rank >= count:
@@ -144,7 +145,7 @@ def parts(n: int, world: World, micro: int) -> list[slice]:
 def _all_reduce(tensor: Any, op: str) -> None:
     """``dist.all_reduce`` in place; ``ProcessFailed`` when another process has gone (gloo
     raises a RuntimeError naming a reset connection, NCCL a DistError)."""
-    import torch.distributed as dist
+    dist = pytorch.load().distributed
 
     try:
         dist.all_reduce(tensor, op=getattr(dist.ReduceOp, op))
@@ -158,7 +159,7 @@ def all_reduce_grads(params: Sequence[Any], extras: Sequence[float] = ()) -> lis
     """Sum every parameter's gradient over the processes, through one flat buffer; the
     ``extras`` (a loss, a flag) ride at its end and come back summed too (in the gradients'
     precision, float32), which saves a collective's latency per step."""
-    import torch
+    torch = pytorch.load()
 
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
     tail = torch.tensor(list(extras), dtype=grads[0].dtype, device=grads[0].device)
@@ -174,7 +175,7 @@ def all_reduce_grads(params: Sequence[Any], extras: Sequence[float] = ()) -> lis
 
 def all_sum(values: Sequence[float], device: str = "cpu") -> list[float]:
     """``values`` summed over the processes (float64)."""
-    import torch
+    torch = pytorch.load()
 
     t = torch.tensor(list(values), dtype=torch.float64, device=device)
     _all_reduce(t, "SUM")
@@ -183,7 +184,7 @@ def all_sum(values: Sequence[float], device: str = "cpu") -> list[float]:
 
 def any_process(flag: bool, device: str = "cpu") -> bool:
     """Whether ``flag`` is true in any process (every process must ask)."""
-    import torch
+    torch = pytorch.load()
 
     t = torch.tensor([1 if flag else 0], dtype=torch.int64, device=device)
     _all_reduce(t, "MAX")
@@ -218,7 +219,7 @@ class Gate:
         self.done = False
 
     def _first_failure(self, failed: bool) -> int | None:
-        import torch
+        torch = pytorch.load()
 
         self.done = True
         t = torch.tensor([self.world.rank if failed else self.world.size], dtype=torch.int64)

@@ -39,13 +39,13 @@ from typing import Any, Mapping, TypeVar
 
 import numpy as np
 
-from tinylm import __version__, runs
+from tinylm import __version__, pytorch, runs
 from tinylm.data import EOT
 from tinylm.errors import ConfigError, TinylmError
 from tinylm.io import atomic_write_bytes, check_out_dir, dumps, fsync_dir
 from tinylm.models import FIXED_WINDOW, SEQUENCE
 from tinylm.rng import RNG
-from tinylm.sample import eval_mode, logits_array
+from tinylm.sample import eval_mode
 
 TARGETS = ("hf", "onnx")
 HF_MODELS = ("transformer",)
@@ -169,7 +169,7 @@ def reference_logits(model: Any, idx: np.ndarray) -> np.ndarray:
     """The logits of a tinylm model (any backend) on ``idx``, in eval mode, float32."""
     with eval_mode(model):
         logits, _ = model.forward(idx)
-    return np.asarray(logits_array(logits), dtype=np.float32)
+    return np.asarray(model.to_numpy(logits), dtype=np.float32)
 
 
 def _check(what: str, got: np.ndarray, want: np.ndarray) -> float:
@@ -310,7 +310,7 @@ def _export_hf(run: runs.Run, out: Path) -> Exported:
 
 def _check_hf(run: runs.Run, path: Path) -> float:
     """Load ``path`` with transformers: its logits must be tinylm's, its tokenizer tinylm's."""
-    import torch
+    torch = pytorch.load()
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     text = "".join(run.tokenizer.itos)
@@ -344,10 +344,10 @@ def _torch_net(run: runs.Run) -> Any:
 
 def _onnx_model(run: runs.Run):
     """The ``onnx.ModelProto`` of the run: input ``idx`` (batch, T) int64, output ``logits``."""
-    import torch
+    torch = pytorch.load()
 
     model = torch_module_model(run)
-    sequence = getattr(model, "per_position", False)
+    sequence = model.per_position
 
     class Logits(torch.nn.Module):
         """The network alone: ids in, logits out (no loss, no cache)."""

@@ -6,6 +6,11 @@ place (the directory is synced too), so a crash, a kill or a full disk
 never leaves a half-written config, checkpoint or plot behind: a file is
 either the old one or the new one. JSON is strict: a NaN or an infinity is
 a bug to refuse, not a token to write.
+
+JSON-lines files are read by one reader, ``parse_jsonl``, which gives each
+record to a callback as it is parsed (memory: one line), strictly (any line
+that is not JSON is an error) or leniently (the cut last line of a file
+still being written is passed over and reported).
 """
 
 from __future__ import annotations
@@ -103,6 +108,46 @@ def append_jsonl(path: str | os.PathLike, record: dict) -> None:
         f.write(dumps(record) + "\n")
 
 
+class JsonlError(ValueError):
+    """A line of a JSON-lines file that is not JSON: ``line`` is its number (from 1)."""
+
+    def __init__(self, line: int, why: str) -> None:
+        super().__init__(f"line {line} is not JSON ({why})")
+        self.line = line
+
+
+def parse_jsonl(lines: Iterable[bytes], take: Callable[[Any], None], *, lenient: bool = False,
+                loads: Callable[[str], Any] = json.loads) -> bool:
+    """Give the value of each non-blank line of ``lines`` (UTF-8 JSON) to ``take`` as it is
+    parsed by ``loads``; return whether the last line was cut short.
+
+    Strict (the default): a line that is not JSON, or not UTF-8, raises ``JsonlError``.
+    Lenient: a file still being written, or whose writer was killed, may end in a part of
+    a line; that line is passed over and True returned. A line that is not JSON with
+    another after it is damage, not a write in progress: ``JsonlError`` even so. Bytes
+    that are not UTF-8 are read as U+FFFD, since what is read leniently may hold anything.
+    """
+    errors = "replace" if lenient else "strict"
+    bad = None  # (number, why) of a line that is not JSON: a cut last line if nothing follows
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        if bad is not None:
+            raise JsonlError(*bad)
+        try:
+            value = loads(line.decode("utf-8", errors=errors))
+        except ValueError as e:  # UnicodeDecodeError is one
+            bad = (number, str(e)[:120] or type(e).__name__)
+            if not lenient:
+                raise JsonlError(*bad) from None
+            continue
+        take(value)
+    return bad is not None
+
+
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+    """Every record of the JSON-lines file ``path``, read strictly (see ``parse_jsonl``)."""
+    records: list[dict] = []
+    with open(path, "rb") as f:
+        parse_jsonl(f, records.append)
+    return records

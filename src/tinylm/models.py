@@ -31,15 +31,14 @@ from typing import Any, Callable
 
 import numpy as np
 
-from tinylm import settings
+from tinylm import pytorch, settings
 from tinylm.errors import ConfigError
+from tinylm.layers import BACKENDS, TORCH_BACKENDS
 from tinylm.rng import RNG
 from tinylm.settings import (
     FRACTION, NONNEG_FLOAT, NONNEG_INT, POSITIVE_INT, REQUIRED, choice, setting,
 )
 
-BACKENDS = ("numpy", "torch", "torch-module", "micrograd")
-TORCH_BACKENDS = ("torch", "torch-module")
 
 _BACKEND_MODULES = {
     "numpy": "tinylm.layers.numpy_layers",
@@ -94,6 +93,11 @@ class ModelConfig(settings.Settings):
     reg: float = setting(0.01, "weight penalty reg * mean(W**2), the neural counterpart of "
                          "additive smoothing", NONNEG_FLOAT, models=("bigram",))
 
+    @property
+    def per_position(self) -> bool:
+        """Whether the model predicts at every position of a block (see ``SEQUENCE``)."""
+        return self.model in SEQUENCE
+
 
 @dataclass
 class Blueprint:
@@ -136,13 +140,9 @@ def layer_module(backend: str) -> ModuleType:
     """The layer vocabulary of a backend (imports PyTorch only when it is asked for)."""
     if backend not in _BACKEND_MODULES:
         raise ConfigError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-    try:
-        return importlib.import_module(_BACKEND_MODULES[backend])
-    except ModuleNotFoundError as e:
-        if e.name == "torch":
-            raise ConfigError(
-                f"the {backend!r} backend needs PyTorch: pip install 'tinylm[torch]'") from None
-        raise
+    if backend in TORCH_BACKENDS:
+        pytorch.load(f"the {backend!r} backend")
+    return importlib.import_module(_BACKEND_MODULES[backend])
 
 
 def build_model(config: ModelConfig, backend: str, rng: RNG):
@@ -156,17 +156,12 @@ def build_model(config: ModelConfig, backend: str, rng: RNG):
     L = layer_module(backend)
     blueprint = MODELS[config.model](config, L, rng)
     if blueprint.net is not None:
-        model = L.SequenceLM(config, blueprint.net)
+        model = L.SequenceLM(config, blueprint.net, blueprint.reads)
     else:
-        model = L.LM(config, blueprint.layers, blueprint.reads, blueprint.penalties)
+        model = L.LM(config, L.Sequential(blueprint.layers), blueprint.reads, blueprint.penalties)
     model.load_state_dict(blueprint.init, strict=False)
     model.draw_dropout_from(rng)  # the trainer gives it the run's RNG again (after a resume too)
     return model
-
-
-def is_sequence(config: ModelConfig) -> bool:
-    """Whether ``config``'s model predicts at every position of a block (see ``SEQUENCE``)."""
-    return config.model in SEQUENCE
 
 
 def _check_init(config: ModelConfig, *choices: str) -> None:
@@ -262,9 +257,10 @@ def kaiming_normal(rng: RNG, fan_out: int, fan_in: int, gain: float = 1.0) -> np
     return rng.randn_array(fan_out * fan_in, 0.0, gain / math.sqrt(fan_in)).reshape(fan_out, fan_in)
 
 
-def expected_initial_loss(config: ModelConfig) -> float:
-    """ln(vocab_size): the loss of a model that starts out predicting uniformly."""
-    return math.log(config.vocab_size)
+def expected_initial_loss(config: ModelConfig | int) -> float:
+    """ln(vocab_size): the loss of a model that starts out predicting uniformly over the
+    vocabulary of ``config`` (a model config, or the vocabulary's size)."""
+    return math.log(config if isinstance(config, int) else config.vocab_size)
 
 
 def _deep_weights(config: ModelConfig, rng: RNG, hidden: list[tuple[str, int, int]],

@@ -20,11 +20,13 @@ from typing import Any, Callable
 
 import numpy as np
 
-from tinylm import data, devices, diagnostics, distributed, memory, runs, settings, text, threads
+from tinylm import (
+    data, devices, diagnostics, distributed, memory, plotting, runs, settings, text, threads,
+)
 from tinylm.batches import eval_rows, split_for, text_split_for
 from tinylm.errors import ConfigError, TinylmError
 from tinylm.io import atomic_write_text, check_out_dir
-from tinylm.models import ModelConfig, build_model, is_sequence
+from tinylm.models import ModelConfig, build_model
 from tinylm.output import (
     SILENT, TEXT_PASSAGE, Output, format_loss, format_perplexity, progress_bar, sample_and_save,
     say_loss, write_passage,
@@ -32,9 +34,10 @@ from tinylm.output import (
 from tinylm.rng import RNG
 from tinylm.sample import sample_tokens
 from tinylm.train import (
-    TEXT_EVAL_POSITIONS, TrainConfig, Trainer, TrainingInterrupted, evaluate as split_loss,
-    learning_rate, measure, train_batches,
+    TEXT_EVAL_POSITIONS, Trainer, TrainingInterrupted, evaluate as split_loss, learning_rate,
+    measure, train_batches,
 )
+from tinylm.train_config import TrainConfig
 
 # With no terminal to draw a progress bar on, a progress line at least this often.
 QUIET_SECONDS = 10.0
@@ -67,7 +70,7 @@ def train(out_dir: str | None, num_samples: int, lines3, source: str,
     # resume keeps them
     config = dataclasses.replace(config, threads=threads.effective(config.threads),
                                  device=devices.resolve(config.device, config.backend))
-    if is_sequence(mconfig):
+    if mconfig.per_position:
         if mconfig.block_size == 0 and text_run:
             mconfig = dataclasses.replace(mconfig, block_size=text.DEFAULT_BLOCK)
         elif mconfig.block_size == 0:  # the fewest positions that hold every item and its end
@@ -193,7 +196,7 @@ def resume(out_dir: str, num_samples: int, explicit: dict[str, Any],
 def _check_memory(mconfig: ModelConfig, config: TrainConfig, lines3, text_run: bool,
                   longest: int | None) -> None:
     """Refuse, before anything is allocated, a run that cannot fit in memory (tinylm.memory)."""
-    sequence = is_sequence(mconfig)
+    sequence = mconfig.per_position
     T = mconfig.block_size if sequence else 1
     if text_run:
         n = sum(map(len, lines3))
@@ -219,7 +222,7 @@ def _check_memory(mconfig: ModelConfig, config: TrainConfig, lines3, text_run: b
 def _what(trainer: Trainer, mconfig: ModelConfig, config: TrainConfig) -> str:
     model, world = trainer.model, trainer.world
     where = [config.backend]
-    if getattr(model, "device", "cpu") != "cpu":
+    if model.device != "cpu":
         where.append(f"on {model.device}")
     if config.dtype != "float32":
         where.append(config.dtype)
@@ -417,7 +420,7 @@ def _finish(model, tokenizer: data.Tokenizer, config: TrainConfig, train_lines: 
                         config.loader == "stream", out / "samples.txt")
         written.append("samples.txt")
     try:
-        diagnostics.plot_loss_curve(metrics, out / "loss.png")
+        plotting.plot_loss_curve(metrics, out / "loss.png")
     except ConfigError as e:  # matplotlib is not installed
         output.say(f"note: loss.png skipped: {e}")
     else:

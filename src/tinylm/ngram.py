@@ -35,6 +35,8 @@ shared sampler applies gives back the model's distribution.
 
 from __future__ import annotations
 
+import contextlib
+
 import math
 from dataclasses import asdict, dataclass, field
 
@@ -429,11 +431,18 @@ class NgramModel:
         return logits, nll(self, idx, targets)
 
     # a count model has no parameters to train and no modes; these keep it
-    # usable wherever a neural model is (the sampler switches modes)
+    # usable wherever a neural model is (see tinylm.layers.base.LanguageModel)
     training = False
+    per_position = False
 
     def parameters(self) -> list:
         return []
+
+    def to_numpy(self, x: np.ndarray) -> np.ndarray:
+        return np.asarray(x)
+
+    def inference_mode(self) -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext()
 
     def train(self, mode: bool = True) -> "NgramModel":
         return self

@@ -17,7 +17,7 @@ from typing import Sequence
 
 import numpy as np
 
-from tinylm.diagnostics import headless_pyplot
+from tinylm.plotting import headless_pyplot
 from tinylm.errors import ConfigError
 
 MAX_CHARS = 32  # rows and columns drawn at the most: every cell stays labelled and readable

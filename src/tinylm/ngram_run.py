@@ -28,7 +28,8 @@ from tinylm.ngram import (
     grid_search_stream, nll, nll_stream,
 )
 from tinylm.ngram_plot import bigram_heatmap_png, frequent_bigrams
-from tinylm.train import TrainConfig, perplexity
+from tinylm.losses import perplexity
+from tinylm.train_config import TrainConfig
 
 MODEL_FILE = "model.npz"
 SPLITS = data.SPLIT_NAMES

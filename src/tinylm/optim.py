@@ -27,9 +27,10 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
+from tinylm import pytorch
 from tinylm.errors import CheckpointError, ConfigError
 from tinylm.micrograd import nn as micrograd_nn
-from tinylm.models import TORCH_BACKENDS
+from tinylm.layers import TORCH_BACKENDS
 
 SCHEDULES = ("constant", "cosine", "step")
 OPTIMIZERS = ("adamw", "sgd")
@@ -75,15 +76,31 @@ class _Scratch:
         np.copyto(out, self.wide, casting="same_kind")
 
 
-class _Optimizer:
+class _LearningRate:
+    """The settable ``lr`` of every optimizer here, checked where it is set: a run's
+    settings are checked before (their kind), a schedule sets it before each update."""
+
+    _lr: float
+
+    @property
+    def lr(self) -> float:
+        return self._lr
+
+    @lr.setter
+    def lr(self, value: float) -> None:
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+            raise ConfigError(f"the learning rate must be a finite number >= 0, got {value!r}")
+        self._lr = float(value)
+
+
+class _Optimizer(_LearningRate):
     """Shared: the parameters, ``lr``, the step count, zero_grad, preallocated work arrays."""
 
     kind = ""
 
     def __init__(self, params: Iterable[Any], lr: float) -> None:
-        _check_lr(lr)
+        self.lr = lr
         self.params = _array_params(params)
-        self.lr = float(lr)
         self.steps = 0  # how many updates so far (PyTorch's per-parameter "step")
         self._scratch: list[_Scratch] = []
 
@@ -215,7 +232,7 @@ class AdamW(_Optimizer):
 # --- the scalar engine -----------------------------------------------------------------------
 
 
-class ValueOptimizer:
+class ValueOptimizer(_LearningRate):
     """A ``tinylm.micrograd.nn`` optimizer (SGD or AdamW over Values) behind the interface above.
 
     The update is that module's own; this adds the numpy state dict of a checkpoint:
@@ -227,13 +244,12 @@ class ValueOptimizer:
         self.optimizer = optimizer
 
     @property
-    def lr(self) -> float:
+    def _lr(self) -> float:  # the wrapped optimizer's own: it reads it in its step
         return self.optimizer.lr
 
-    @lr.setter
-    def lr(self, value: float) -> None:
-        _check_lr(value)
-        self.optimizer.lr = float(value)
+    @_lr.setter
+    def _lr(self, value: float) -> None:
+        self.optimizer.lr = value
 
     @property
     def steps(self) -> int:
@@ -263,7 +279,7 @@ class ValueOptimizer:
 # --- the PyTorch backends --------------------------------------------------------------------
 
 
-class TorchOptimizer:
+class TorchOptimizer(_LearningRate):
     """SGD or AdamW for tensors: ``torch.optim``'s update, to the bit.
 
     SGD is ``torch.optim.SGD``'s tensor operations, each applied to all the
@@ -281,7 +297,7 @@ class TorchOptimizer:
 
     def __init__(self, params: Iterable[Any], kind: str, lr: float, weight_decay: float,
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> None:
-        import torch
+        torch = pytorch.load()
 
         self.params = list(params)
         if not self.params:
@@ -295,27 +311,22 @@ class TorchOptimizer:
         self.buffers = {name: [torch.zeros_like(p, memory_format=torch.preserve_format)
                                for p in self.params] for name in moments}
 
-    @property
-    def lr(self) -> float:
-        return self._lr
-
-    @lr.setter
-    def lr(self, value: float) -> None:
-        _check_lr(value)
-        self._lr = float(value)
-
     def step(self) -> None:
-        import torch
+        torch = pytorch.load()
 
         self.steps += 1
         with torch.no_grad():
             pairs = [(i, p) for i, p in enumerate(self.params) if p.grad is not None]
-            if pairs:
-                (self._adamw if self.kind == "adamw" else self._sgd)(
-                    [i for i, _ in pairs], [p for _, p in pairs], [p.grad for _, p in pairs])
+            if not pairs:
+                return
+            params, grads = [p for _, p in pairs], [p.grad for _, p in pairs]
+            if self.kind == "adamw":
+                self._adamw([i for i, _ in pairs], params, grads)
+            else:
+                self._sgd(params, grads)
 
-    def _sgd(self, which: list[int], params: list, grads: list) -> None:
-        import torch
+    def _sgd(self, params: list, grads: list) -> None:
+        torch = pytorch.load()
 
         # torch.optim.SGD's single-tensor arithmetic, each op over every tensor in one
         # _foreach call (its foreach path, the same numbers)
@@ -324,7 +335,7 @@ class TorchOptimizer:
         torch._foreach_add_(params, grads, alpha=-self.lr)
 
     def _adamw(self, which: list[int], params: list, grads: list) -> None:
-        import torch
+        torch = pytorch.load()
 
         # torch.optim.AdamW(fused=True)'s kernel: the whole update in one pass over each
         # tensor, a quarter of the time of a dozen separate tensor operations. torch.optim
@@ -353,7 +364,7 @@ class TorchOptimizer:
         return out
 
     def load_state_dict(self, state: Mapping[str, np.ndarray]) -> None:
-        import torch
+        torch = pytorch.load()
 
         arrays = {name: [np.zeros(tuple(t.shape), dtype=np.float32) for t in tensors]
                   for name, tensors in self.buffers.items()}
@@ -375,12 +386,11 @@ def make_optimizer(model: Any, kind: str = "adamw", lr: float = 1e-3, weight_dec
     """
     if kind not in OPTIMIZERS:
         raise ConfigError(f"unknown optimizer {kind!r}; choose one of {', '.join(OPTIMIZERS)}")
-    _check_lr(lr)
     _check_weight_decay(weight_decay)
     params = model.parameters()
-    if getattr(model, "backend", "") in TORCH_BACKENDS:
+    if model.backend in TORCH_BACKENDS:
         return TorchOptimizer(params, kind, lr, weight_decay, betas, eps)
-    if getattr(model, "backend", "") == "micrograd":
+    if model.backend == "micrograd":
         if kind == "adamw":
             opt = micrograd_nn.AdamW(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
         else:
@@ -420,11 +430,6 @@ def lr_at(step: int, steps: int, base_lr: float, schedule: str = "constant",
     if schedule == "cosine":
         return base_lr * 0.5 * (1 + math.cos(math.pi * (step - warmup) / (steps - warmup)))
     return base_lr if step < drop_at * steps else base_lr * drop_factor
-
-
-def _check_lr(lr: float) -> None:
-    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr >= 0):
-        raise ConfigError(f"the learning rate must be a finite number >= 0, got {lr!r}")
 
 
 def _check_weight_decay(wd: float) -> None:

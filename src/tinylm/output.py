@@ -23,7 +23,7 @@ from tinylm.io import atomic_write_text
 from tinylm.rng import RNG
 from tinylm.sample import MAX_ITEM_TOKENS, mark_known, sample_items, sample_tokens
 from tinylm.text import bits
-from tinylm.train import perplexity
+from tinylm.losses import perplexity
 
 # The passage a text run samples at the end (and 'tinylm sample' by default), in characters.
 TEXT_PASSAGE = 500

@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterator, Sequence
 
 from tinylm.errors import TinylmError
+from tinylm.io import JsonlError, parse_jsonl
 from tinylm.runs import CONFIG, MANIFEST, METRICS
 
 GENERATOR = "tinylm report"  # the page's <meta name="generator">: a file tinylm may overwrite
@@ -241,40 +242,32 @@ def _read_file(path: Path, limit: int = MAX_FILE) -> bytes | None:
     return b"".join(pieces)
 
 
-def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
-    """(number, line) of the run file ``path``, one at a time (none if there is no file); a
-    line over ``MAX_LINE`` bytes is cut there, so memory is one line's at most."""
+def _lines(path: Path) -> Iterator[bytes]:
+    """The lines of the run file ``path``, one at a time (none if there is no file); a line
+    over ``MAX_LINE`` bytes is cut there, so memory is one line's at most."""
     f = _open(path)
     if f is None:
         return
     with f:
-        number = 0
         while line := f.readline(MAX_LINE):
-            number += 1
             if len(line) == MAX_LINE and not line.endswith(b"\n"):
                 while (rest := f.readline(MAX_LINE)) and not rest.endswith(b"\n"):
                     pass  # the rest of the line, read and dropped
-            yield number, line
+            yield line
 
 
 def _read_jsonl(path: Path, take: Callable[[dict], None]) -> bool:
     """Give each record (a JSON object) of a JSON-lines file to ``take``, as it is read;
     whether a last line was cut short (a run still writing, or killed). A line that is not
     JSON with records after it is damage: ``ReportError``."""
-    bad = None  # the number of a line that is not JSON: a cut last line if nothing follows
-    for number, line in _lines(path):
-        if not line.strip():
-            continue
-        if bad is not None:
-            raise ReportError(f"{str(path)!r} line {bad} is not JSON: the run is damaged")
-        try:
-            record = _json(line.decode("utf-8", errors="replace"))
-        except ValueError:
-            bad = number
-            continue
-        if isinstance(record, dict):
-            take(record)
-    return bad is not None
+    def objects(value: Any) -> None:
+        if isinstance(value, dict):
+            take(value)
+
+    try:
+        return parse_jsonl(_lines(path), objects, lenient=True, loads=_json)
+    except JsonlError as e:
+        raise ReportError(f"{str(path)!r} line {e.line} is not JSON: the run is damaged") from None
 
 
 def read_run(path: str | Path) -> RunView:
@@ -423,14 +416,14 @@ def _read_samples(path: Path) -> list[tuple[str, bool]]:
     """The first samples, each with whether it is a line of the training split (that file
     streamed: a text run's may be the size of its corpus)."""
     items = []
-    for _, line in _lines(path / SAMPLES):
+    for line in _lines(path / SAMPLES):
         if len(items) == MAX_SAMPLES:
             break
         items.append(line.decode("utf-8", errors="replace").removesuffix("\n"))
     if not items:
         return []
     wanted, known = set(items), set()
-    for _, line in _lines(path / TRAIN):
+    for line in _lines(path / TRAIN):
         item = line.decode("utf-8", errors="replace").removesuffix("\n")
         if item in wanted:
             known.add(item)

@@ -46,13 +46,15 @@ import numpy as np
 from tinylm import checkpoint, settings
 from tinylm.data import EOT, SPLIT_NAMES, Tokenizer
 from tinylm.errors import CheckpointError, ConfigError, TinylmError
-from tinylm.io import atomic_write_bytes, atomic_write_with, check_out_dir, dumps, write_json
+from tinylm.io import (
+    atomic_write_bytes, atomic_write_with, check_out_dir, dumps, parse_jsonl, write_json,
+)
 from tinylm.models import DEFAULT_MODEL, MODEL_DEFAULTS, ModelConfig, build_model
 from tinylm.ngram import NgramConfig, NgramModel
 from tinylm.recipes import get_recipe
 from tinylm.rng import RNG
 from tinylm.settings import resolve
-from tinylm.train import TrainConfig
+from tinylm.train_config import TrainConfig
 
 FORMAT = "tinylm-run"
 VERSION = 2
@@ -570,6 +572,9 @@ def _check_config_file(out: Path, manifest: dict) -> None:
 
 
 def _read_metrics(out: Path, committed: dict) -> list[dict]:
+    """The metrics records the manifest commits: the first ``bytes`` of metrics.jsonl, checked
+    against its SHA-256 (what lies past them was written after the commit and is no record of
+    the run), read strictly."""
     try:
         with open(out / METRICS, "rb") as f:
             data = f.read(committed["bytes"])
@@ -577,7 +582,8 @@ def _read_metrics(out: Path, committed: dict) -> list[dict]:
         raise CheckpointError(f"{METRICS} is missing or unreadable") from None
     if len(data) != committed["bytes"] or checkpoint.sha256(data) != committed["sha256"]:
         raise CheckpointError(f"{METRICS} does not hold the records the run committed (modified?)")
-    records = [json.loads(line) for line in data.decode("utf-8").splitlines() if line]
+    records: list[dict] = []
+    parse_jsonl(data.splitlines(), records.append)
     if len(records) != committed["records"]:
         raise CheckpointError(f"{METRICS} does not hold the records the run committed")
     return records

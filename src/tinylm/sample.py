@@ -36,7 +36,6 @@ import numpy as np
 from tinylm.data import EOT, Tokenizer
 from tinylm.errors import ConfigError
 from tinylm.layers.base import Cache
-from tinylm.models import TORCH_BACKENDS
 from tinylm.rng import RNG
 
 # An item that never reaches end-of-text is cut here rather than run forever.
@@ -74,37 +73,16 @@ def pick(probs: np.ndarray, coin: float) -> int:
 
 @contextlib.contextmanager
 def eval_mode(model) -> Iterator[None]:
-    """Run with the model in eval mode (and without autograd for torch), then restore.
-
-    For torch, ``inference_mode`` rather than ``no_grad``: it also skips the
-    version counters of autograd, a fixed cost per operation that dominates
-    when a sampled token is a few hundred operations on tiny tensors (about
-    a fifth of the time here); nothing computed inside is ever differentiated."""
-    was_training = bool(getattr(model, "training", False))
+    """Run with the model in eval mode and its inference mode (no autograd for torch),
+    then restore."""
+    was_training = model.training
     model.eval()
     try:
-        with _no_grad(model):
+        with model.inference_mode():
             yield
     finally:
         if was_training:
             model.train()
-
-
-def _no_grad(model):
-    if getattr(model, "backend", "") in TORCH_BACKENDS:
-        import torch
-
-        return torch.inference_mode()
-    return contextlib.nullcontext()
-
-
-def logits_array(logits) -> np.ndarray:
-    """A model's logits as a numpy array, whatever the backend returned."""
-    if hasattr(logits, "detach"):
-        return logits.detach().cpu().numpy()
-    if isinstance(logits, np.ndarray) and logits.dtype != object:
-        return logits
-    return np.array([[getattr(v, "data", v) for v in row] for row in logits], dtype=np.float64)
 
 
 class Reader:
@@ -118,7 +96,7 @@ class Reader:
 
     def __init__(self, model, cache: bool = True) -> None:
         self.model = model
-        self.cached = cache and getattr(model, "per_position", False)
+        self.cached = cache and model.per_position
         self.reset()
 
     def reset(self) -> None:
@@ -131,12 +109,12 @@ class Reader:
             idx = np.array([tape[self.read:]], dtype=np.int64)  # (1, new tokens)
             logits, _ = model.forward(idx, cache=self.cache)
             self.read = len(tape)
-            return logits_array(logits)[0, -1]
+            return model.to_numpy(logits)[0, -1]
         self.cache = None  # the window slides from here on: nothing kept still holds
         idx = np.array([tape[max(0, len(tape) - model.context):]], dtype=np.int64)  # (1, T)
         logits, _ = model.forward(idx)
-        logits = logits_array(logits)
-        return logits[0, -1] if getattr(model, "per_position", False) else logits[0]
+        logits = model.to_numpy(logits)
+        return logits[0, -1] if model.per_position else logits[0]
 
 
 def next_token(model, tape: list[int], rng: RNG, temperature: float = 1.0,
@@ -216,7 +194,7 @@ def _item_prompt(tokenizer: Tokenizer, prompt: str) -> list[int]:
 
 def _start_tape(model, tokenizer: Tokenizer) -> list[int]:
     # a sequence model's items begin with one end-of-text token, as its training rows do
-    if getattr(model, "per_position", False):
+    if model.per_position:
         return [tokenizer.eot]
     return [tokenizer.eot] * max(1, model.context)
 

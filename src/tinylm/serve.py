@@ -51,7 +51,7 @@ import numpy as np
 from tinylm.data import EOT
 from tinylm.errors import ConfigError, TinylmError
 from tinylm.rng import RNG
-from tinylm.sample import logits_array, mark_known, next_probabilities, sample_items
+from tinylm.sample import mark_known, next_probabilities, sample_items
 
 MAX_BODY = 16 * 1024
 CONNECTION_SECONDS = 10.0
@@ -154,7 +154,7 @@ class _Metered:
         try:
             logits, loss = self._model.forward(*args, **kwargs)
             # copied in our turn: the next request's pass may reuse the model's buffers
-            return np.array(logits_array(logits)), loss
+            return np.array(self._model.to_numpy(logits)), loss
         finally:
             self._turns.release()
 

@@ -1,7 +1,7 @@
 """Settings declared once: a config field is its default, its check, its help and its flag.
 
 A run's settings live in frozen dataclasses: ``ModelConfig`` (tinylm.models:
-what the network is), ``TrainConfig`` (tinylm.train: how it is trained) and
+what the network is), ``TrainConfig`` (tinylm.train_config: how it is trained) and
 ``NgramSettings`` (tinylm.ngram: what the count models search). Each field
 is declared with ``setting(...)``, which records in the field's metadata
 

@@ -15,11 +15,10 @@ After the last step the test loss is measured. Every result is a record in
 they are made (the CLI prints them) and, with an out-dir, to metrics.jsonl.
 
 Resuming is bit-identical because a checkpoint holds everything the loop
-reads: model arrays, optimizer state with its step count, the RNG state, the
-loader position and the metrics so far. Checkpoints are only ever taken
-between two updates: every ``checkpoint_every`` steps (or once a minute), at
-the end, and on Ctrl-C or SIGTERM, which only raise a flag that the loop
-checks before each step; the trainer then saves and raises
+reads (tinylm.train_state). Checkpoints are only ever taken between two
+updates: every ``checkpoint_every`` steps (or once a minute), at the end,
+and on Ctrl-C or SIGTERM, which only raise a flag that the loop checks
+before each step (tinylm.signals); the trainer then saves and raises
 ``TrainingInterrupted`` (a ``KeyboardInterrupt``). A second signal acts at
 once; the store's commits being atomic, a kill at any moment leaves the last
 committed checkpoint (tinylm.runs). A loss that stops being finite stops the
@@ -31,113 +30,25 @@ from __future__ import annotations
 import contextlib
 import math
 import signal
-import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from tinylm import devices, distributed, settings
+from tinylm import devices, distributed, pytorch
 from tinylm.batches import Batches, Split, eval_batches
-from tinylm.data import IGNORE, LOADERS
+from tinylm.data import IGNORE
 from tinylm.errors import CheckpointError, ConfigError, TinylmError
-from tinylm.models import BACKENDS, TORCH_BACKENDS
-from tinylm.layers.numpy_layers import cross_entropy, sequence_cross_entropy
-from tinylm.optim import OPTIMIZERS, SCHEDULES, lr_at, make_optimizer
-from tinylm.recipes import recipe_names
+from tinylm.losses import cross_entropy, perplexity, sequence_cross_entropy, token_nll
+from tinylm.layers import TORCH_BACKENDS
+from tinylm.optim import lr_at, make_optimizer
 from tinylm.rng import RNG
-from tinylm.sample import eval_mode, logits_array
-from tinylm.text import FORMATS, TextSplit, units
-from tinylm.settings import (
-    ALL_OR_POSITIVE, FRACTION, NONNEG_FLOAT, NONNEG_INT, POSITIVE_FLOAT, POSITIVE_INT, SEED, TEXT, choice,
-    optional, setting,
-)
-
-# a lines run's train loss by default: all of the split up to this many targets, else its first
-# batches that hold this many (the split is shuffled: a fixed sample)
-TRAIN_EVAL_TARGETS = 262_144
-# which weights a run keeps: after its last step, or at its lowest val loss
-KEEP = ("last", "best")
-DEVICE = settings.Kind(str, devices.is_device_name, devices.DEVICE_FORMS, metavar="DEVICE")
-
-
-@dataclass(frozen=True)
-class TrainConfig(settings.Settings):
-    """How a neural model is trained: every setting that decides what a run computes.
-
-    Each field is a setting (see tinylm.settings): its default, check, help
-    line and the models that read it are declared here once; the
-    ``tinylm train`` flags are made from them. ``resume=True`` marks what
-    ``--resume`` may change.
-    """
-
-    backend: str = setting("numpy", "implementation of the model", choice(BACKENDS))
-    format: str = setting("lines", "lines: the file is a list of items, one per line (stripped, "
-                          "blank lines dropped); text: one continuous document kept character "
-                          "for character (tabs, indentation, blank lines), split contiguously "
-                          "into the first 90%%, the next 5%% and the last 5%% at line ends",
-                          choice(FORMATS), models=None)
-    loader: str = setting("words", "--format lines only: words: each line an independent item; "
-                          "stream: the lines joined into one text, the protocol of the classic "
-                          "reference figures", choice(LOADERS), models=None)
-    seed: int = setting(42, "seed of the run's RNG (initialisation, batches, sampling)", SEED,
-                        models=None)
-    batch_size: int = setting(32, "examples per step, 0 = the whole train split", NONNEG_INT)
-    steps: int = setting(5000, "optimizer steps (on --resume: the step to continue to)",
-                         POSITIVE_INT, resume=True)
-    optimizer: str = setting("adamw", "the optimizer", choice(OPTIMIZERS))
-    lr: float = setting(1e-2, "(peak) learning rate", POSITIVE_FLOAT)
-    beta2: float = setting(0.999, "AdamW's decay of its squared-gradient average (its "
-                           "gradient average decays by 0.9)", FRACTION)
-    lr_schedule: str = setting("cosine", "learning-rate schedule: constant; cosine to 0; step: "
-                               "x0.1 after 75%% of the steps", choice(SCHEDULES))
-    warmup: int = setting(0, "steps over which the learning rate climbs linearly to --lr before "
-                          "the schedule begins (0: none)", NONNEG_INT)
-    weight_decay: float = setting(0.0, "decoupled weight decay (AdamW) or L2 term (SGD)",
-                                  NONNEG_FLOAT)
-    eval_every: int = setting(500, "evaluate every this many steps and at the last", POSITIVE_INT)
-    keep: str = setting("last", "the weights the run keeps for its test loss, its samples and "
-                        "'tinylm sample/eval': last (after the final step) or best (those an "
-                        "evaluation with the lowest val loss measured, each evaluation coming "
-                        "before its step's update: early stopping without stopping)",
-                        choice(KEEP))
-    eval_train_batches: int | None = setting(
-        None, "--format lines: batches of the train split to estimate its loss on (default: "
-        f"all of it up to {TRAIN_EVAL_TARGETS:,} targets, else its first batches that hold "
-        "that many, a fixed sample since the lines are shuffled; 0: all)", ALL_OR_POSITIVE)
-    eval_tokens: int = setting(32_768, "--format text: a split of at most this many characters "
-                               "is scored whole, each character once; a larger one (train, "
-                               "usually) is estimated from a fixed sample of about this many, "
-                               "with its standard error", POSITIVE_INT, resume=True)
-    sample_prompt: str = setting("\n", "prompt of sample.txt", TEXT)
-    sample_tokens: int = setting(0, "write sample.txt: this many tokens after the prompt "
-                                 "(0: none)", NONNEG_INT)
-    sample_seed: int = setting(42, "seed of the samples printed and saved after training", SEED)
-    checkpoint_every: int = setting(0, "commit a checkpoint every N steps (0: at least once a "
-                                    "minute); a kill loses no more than that", NONNEG_INT,
-                                    resume=True)
-    threads: int = setting(0, "threads for BLAS and PyTorch (0: one, unless OMP_NUM_THREADS or "
-                           "the like is set; more threads thrash on a busy machine); the run "
-                           "saves the count and a resume keeps it, since BLAS rounds "
-                           "differently with another", NONNEG_INT, resume=True)
-    device: str = setting("auto", "where a torch backend computes: auto (CUDA if present, else "
-                          "the CPU), cpu, cuda, cuda:N or mps; checkpoints load on any device",
-                          DEVICE, resume=True)
-    dtype: str = setting("float32", "precision of the forward pass: float32 (every backend's "
-                         "numbers equal), or bfloat16/float16 under torch.autocast (torch "
-                         "backends; float16 with a loss scale)", choice(devices.DTYPES))
-    grad_accum: int = setting(1, "split each batch into this many micro-batches whose "
-                              "gradients add up before the update: the same step in less "
-                              "memory (torch backends; may change on resume, to rounding)",
-                              POSITIVE_INT, resume=True)
-    diagnose_every: int = setting(0, "every N steps measure activation, gradient and update:data "
-                                  "statistics into diagnostics.jsonl, for 'tinylm diagnose' "
-                                  "(0: never); the run's numbers do not change", NONNEG_INT,
-                                  resume=True)
-    recipe: str | None = setting(None, "a published protocol; explicit flags override its "
-                                 "settings (list them: tinylm recipes)",
-                                 optional(choice(recipe_names), "a recipe name"))
+from tinylm.sample import eval_mode
+from tinylm.signals import Deferred
+from tinylm.text import TextSplit, units
+from tinylm.train_config import TRAIN_EVAL_TARGETS, TrainConfig
+from tinylm.train_state import Best, Checkpoint, TrainState, decode, ordered
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -169,11 +80,6 @@ class TrainResult:
         return None
 
 
-def perplexity(loss: float) -> float | None:
-    """exp(loss), or None where it would overflow (a loss over 709 nats)."""
-    return math.exp(loss) if loss < 709 else None
-
-
 # --- backend-neutral helpers ---------------------------------------------------------
 
 def loss_value(loss) -> float:
@@ -186,6 +92,7 @@ def loss_value(loss) -> float:
 
 
 def learning_rate(config: TrainConfig, step: int) -> float:
+    """The learning rate of update ``step`` of a run of ``config`` (tinylm.optim.lr_at)."""
     return float(lr_at(step, config.steps, config.lr, config.lr_schedule, warmup=config.warmup))
 
 
@@ -219,7 +126,7 @@ def evaluate(model, split: Split, batch_size: int, max_batches: int | None = Non
                 continue
             logits, _ = model.forward(X)
             loss = sequence_cross_entropy if split.per_position else cross_entropy
-            total += w * loss(logits_array(logits), Y)
+            total += w * loss(model.to_numpy(logits), Y)
             weight += w
     if world.distributed:
         total, weight = distributed.all_sum([total, weight])
@@ -265,7 +172,7 @@ def measure(model, split: TextSplit, budget: int, seed: int,
             scored = plan.scored[lo:hi]
             X, Y = split.windows(plan.ends[lo:hi], scored)
             logits, _ = model.forward(X)
-            nll = _token_nll(logits_array(logits), Y)  # (U, T) or (sum(scored),)
+            nll = token_nll(model.to_numpy(logits), Y)  # (U, T) or (sum(scored),)
             if split.per_position:
                 sums[lo:hi] = nll.sum(axis=1)
             else:
@@ -280,25 +187,16 @@ def measure(model, split: TextSplit, budget: int, seed: int,
     return Measured(loss, se, int(plan.scored.sum()))
 
 
-def _token_nll(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
-    """-log softmax(logits)[target] in float64 for every target, 0 where it is IGNORE."""
-    z = logits.astype(np.float64)  # (..., V)
-    top = z.max(axis=-1, keepdims=True)
-    log_norm = np.log(np.exp(z - top).sum(axis=-1)) + top[..., 0]
-    picked = np.take_along_axis(z, np.maximum(targets, 0)[..., None], axis=-1)[..., 0]
-    return np.where(targets == IGNORE, 0.0, log_norm - picked)
-
-
 def _check_parts(config: TrainConfig, model, world: distributed.World, n_train: int) -> None:
     """Refuse a batch in parts where the parts would not add up to the whole batch's step."""
     why = "several processes" if world.distributed else f"--grad-accum {config.grad_accum}"
-    if getattr(model, "backend", "") not in TORCH_BACKENDS:
+    if model.backend not in TORCH_BACKENDS:
         raise ConfigError(f"{why} needs a torch backend (--backend torch or torch-module): "
                           f"the {model.backend} backend computes a batch whole")
-    if getattr(model, "batch_statistics", False):
+    if model.batch_statistics:
         raise ConfigError(f"{why}: a model with BatchNorm1d normalises by its batch's "
                           "statistics, which a part of the batch does not have")
-    if getattr(model.config, "dropout", 0.0) > 0:
+    if model.config.dropout > 0:
         raise ConfigError(f"{why}: --dropout draws its masks for the whole batch in one "
                           "process; training in parts with dropout is not available yet")
     distributed.parts(config.batch_size or n_train, world, config.grad_accum)
@@ -309,7 +207,7 @@ def place(model, config: TrainConfig, world: distributed.World = distributed.Wor
 
     ``ConfigError`` for a device this machine lacks or a precision the backend cannot run.
     """
-    backend = getattr(model, "backend", "numpy")
+    backend = model.backend
     device = distributed.device_of(world, devices.resolve(config.device, backend))
     devices.check_dtype(config.dtype, backend, device)
     if backend in TORCH_BACKENDS:
@@ -320,42 +218,15 @@ def place(model, config: TrainConfig, world: distributed.World = distributed.Wor
 
 
 def _scalar(value: float, device: str):
-    import torch
+    torch = pytorch.load()
 
     return torch.tensor(value, dtype=torch.float32, device=device)
 
 
 # --- the trainer ---------------------------------------------------------------------
 
-@dataclass
-class Best:
-    """The evaluation with the lowest val loss so far, and the weights it measured."""
-
-    step: int
-    val_loss: float
-    weights: dict[str, np.ndarray]
-
-
-@dataclass
-class TrainState:
-    """What changes as a run goes: the next step to run, the loader position, the records."""
-
-    step: int = 0
-    position: int = 0
-    metrics: list[dict] = field(default_factory=list)
-
-
-_KEY_ORDER = ("step", "loss", "lr", "train_loss", "val_loss", "test_loss", "test_perplexity",
-              "best_step", "best_val_loss")
-
 # Without --checkpoint-every, a checkpoint at least this often: a kill loses at most this much.
 CHECKPOINT_SECONDS = 60.0
-
-
-def _ordered(record: dict) -> dict:
-    """One key order for a record, whether just made or read back from sorted JSON."""
-    keys = [k for k in _KEY_ORDER if k in record] + sorted(k for k in record if k not in _KEY_ORDER)
-    return {k: record[k] for k in keys}
 
 
 class Trainer:
@@ -381,11 +252,10 @@ class Trainer:
             raise ConfigError(f"--batch-size {config.batch_size} is larger than the train split "
                               f"({len(splits['train']):,} examples); use --batch-size 0 to train "
                               "on the whole split in every step")
-        if config.batch_size == 1 and getattr(model, "batch_statistics", False):
+        if config.batch_size == 1 and model.batch_statistics:
             # refused here, before a run directory is written, not at the first update
             raise ConfigError("batch_size 1 cannot train a model with BatchNorm1d: "
                               "a batch needs at least 2 examples to have a variance")
-        learning_rate(config, 0)  # a schedule that does not fit the steps is refused here too
         self.world = world
         # a batch computed in parts: over several processes, or in micro-batches
         self._in_parts = world.distributed or config.grad_accum > 1
@@ -403,12 +273,12 @@ class Trainer:
         self.store = store
         self.progress = progress
         self.state = TrainState()
-        self._signal: int | None = None
-        self._stop_agreed = False  # several processes: all of them know that one was stopped
+        self._stop = Deferred(world)  # Ctrl-C and SIGTERM, answered between two updates
+        self._updating = False  # inside an update: its arrays are half-stepped
         self._saved_at = time.monotonic()
         self._saved_step: int | None = None  # the step of the last checkpoint this trainer took
         self.best: Best | None = None  # with keep "best": the evaluation with the lowest val loss
-        self.scaler = devices.grad_scaler(getattr(model, "device", "cpu"), config.dtype)
+        self.scaler = devices.grad_scaler(model.device, config.dtype)
 
     # --- checkpoints ---
 
@@ -416,91 +286,97 @@ class Trainer:
         """Commit the run as it is between two updates (an atomic switch in the store)."""
         if self.store is None:
             raise ConfigError("this trainer has no run directory to save into")
-        state = {"step": self.state.step, "rng_state": str(self.rng.get_state()),
-                 "loader_position": self.state.position}
-        arrays = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
-        if self.best is not None:  # the last weights resume the run; the best are what it keeps
-            state["best"] = {"step": self.best.step, "val_loss": self.best.val_loss}
-            arrays["best"] = self.best.weights
-        if self.scaler is not None:  # float16's loss scale moves as the run goes
-            state["grad_scaler"] = self.scaler.state_dict()
-        if not all(np.isfinite(a).all() for a in arrays["model"].values()):
+        model = self.model.state_dict()
+        if not all(np.isfinite(a).all() for a in model.values()):
             raise TrainingDiverged(f"the weights stopped being finite numbers by step "
                                    f"{self.state.step}: the learning rate ({self.optimizer.lr:g}) "
                                    "is probably too large; the run keeps its last checkpoint")
-        self.store.commit(state, arrays)
+        self.store.commit(*Checkpoint(
+            self.state, self.rng.get_state(), model, self.optimizer.state_dict(), self.best,
+            None if self.scaler is None else self.scaler.state_dict()).encode())
         self._saved_at = time.monotonic()
         self._saved_step = self.state.step
 
     def restore(self, state: dict, arrays: dict, metrics: list[dict]) -> None:
         """Continue from a committed checkpoint: its ``state``, ``arrays`` and ``metrics``."""
+        saved = decode(state, arrays, metrics, self.config.steps)
+        self.model.load_state_dict(saved.model)  # CheckpointError on any name or shape mismatch
         try:
-            step = int(state["step"])
-            rng_state = int(state["rng_state"])
-            position = int(state["loader_position"])
-            model_state, optim_state = arrays["model"], arrays["optimizer"]
-        except (KeyError, TypeError, ValueError):
-            raise CheckpointError("the checkpoint lacks the training state needed to resume") from None
-        self.model.load_state_dict(model_state)  # CheckpointError on any name or shape mismatch
-        try:
-            self.optimizer.load_state_dict(optim_state)
+            self.optimizer.load_state_dict(saved.optimizer)
         except (KeyError, ValueError, TypeError, IndexError) as e:
             raise CheckpointError(f"the checkpoint's optimizer state does not fit: {e}") from None
         try:
-            self.rng.set_state(rng_state)
+            self.rng.set_state(saved.rng_state)
         except ValueError:
-            raise CheckpointError(f"the checkpoint's RNG state {rng_state} is invalid") from None
-        if not 0 <= step <= self.config.steps:
-            raise CheckpointError(f"the checkpoint's step {step} is outside the run's 0..{self.config.steps}")
-        metrics = [_ordered(r) for r in metrics]
-        if step < self.config.steps:
-            # a finished run being extended: its test record belongs to the old end
-            while metrics and "test_loss" in metrics[-1]:
-                metrics.pop()
-        self.state = TrainState(step=step, position=position, metrics=metrics)
-        if self.scaler is not None and "grad_scaler" in state:
+            raise CheckpointError(f"the checkpoint's RNG state {saved.rng_state} is invalid") from None
+        if self.scaler is not None and saved.grad_scaler is not None:
             try:
-                self.scaler.load_state_dict(state["grad_scaler"])
+                self.scaler.load_state_dict(saved.grad_scaler)
             except (KeyError, TypeError, ValueError, RuntimeError):
                 raise CheckpointError("the checkpoint's float16 loss scale is invalid") from None
-        self.best = None
-        if "best" in state:
-            try:
-                self.best = Best(int(state["best"]["step"]), float(state["best"]["val_loss"]),
-                                 dict(arrays["best"]))
-            except (KeyError, TypeError, ValueError):
-                raise CheckpointError("the checkpoint's best weights are incomplete") from None
+        if saved.best is not None:
             shapes = {name: a.shape for name, a in self.model.state_dict().items()}
-            if {name: np.shape(a) for name, a in self.best.weights.items()} != shapes:
+            if {name: np.shape(a) for name, a in saved.best.weights.items()} != shapes:
                 raise CheckpointError("the checkpoint's best weights do not fit the model")
+        self.state, self.best = saved.state, saved.best
+
+    def _checkpoint_due(self, step: int) -> bool:
+        every = self.config.checkpoint_every
+        if every:
+            return step % every == 0
+        return time.monotonic() - self._saved_at >= CHECKPOINT_SECONDS
 
     # --- the loop ---
 
-    def _record(self, record: dict, log: bool = True) -> None:
-        record = _ordered(record)
-        self.state.metrics.append(record)
-        if self.store is not None and log:
-            self.store.log(record)
-        if self.progress is not None:
-            self.progress(record)
+    def run(self) -> TrainResult:
+        """Train from the current state to ``config.steps``; then test. Returns the result."""
+        cfg, state = self.config, self.state
+        start, t0 = state.step, time.perf_counter()
+        batches = Batches(self.splits["train"], cfg.batch_size, self.rng, state.position)
+        eval_bs = cfg.batch_size or len(self.splits["train"])
+        # overflow on the way to a divergence is caught as a non-finite loss, not warned about
+        with self._stop, np.errstate(over="ignore", invalid="ignore"), self._stopping():
+            for step in range(start, cfg.steps):
+                # a step after an update goes by what that update's all-reduce agreed on
+                self._stop.check(agree=step == start)
+                if self.store is not None and step > start and self._checkpoint_due(step):
+                    self.save()
+                self.optimizer.lr = lr = learning_rate(cfg, step)
+                due = step % cfg.eval_every == 0 or step == cfg.steps - 1
+                evaluation = self._evaluation(step, eval_bs) if due else None
+                self._updating = True
+                loss = self._step(*batches.next(), step)
+                state.step, state.position = step + 1, batches.position
+                self._updating = False
+                if evaluation is not None and self.store is not None:
+                    self.store.log(ordered(evaluation))
+                    self.store.flush()  # evaluations reach the file at once, updates in bulk
+                self._record({"step": step, "loss": loss, "lr": lr})
+            if not state.metrics or "test_loss" not in state.metrics[-1]:
+                record = self._test(eval_bs)
+                self._stop.check()
+                self._record(record)
+            if self.store is not None:
+                self.save()
+        return TrainResult(cfg.steps, state.metrics, time.perf_counter() - t0, start)
 
-    def _update(self, batches: Batches, step: int) -> float:
-        X, Y = batches.next()
+    def _step(self, X: np.ndarray, Y: np.ndarray, step: int) -> float:
+        """One update from the batch ``X, Y``; returns its loss.
+
+        A batch in parts (several processes, ``--grad-accum``, float16's loss
+        scale) is this process's parts of it (tinylm.distributed): each
+        part's mean loss weighted by its share of the batch's scored targets,
+        the gradients added up over the parts and the processes; float16's
+        are unscaled before the step, which is skipped if they overflowed.
+        """
         self.model.train()
-        if self._in_parts or self.scaler is not None:
-            return self._update_in_parts(X, Y, step)
-        _, loss = self.model.forward(X, Y)
-        value = loss_value(loss)
-        self._check_loss(value, step)
-        self.model.backward()  # every backend's backward sets fresh gradients: nothing to zero
-        self.optimizer.step()
-        return value
-
-    def _update_in_parts(self, X: np.ndarray, Y: np.ndarray, step: int) -> float:
-        """One update from this process's parts of the batch (tinylm.distributed): each
-        part's mean loss weighted by its share of the batch's scored targets, the gradients
-        added up over the parts and the processes, then the step (float16: unscaled first,
-        and skipped if they overflowed)."""
+        if not (self._in_parts or self.scaler is not None):
+            _, loss = self.model.forward(X, Y)
+            value = loss_value(loss)
+            self._check_loss(value, step)
+            self.model.backward()  # every backend's backward sets fresh gradients: nothing to zero
+            self.optimizer.step()
+            return value
         scored = (Y != IGNORE).reshape(len(Y), -1).sum(axis=1)  # (B,) targets each row scores
         total = int(scored.sum())
         value = 0.0
@@ -513,8 +389,8 @@ class Trainer:
             self.model.backward(scale=scale, accumulate=i > 0)
         if self.world.distributed:  # the loss and the stop flag travel with the gradients
             value, stops = distributed.all_reduce_grads(
-                self.model.parameters(), [value, float(self._signal is not None)])
-            self._stop_agreed = self._stop_agreed or stops > 0
+                self.model.parameters(), [value, float(self._stop.received)])
+            self._stop.agreed(stops)
         self._check_loss(value, step)
         if self.scaler is None:
             self.optimizer.step()
@@ -530,6 +406,59 @@ class Trainer:
                 f"the training loss became {value} at step {step}: the learning rate "
                 f"({self.optimizer.lr:g}) is probably too large; the run keeps its last checkpoint")
 
+    @contextlib.contextmanager
+    def _stopping(self) -> Iterator[None]:
+        """What a stopped run keeps: a divergence its last checkpoint whose step went
+        through; a signal between two updates a checkpoint of the run as it is, one inside
+        an update (its arrays half-stepped) nothing new."""
+        state = self.state
+        try:
+            yield
+        except TrainingDiverged:
+            if self.store is not None and self._saved_step == state.step:
+                # the checkpoint just taken holds the very weights whose loss is not
+                # finite: the run keeps the one before, whose step went through
+                self.store.revert()
+            raise
+        except KeyboardInterrupt:
+            signum = self._stop.signum or signal.SIGINT
+            if self._updating or self.store is None:
+                raise TrainingInterrupted(state.step, False, signum) from None
+            if state.metrics and "val_loss" in state.metrics[-1] \
+                    and state.metrics[-1]["step"] == state.step:
+                state.metrics.pop()  # an evaluation of a step that did not happen
+            self.save()
+            raise TrainingInterrupted(state.step, True, signum) from None
+        finally:
+            self._updating = False
+
+    # --- evaluations and records ---
+
+    def _record(self, record: dict, log: bool = True) -> None:
+        record = ordered(record)
+        self.state.metrics.append(record)
+        if self.store is not None and log:
+            self.store.log(record)
+        if self.progress is not None:
+            self.progress(record)
+
+    def _evaluation(self, step: int, batch_size: int) -> dict:
+        """The evaluation before step ``step``'s update (train and val loss), recorded; the
+        best weights kept by it under keep "best"."""
+        cfg = self.config
+        train_loss, train_se = self._evaluate(step, "train", batch_size,
+                                              train_batches(cfg, self.splits["train"]))
+        val_loss, val_se = self._evaluate(step, "val", batch_size)
+        evaluation = {"step": step, "train_loss": train_loss, "val_loss": val_loss,
+                      **train_se, **val_se}
+        if cfg.keep == "best" and (self.best is None or val_loss < self.best.val_loss):
+            self.best = Best(step, val_loss, self.model.state_dict())
+        # logged with the update it precedes: a checkpoint never holds an evaluation of a
+        # step it has not taken
+        self._record(evaluation, log=False)
+        self._stop.check()
+        return evaluation
+
     def _evaluate(self, step: int, split: str, batch_size: int, limit: int | None = None
                   ) -> tuple[float, dict]:
         """The loss on ``split``, and for an estimate on a text its standard error as
@@ -537,7 +466,7 @@ class Trainer:
         data, extra = self.splits[split], {}
         if isinstance(data, TextSplit):
             measured = measure(self.model, data, self.config.eval_tokens, self.config.seed,
-                               self.world, stop=lambda: self._signal is not None)
+                               self.world, stop=lambda: self._stop.received)
             value = measured.loss
             if measured.se is not None:
                 extra[f"{split}_loss_se"] = measured.se
@@ -547,74 +476,6 @@ class Trainer:
             raise TrainingDiverged(f"the {split} loss became {value} at step {step}; the run "
                                    "keeps its last checkpoint")
         return value, extra
-
-    def _checkpoint_due(self, step: int) -> bool:
-        every = self.config.checkpoint_every
-        if every:
-            return step % every == 0
-        return time.monotonic() - self._saved_at >= CHECKPOINT_SECONDS
-
-    def run(self) -> TrainResult:
-        """Train from the current state to ``config.steps``; then test. Returns the result."""
-        cfg, state = self.config, self.state
-        start, t0 = state.step, time.perf_counter()
-        batches = Batches(self.splits["train"], cfg.batch_size, self.rng, state.position)
-        eval_bs = cfg.batch_size or len(self.splits["train"])
-        # overflow on the way to a divergence is caught as a non-finite loss, not warned about
-        with self._deferred_signals(), np.errstate(over="ignore", invalid="ignore"):
-            updating = False
-            try:
-                for step in range(state.step, cfg.steps):
-                    # a step after an update goes by what that update's all-reduce agreed on
-                    self._check_signal(agree=step == start)
-                    if self.store is not None and step > start and self._checkpoint_due(step):
-                        self.save()
-                    lr = learning_rate(cfg, step)
-                    self.optimizer.lr = lr
-                    evaluation = None
-                    if step % cfg.eval_every == 0 or step == cfg.steps - 1:
-                        train_loss, train_se = self._evaluate(
-                            step, "train", eval_bs, train_batches(cfg, self.splits["train"]))
-                        val_loss, val_se = self._evaluate(step, "val", eval_bs)
-                        evaluation = {"step": step, "train_loss": train_loss, "val_loss": val_loss,
-                                      **train_se, **val_se}
-                        if cfg.keep == "best" and (self.best is None or val_loss < self.best.val_loss):
-                            self.best = Best(step, val_loss, self.model.state_dict())
-                        # logged with the update it precedes: a checkpoint never holds an
-                        # evaluation of a step it has not taken
-                        self._record(evaluation, log=False)
-                        self._check_signal()
-                    updating = True
-                    loss = self._update(batches, step)
-                    state.step, state.position = step + 1, batches.position
-                    updating = False
-                    if evaluation is not None and self.store is not None:
-                        self.store.log(_ordered(evaluation))
-                        self.store.flush()  # evaluations reach the file at once, updates in bulk
-                    self._record({"step": step, "loss": loss, "lr": lr})
-                if not state.metrics or "test_loss" not in state.metrics[-1]:
-                    record = self._test(eval_bs)
-                    self._check_signal()
-                    self._record(record)
-                if self.store is not None:
-                    self.save()
-            except TrainingDiverged:
-                if self.store is not None and self._saved_step == state.step:
-                    # the checkpoint just taken holds the very weights whose loss is not
-                    # finite: the run keeps the one before, whose step went through
-                    self.store.revert()
-                raise
-            except KeyboardInterrupt:
-                signum = self._signal or signal.SIGINT
-                if updating or self.store is None:
-                    # stopped inside an update: the arrays are half-stepped, nothing to save
-                    raise TrainingInterrupted(state.step, False, signum) from None
-                if state.metrics and "val_loss" in state.metrics[-1] \
-                        and state.metrics[-1]["step"] == state.step:
-                    state.metrics.pop()  # an evaluation of a step that did not happen
-                self.save()
-                raise TrainingInterrupted(state.step, True, signum) from None
-        return TrainResult(cfg.steps, state.metrics, time.perf_counter() - t0, start)
 
     def _test(self, batch_size: int) -> dict:
         """The test record, measured once, at the end, on the weights the run keeps."""
@@ -635,46 +496,3 @@ class Trainer:
         """Load the weights the run keeps into the model (the best by val, with keep "best")."""
         if self.best is not None:
             self.model.load_state_dict(self.best.weights)
-
-    def _check_signal(self, agree: bool = True) -> None:
-        """Raise KeyboardInterrupt if the run was asked to stop.
-
-        Of several processes, all stop before the same step or none does: a signal counts
-        once the processes have agreed on it, here (``agree``, a collective) or in the last
-        update's all-reduce, which carries every process's flag."""
-        stop = self._signal is not None
-        if self.world.distributed:
-            if agree:
-                self._stop_agreed = distributed.any_process(stop) or self._stop_agreed
-            stop = self._stop_agreed
-            if stop and self._signal is None:
-                self._signal = signal.SIGTERM  # another process was stopped
-        if stop:
-            raise KeyboardInterrupt
-
-    @contextlib.contextmanager
-    def _deferred_signals(self) -> Iterator[None]:
-        """Turn the first SIGINT or SIGTERM into a flag the loop checks between updates.
-
-        The handlers stay in place until the final checkpoint is committed; a
-        second signal of the same kind then acts at once (Ctrl-C raises
-        KeyboardInterrupt, SIGTERM ends the process), and the commits being
-        atomic, the directory keeps its last complete state either way.
-        """
-        self._signal = None
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-        previous = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
-
-        def handler(signum, frame):
-            self._signal = signum
-            signal.signal(signum, previous[signum])
-
-        for signum in previous:
-            signal.signal(signum, handler)
-        try:
-            yield
-        finally:
-            for signum, old in previous.items():
-                signal.signal(signum, old)

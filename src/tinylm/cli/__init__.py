@@ -1,9 +1,11 @@
-"""The ``tinylm`` command line: argument parsing, dispatch, and error reporting.
+"""The ``tinylm`` command line: the parser assembled from its commands, dispatch, and
+error reporting.
 
 ``main(argv)`` is the whole program and returns an exit code, so tests call
 it directly. This package is the only place in tinylm that prints or exits:
-each subcommand's module turns parsed arguments into library calls and
-prints what they return. A ``TinylmError`` from anywhere becomes one line on
+each subcommand has its own module (cli/train.py, cli/sample.py, ...), which
+registers its flags and turns parsed arguments into library calls and prints
+what they return. A ``TinylmError`` from anywhere becomes one line on
 stderr and exit code 2; a Ctrl-C becomes exit code 130.
 
 Subcommands:
@@ -29,13 +31,15 @@ from typing import Sequence
 
 import numpy as np
 
-from tinylm import __version__, api, settings
-from tinylm.cli import export, micrograd, neural, report, serve, train
-from tinylm.cli.common import (
-    CONSOLE, Parser, Terminated, UsageError, add_run_dir, run_dir_of,
+from tinylm import __version__
+from tinylm.cli import (
+    diagnose, evaluate, export, micrograd, recipes, report, sample, serve, train,
 )
+from tinylm.cli.common import Parser, Terminated, UsageError, run_dir_of
 from tinylm.errors import TinylmError
-from tinylm.output import TEXT_PASSAGE, say_passage, say_samples
+
+# one module a command, each with its register(sub); in the order of the help's list
+COMMANDS = (train, sample, evaluate, diagnose, report, serve, export, recipes, micrograd)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,58 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"tinylm {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     sub.required = True
-
-    train.register(sub)
-
-    sample = sub.add_parser("sample", help="print new items from a trained run",
-                            description="Load the model saved in DIR and print new items, "
-                            "each marked new or copied from the training set.")
-    add_run_dir(sample, required=True)
-    sample.add_argument("-n", "--num-samples", type=settings.NONNEG_INT.parse, default=20,
-                        metavar="N", help="how many items (default: 20)")
-    sample.add_argument("--seed", type=settings.SEED.parse, default=42, metavar="S",
-                        help="seed of the sampling RNG (default: 42)")
-    sample.add_argument("--temperature", type=settings.POSITIVE_FLOAT.parse, default=1.0,
-                        metavar="T", help="divide the logits by this: below 1 safer, above 1 "
-                        "wilder (default: 1)")
-    sample.add_argument("--top-k", type=settings.POSITIVE_INT.parse, default=None, metavar="K",
-                        help="sample only among the k most likely tokens (default: all)")
-    sample.add_argument("--prompt", default="", help="start every item (or the passage) with "
-                        "this text (default: none)")
-    sample.add_argument("--tokens", type=settings.POSITIVE_INT.parse, default=None, metavar="N",
-                        help="write one continuous passage of N characters instead of items "
-                        f"(a --format text run's default: {TEXT_PASSAGE})")
-    sample.set_defaults(handler=_sample)
-
-    evaluate = sub.add_parser("eval", help="print the loss of a trained run on each split",
-                              description="Reload the run in DIR and print its loss and "
-                              "perplexity on the train, val and test splits.")
-    add_run_dir(evaluate, required=True)
-    evaluate.set_defaults(handler=_eval)
-
-    neural.register_diagnose(sub)
-    report.register(sub)
-    serve.register(sub)
-    export.register(sub)
-    train.register_recipes(sub)
-    micrograd.register(sub, add_run_dir)
+    for command in COMMANDS:
+        command.register(sub)
     return parser
-
-
-def _sample(args: argparse.Namespace) -> int:
-    run = api.load(args.out_dir)
-    got = run.sample(args.num_samples, args.prompt, args.temperature, args.top_k, args.seed,
-                     args.tokens)
-    if isinstance(got, str):
-        say_passage(CONSOLE, got, args.tokens or TEXT_PASSAGE, args.prompt)
-    else:
-        say_samples(CONSOLE, [(s.text, not s.new) for s in got], args.prompt)
-    return 0
-
-
-def _eval(args: argparse.Namespace) -> int:
-    api.load(args.out_dir).evaluate(CONSOLE)
-    return 0
 
 
 def _terminate(signum, frame) -> None:

@@ -1,4 +1,5 @@
-"""What the subcommands share: the one-line usage error and the run-directory argument.
+"""What the subcommands share: their registration, the one-line usage error and the
+run-directory argument.
 
 The lines a command prints come from tinylm.output, through ``CONSOLE``.
 """
@@ -6,6 +7,7 @@ The lines a command prints come from tinylm.output, through ``CONSOLE``.
 from __future__ import annotations
 
 import argparse
+from typing import Any, Callable
 
 from tinylm.output import CONSOLE  # noqa: F401  (what the commands print through)
 
@@ -23,6 +25,16 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> None:  # type: ignore[override]
         raise UsageError(f"{self.prog}: {message}")
+
+
+def add_command(sub: argparse._SubParsersAction, name: str,
+                handler: Callable[[argparse.Namespace], int], *, help: str, description: str,
+                **options: Any) -> argparse.ArgumentParser:
+    """The parser of the subcommand ``name``, which ``main`` runs as ``handler(args)``; its
+    arguments are the caller's to add. ``options`` go to argparse (an epilog, a formatter)."""
+    p = sub.add_parser(name, help=help, description=description, **options)
+    p.set_defaults(handler=handler)
+    return p
 
 
 def add_run_dir(p: argparse.ArgumentParser, required: bool) -> None:

@@ -6,11 +6,14 @@ from __future__ import annotations
 import argparse
 
 from tinylm import export
+from tinylm.cli.common import add_command
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "export", help="write a trained run as a Hugging Face checkpoint or an ONNX model",
+    """Add the ``export`` subcommand."""
+    p = add_command(
+        sub, "export", run,
+        help="write a trained run as a Hugging Face checkpoint or an ONNX model",
         description="Read the run in DIR (only read: nothing there changes) and write the "
         "weights it keeps (the best by val with --keep best, else the last) to OUT. --to hf: a "
         "transformer run as a GPT-2 checkpoint directory (config.json, model.safetensors, a "
@@ -26,7 +29,6 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "onnx: an ONNX model file (every neural model)")
     p.add_argument("out", metavar="OUT",
                    help="the directory (--to hf) or the file (--to onnx) to write")
-    p.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -11,8 +11,8 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Callable
 
+from tinylm.cli.common import add_command
 from tinylm.errors import ConfigError
 from tinylm.io import check_out_dir
 from tinylm.runs import MANIFEST
@@ -25,11 +25,11 @@ DEFAULT_OUT_DIR = "out/micrograd"
 PRINT_EVERY = 10
 
 
-def register(sub: argparse._SubParsersAction, add_run_dir: Callable) -> None:
-    """Add the ``micrograd`` subcommand to the ``tinylm`` parser."""
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the ``micrograd`` subcommand."""
     d = DemoConfig()
-    p = sub.add_parser(
-        "micrograd",
+    p = add_command(
+        sub, "micrograd", run,
         help="the scalar-autograd demo: a tiny MLP on a 2D toy dataset",
         description="Train a tiny multi-layer perceptron, built from scalar Values that "
         "backpropagate by themselves, to classify 2D points. Writes into -o DIR: "
@@ -61,7 +61,6 @@ def register(sub: argparse._SubParsersAction, add_run_dir: Callable) -> None:
                    help="seed of the one RNG that draws the data, then the weights")
     p.add_argument("--html", action="store_true",
                    help="also write micrograd.html, the interactive page, into DIR")
-    p.set_defaults(handler=run)
 
 
 def _check_demo_dir(out: Path) -> None:

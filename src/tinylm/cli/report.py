@@ -6,13 +6,15 @@ import argparse
 from pathlib import Path
 
 from tinylm import report
+from tinylm.cli.common import add_command
 from tinylm.errors import ConfigError
 from tinylm.io import atomic_write_text
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "report", help="write one self-contained HTML page about one or more runs",
+    """Add the ``report`` subcommand."""
+    p = add_command(
+        sub, "report", run, help="write one self-contained HTML page about one or more runs",
         description="Read the run directories given (any kind of run, also one still training) "
         "and write one HTML file with everything inline, no network needed: the train and val "
         "loss curves of every run overlaid (with a log-scaled step axis to switch to), the "
@@ -23,7 +25,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", default="report.html", metavar="FILE",
                    help="the HTML file to write (default: report.html); an existing file is "
                    "replaced only if it is an earlier report")
-    p.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:

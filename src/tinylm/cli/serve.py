@@ -6,12 +6,14 @@ import argparse
 import sys
 
 from tinylm import runs, serve, settings
+from tinylm.cli.common import add_command
 from tinylm.errors import ConfigError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "serve", help="a local web page to sample from a trained run",
+    """Add the ``serve`` subcommand."""
+    p = add_command(
+        sub, "serve", run, help="a local web page to sample from a trained run",
         description="Open the run in RUN_DIR and serve a page at http://HOST:PORT/ with a prompt "
         "box, temperature and top-k sliders, the probabilities of the next character as a bar "
         "chart, and samples marked new or copied. Bound to 127.0.0.1 (this machine only) unless "
@@ -24,7 +26,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default: 127.0.0.1; 0.0.0.0 opens it to the "
                    "network, with a warning)")
-    p.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,4 +1,4 @@
-"""``tinylm train`` and ``tinylm recipes``: flags made from the settings, then the library's run.
+"""``tinylm train``: flags made from the settings, then the library's run.
 
 Every model and training flag is made from a field of ``ModelConfig``,
 ``TrainConfig`` or ``NgramSettings`` (tinylm.settings): its default, its
@@ -16,16 +16,17 @@ import os
 
 from tinylm import api, distributed, settings
 from tinylm.api import SETTINGS, model_names
-from tinylm.cli.common import CONSOLE, add_run_dir
+from tinylm.cli.common import CONSOLE, add_command, add_run_dir
 from tinylm.models import MODEL_DEFAULTS, ModelConfig
 from tinylm.ngram import NgramSettings
 from tinylm.recipes import RECIPES, recipe_names
-from tinylm.train import TrainConfig
+from tinylm.train_config import TrainConfig
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "train", help="train a model and write the run to -o DIR",
+    """Add the ``train`` subcommand, a flag for every setting."""
+    p = add_command(
+        sub, "train", run, help="train a model and write the run to -o DIR",
         description="Train a model on a text file (--format lines: one item per line, the "
         "default, and the bundled 32,033 names if no file is given; --format text: one "
         "continuous document, kept character for character), write metrics.jsonl, config.json and the model into -o DIR, "
@@ -58,7 +59,6 @@ def register(sub: argparse._SubParsersAction) -> None:
               ("n-gram settings", NgramSettings))
     for title, cls in groups:
         settings.add_flags(p.add_argument_group(title), cls, _default_note)
-    p.set_defaults(handler=run)
 
 
 def _default_note(f: dataclasses.Field) -> str:
@@ -103,23 +103,3 @@ def _train_together(args: argparse.Namespace, world: distributed.World) -> int:
         # setting up is a stage all get through or none does; neural_run.train passes its gate
         with distributed.together(world) as gate:
             return _train(args, world, gate)
-
-
-def register_recipes(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("recipes", help="list the training recipes and what each sets",
-                       description="List the named training protocols of 'tinylm train --recipe "
-                       "NAME' and every setting each of them fixes; explicit flags override them.")
-    p.add_argument("name", nargs="?", choices=recipe_names(), help="show this recipe only")
-    p.set_defaults(handler=show_recipes)
-
-
-def show_recipes(args: argparse.Namespace) -> int:
-    for name in [args.name] if args.name else recipe_names():
-        recipe = RECIPES[name]
-        print(f"{name}: {recipe.about}")
-        kinds = {f.name: settings.spec(f)["kind"] for cls in SETTINGS
-                 for f in settings.setting_fields(cls)}
-        flags = [f"{settings.flag_of(key)} {settings.show(value, kinds.get(key))}"
-                 for key, value in recipe.settings.items()]
-        print("  " + " ".join(flags))
-    return 0

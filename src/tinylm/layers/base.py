@@ -15,8 +15,9 @@ loads into any other. Each backend subclass supplies the arithmetic.
 
 from __future__ import annotations
 
+import contextlib
 import math
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, ContextManager, Iterable, Iterator, Mapping
 
 import numpy as np
 
@@ -90,6 +91,12 @@ class Sequential(Layer):
         self.out = x
         return x
 
+    def __iter__(self) -> Iterator[Layer]:
+        return iter(self.layers)
+
+    def __getitem__(self, i: int) -> Layer:
+        return self.layers[i]
+
     def named_parameters(self) -> list[tuple[str, Any]]:
         return [(f"{i}.{name}", p) for i, layer in enumerate(self.layers)
                 for name, p in layer.named_parameters()]
@@ -149,6 +156,18 @@ class Cache:
         return self._slots.setdefault(id(layer), {})
 
 
+def first_state(start: Any, cache: Cache | None, layer: Any) -> Any:
+    """h_{-1} of a recurrent net: its learned ``start``, or where a cached run left off."""
+    carried = None if cache is None else cache.slot(layer).get("h")
+    return start if carried is None else carried
+
+
+def keep_state(cache: Cache | None, layer: Any, hs: Any) -> None:
+    """Keep a recurrent net's last hidden state (of hs, (B, T, H)) for the next tokens."""
+    if cache is not None:
+        cache.slot(layer)["h"] = hs[:, -1]
+
+
 def check_cached(targets: Any, cache: Cache | None) -> None:
     """A cache is for generating: a forward pass that trains keeps what backward needs instead."""
     if cache is not None and targets is not None:
@@ -165,14 +184,24 @@ class LanguageModel:
     """
 
     backend = ""
+    per_position = False  # a sequence model predicts at every position (see the module docstring)
+    device = "cpu"        # where its tensors are: a torch model may move (``to_device``)
 
-    def __init__(self, config: Any, reads: int, penalties: Mapping[str, float]) -> None:
+    def __init__(self, config: Any, net: Any, reads: int,
+                 penalties: Mapping[str, float] = {}) -> None:
         self.config = config
-        self.context: int = config.context
+        # a sequence model reads up to its block size; a fixed-window model its context
+        self.context: int = config.block_size if self.per_position else config.context
         self.reads = reads  # the network sees idx[:, -reads:]
         # state-dict name -> c: the loss gains c * mean(weight**2) (the bigram's smoothing)
         self.penalties = dict(penalties)
         self.training = True
+        self.net = net
+        # a fixed-window model's net is the Sequential of its layers, its parameters named
+        # "layers.<i>.<name>"; a sequence model's is one network with its own dotted names
+        self._prefix = "" if self.per_position else "layers."
+        self._params = {self._prefix + name: p for name, p in net.named_parameters()}
+        self.layers = [net] if self.per_position else list(net)
 
     # --- hooks for the backends -------------------------------------------------------
 
@@ -184,8 +213,26 @@ class LanguageModel:
         """Non-trainable state (e.g. BatchNorm running statistics) by state-dict name."""
         return {}
 
-    def _to_numpy(self, tensor: Any) -> np.ndarray:
+    def to_numpy(self, x: Any) -> np.ndarray:
+        """Anything this backend computes or holds as a numpy array: logits, a layer's
+        output, a parameter or buffer (by the object ``_named_parameters`` gives). A
+        parameter's is a copy, which the next update does not change; an array the model
+        returned is given as it is."""
         raise NotImplementedError
+
+    def grad_of(self, x: Any) -> np.ndarray | None:
+        """The gradient of the last loss held by a parameter, or, given a layer, by that
+        layer's output, after ``backward`` (None where the backend kept none)."""
+        raise NotImplementedError
+
+    def inference_mode(self) -> ContextManager[Any]:
+        """A context in which forward passes keep nothing for a backward pass (PyTorch's
+        inference mode); the backends that keep nothing anyway need nothing."""
+        return contextlib.nullcontext()
+
+    def keep_output_grad(self, layer: Any) -> None:
+        """Ask that ``layer``'s last output keep its gradient through the next ``backward``
+        (autograd frees it otherwise); backends that keep it anyway need do nothing."""
 
     def _assign(self, tensor: Any, value: np.ndarray) -> None:
         """Overwrite ``tensor`` in place with ``value`` (same shape)."""
@@ -193,14 +240,6 @@ class LanguageModel:
 
     def _set_training(self, mode: bool) -> None:
         raise NotImplementedError
-
-    def _hold(self, net: Any) -> None:
-        """A per-position model's setup: ``net`` its one layer, the block size its context,
-        the parameters those of ``net`` under their own dotted names."""
-        self.context = self.config.block_size
-        self.net = net
-        self.layers = [net]
-        self._params = dict(net.named_parameters())
 
     def draw_dropout_from(self, rng: Any) -> None:
         """Give every Dropout layer the RNG its masks come from (the run's, so that a
@@ -210,9 +249,8 @@ class LanguageModel:
                 layer.rng = rng
 
     def _sublayers(self) -> Iterable[Any]:
-        """Every layer of a per-position model's network (the fixed-window models have no
-        Dropout: nothing to visit)."""
-        return walk(self.net) if getattr(self, "net", None) is not None else ()
+        """Every layer of the model's network, depth first."""
+        return walk(self.net)
 
     # --- shared ---------------------------------------------------------------------------
 
@@ -229,7 +267,7 @@ class LanguageModel:
 
     def state_dict(self) -> dict[str, np.ndarray]:
         """Copies of every parameter and buffer as numpy arrays, in PyTorch layout."""
-        return {name: self._to_numpy(t) for name, t in self._named_state().items()}
+        return {name: self.to_numpy(t) for name, t in self._named_state().items()}
 
     def load_state_dict(self, state: Mapping[str, np.ndarray], strict: bool = True) -> None:
         """Copy ``state`` into the model; raises CheckpointError on any mismatch.
@@ -250,7 +288,7 @@ class LanguageModel:
                 f"the saved weights do not fit this {self.config.model!r} model: {'; '.join(parts)}")
         for name, value in state.items():
             value = np.asarray(value)
-            shape = self._to_numpy(own[name]).shape
+            shape = self.to_numpy(own[name]).shape
             if value.shape != shape:
                 raise CheckpointError(
                     f"the saved weight {name!r} has shape {value.shape}, the model expects {shape}")
@@ -260,11 +298,11 @@ class LanguageModel:
     def batch_statistics(self) -> bool:
         """Whether a layer normalises with statistics of the batch (BatchNorm), so that
         a training batch needs at least two examples."""
-        return any(getattr(layer, "batch_statistics", False) for layer in self.layers)
+        return any(getattr(layer, "batch_statistics", False) for layer in self._sublayers())
 
     def num_params(self) -> int:
         """How many trainable numbers the model has."""
-        return sum(self._to_numpy(t).size for t in self._named_parameters().values())
+        return sum(self.to_numpy(t).size for t in self._named_parameters().values())
 
     def _inputs(self, idx: Any) -> Any:
         """Check that idx is (B, >= reads) and keep its last ``reads`` columns."""

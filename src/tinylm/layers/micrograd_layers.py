@@ -22,11 +22,12 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
+from tinylm.layers import FIXED_WINDOW_VOCABULARY
 from tinylm.layers.base import LanguageModel, Layer, Sequential
 from tinylm.micrograd import nn
 from tinylm.micrograd.engine import Value
 
-__all__ = ["Embedding", "Flatten", "Linear", "Tanh", "Sequential", "cross_entropy", "LM"]
+__all__ = list(FIXED_WINDOW_VOCABULARY)  # see tinylm.layers
 
 
 def leaves(nested: Any) -> Iterator[Any]:
@@ -119,12 +120,9 @@ class MicrogradLM(LanguageModel):
 
     backend = "micrograd"
 
-    def __init__(self, config: Any, layers: Sequence[Layer], reads: int,
+    def __init__(self, config: Any, net: Sequential, reads: int,
                  penalties: Mapping[str, float] = {}) -> None:
-        super().__init__(config, reads, penalties)
-        self.net = Sequential(layers)
-        self.layers = self.net.layers
-        self._params = {f"layers.{n}": p for n, p in self.net.named_parameters()}
+        super().__init__(config, net, reads, penalties)
         self.logits: list | None = None
         self.loss: Value | None = None
 
@@ -155,8 +153,14 @@ class MicrogradLM(LanguageModel):
     def _named_parameters(self) -> dict[str, list]:
         return self._params
 
-    def _to_numpy(self, tensor: list) -> np.ndarray:
-        return np.array(_data(tensor), dtype=np.float64)
+    def to_numpy(self, x: Any) -> np.ndarray:
+        if isinstance(x, np.ndarray):  # logits: forward gave them as numbers already
+            return x
+        return np.array(_nested(x, "data"), dtype=np.float64)
+
+    def grad_of(self, x: Any) -> np.ndarray | None:
+        # a layer's output is nested Values, each holding its own gradient
+        return np.array(_nested(x if isinstance(x, list) else x.out, "grad"), dtype=np.float64)
 
     def _assign(self, tensor: list, value: np.ndarray) -> None:
         for v, x in zip(leaves(tensor), value.reshape(-1).tolist()):
@@ -166,8 +170,11 @@ class MicrogradLM(LanguageModel):
         self.net.train(mode)
 
 
-def _data(nested: Any) -> Any:
-    return [_data(x) for x in nested] if isinstance(nested, list) else nested.data
+def _nested(x: Any, attr: str) -> Any:
+    """``attr`` (data or grad) of every Value in nested lists; numbers pass as they are."""
+    if isinstance(x, list):
+        return [_nested(v, attr) for v in x]
+    return getattr(x, attr, x)
 
 
 LM = MicrogradLM  # the name models.build_model looks for in every backend module

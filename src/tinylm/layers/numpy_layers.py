@@ -19,17 +19,22 @@ the last axis, so it takes (B, C) as well as (B, T, C).
 from __future__ import annotations
 
 import math
+import sys
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from tinylm.layers import base
-from tinylm.layers.base import Cache, LanguageModel, Layer, check_cached, dropout_mask
-from tinylm.data import IGNORE
-from tinylm.layers.shape_checks import (
-    check_batch_norm_examples, check_block, check_cell, check_flatten_input, check_group,
-    check_heads,
+from tinylm.layers import base, composite
+from tinylm.layers.base import (
+    Cache, LanguageModel, Layer, check_cached, dropout_mask, first_state, keep_state,
 )
+from tinylm import losses
+from tinylm.layers.shape_checks import (
+    check_batch_norm_examples, check_block, check_flatten_input, check_group,
+)
+
+# the composite layers (tinylm.layers.composite) are built from this module's primitives
+PRIMITIVES = sys.modules[__name__]
 
 
 class Parameter:
@@ -302,7 +307,7 @@ class GELU(Layer):
         return dout * (0.5 * (1 + t) + 0.5 * x * dt)             # (..., H)
 
 
-class Dropout(Layer):
+class Dropout(composite.Dropout, Layer):
     """Dropout: Srivastava et al., "Dropout: A Simple Way to Prevent Neural Networks from
     Overfitting", JMLR 2014.
 
@@ -313,13 +318,7 @@ class Dropout(Layer):
     ``draw_dropout_from``), so every backend drops the same elements.
     """
 
-    draws_from_rng = True  # LanguageModel.draw_dropout_from gives it the run's RNG
-
-    def __init__(self, p: float = 0.0) -> None:
-        super().__init__()
-        self.p = p
-        self.rng = None
-        self.mask: np.ndarray | None = None
+    mask: np.ndarray | None = None
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         self.mask = None
@@ -333,7 +332,7 @@ class Dropout(Layer):
         return dout if self.mask is None else dout * self.mask   # the same elements pass
 
 
-class CausalSelfAttention(Layer):
+class CausalSelfAttention(composite.CausalSelfAttention, Layer):
     """Masked multi-head self-attention: Vaswani et al., "Attention Is All You Need", 2017.
 
     Each position asks a query of every position up to itself (the causal
@@ -346,16 +345,7 @@ class CausalSelfAttention(Layer):
     and the output.
     """
 
-    child_names = ("qkv", "proj", "attn_dropout", "resid_dropout")
-
-    def __init__(self, n_embd: int, n_head: int, dropout: float = 0.0, dtype=np.float32) -> None:
-        super().__init__()
-        check_heads(n_embd, n_head)
-        self.n_head = n_head
-        self.qkv = Linear(n_embd, 3 * n_embd, dtype=dtype)
-        self.proj = Linear(n_embd, n_embd, dtype=dtype)
-        self.attn_dropout = Dropout(dropout)
-        self.resid_dropout = Dropout(dropout)
+    L = PRIMITIVES
 
     def _heads(self, a: np.ndarray) -> np.ndarray:
         B, T, C = a.shape
@@ -411,31 +401,10 @@ class Sequential(base.Sequential):
         return dout
 
 
-class Block(Layer):
-    """The pre-norm Transformer block (Radford et al., "Language Models are Unsupervised
-    Multitask Learners", 2019, after Vaswani et al., 2017).
+class Block(composite.Block, Layer):
+    """The pre-norm Transformer block (see tinylm.layers.composite), with its backward pass."""
 
-    x + attn(ln1(x)), then that + mlp(ln2(that)): each sub-layer reads a
-    normalised copy of the stream and adds its result back (a residual), so
-    the gradient reaches early blocks through the additions undiminished.
-    The MLP widens every position to 4 * n_embd with a GELU between (and
-    ends in dropout, which has no weights: its Linears stay mlp.0 and mlp.2).
-    """
-
-    child_names = ("ln1", "attn", "ln2", "mlp")
-
-    def __init__(self, n_embd: int, n_head: int, dropout: float = 0.0, dtype=np.float32) -> None:
-        super().__init__()
-        self.ln1 = LayerNorm(n_embd, dtype=dtype)
-        self.attn = CausalSelfAttention(n_embd, n_head, dropout, dtype=dtype)
-        self.ln2 = LayerNorm(n_embd, dtype=dtype)
-        self.mlp = Sequential([Linear(n_embd, 4 * n_embd, dtype=dtype), GELU(),
-                               Linear(4 * n_embd, n_embd, dtype=dtype), Dropout(dropout)])
-
-    def forward(self, x: np.ndarray, cache: Cache | None = None) -> np.ndarray:
-        h = x + self.attn(self.ln1(x), cache)            # (B, T, C)
-        self.out = h + self.mlp(self.ln2(h))             # (B, T, C)
-        return self.out
+    L = PRIMITIVES
 
     def backward(self, dout: np.ndarray) -> np.ndarray:
         dh = dout + self.ln2.backward(self.mlp.backward(dout))   # (B, T, C)
@@ -445,12 +414,6 @@ class Block(Layer):
 def sigmoid(x: np.ndarray) -> np.ndarray:
     """1 / (1 + exp(-x)), as 0.5 (1 + tanh(x / 2)): the same function, with no overflow."""
     return 0.5 * (1 + np.tanh(0.5 * x))
-
-
-def _first_state(start: np.ndarray, B: int, cache: Cache | None, layer: Layer) -> np.ndarray:
-    """h_{-1} of a recurrent net: the learned start, or where the cached run left off."""
-    carried = None if cache is None else cache.slot(layer).get("h")
-    return np.broadcast_to(start, (B, start.shape[1])) if carried is None else carried
 
 
 class RNN(Layer):
@@ -474,7 +437,8 @@ class RNN(Layer):
     def forward(self, x: np.ndarray, cache: Cache | None = None) -> np.ndarray:
         B, T, C = x.shape
         W, b = self.xh_to_h.weight.data, self.xh_to_h.bias.data
-        h = _first_state(self.start.data, B, cache, self)         # (B, H)
+        H = self.start.data.shape[1]
+        h = np.broadcast_to(first_state(self.start.data, cache, self), (B, H))  # (B, H)
         self.xh, hs = [], []
         for t in range(T):
             xh = np.concatenate([x[:, t], h], axis=1)             # (B, C+H)
@@ -482,8 +446,7 @@ class RNN(Layer):
             self.xh.append(xh)
             hs.append(h)
         self.out = np.stack(hs, axis=1)                           # (B, T, H)
-        if cache is not None:
-            cache.slot(self)["h"] = h
+        keep_state(cache, self, self.out)
         return self.out
 
     def backward(self, dout: np.ndarray) -> np.ndarray:
@@ -532,7 +495,8 @@ class GRU(Layer):
     def forward(self, x: np.ndarray, cache: Cache | None = None) -> np.ndarray:
         B, T, C = x.shape
         lz, lr, lhb = self.xh_to_z, self.xh_to_r, self.xh_to_hbar
-        h = _first_state(self.start.data, B, cache, self)                   # (B, H)
+        H = self.start.data.shape[1]
+        h = np.broadcast_to(first_state(self.start.data, cache, self), (B, H))  # (B, H)
         self.steps, hs = [], []
         for t in range(T):
             xh = np.concatenate([x[:, t], h], axis=1)                       # (B, C+H)
@@ -544,8 +508,7 @@ class GRU(Layer):
             h = (1 - z) * h + z * hbar                                      # (B, H)
             hs.append(h)
         self.out = np.stack(hs, axis=1)                                     # (B, T, H)
-        if cache is not None:
-            cache.slot(self)["h"] = h
+        keep_state(cache, self, self.out)
         return self.out
 
     def backward(self, dout: np.ndarray) -> np.ndarray:
@@ -579,39 +542,18 @@ class GRU(Layer):
         return dx                                                           # (B, T, C)
 
 
-class Transformer(Layer):
-    """A decoder-only Transformer language model in the manner of GPT-2 (Radford et al.,
-    "Language Models are Unsupervised Multitask Learners", 2019).
+def positions(idx: np.ndarray, cache: Cache | None, block_size: int) -> np.ndarray:
+    """The positions of idx's tokens: after those a cache has read, within the block."""
+    past = 0 if cache is None else cache.length      # the positions already read
+    T = check_block(idx.shape, block_size, past)
+    return np.arange(past, past + T)                 # (T,)
 
-    Token and position embeddings are added, ``n_layers`` pre-norm ``Block``s
-    transform the stream, a final LayerNorm and ``lm_head`` give logits at
-    every position: (B, T) token ids -> (B, T, vocab_size), T <= block_size.
-    Parameter names follow PyTorch's nesting: ``blocks.0.attn.qkv.weight``.
-    ``dropout`` acts on the summed embeddings and inside every block.
-    """
 
-    child_names = ("wte", "wpe", "drop", "blocks", "ln_f", "lm_head")
+class Transformer(composite.Transformer, Layer):
+    """The GPT-2-style Transformer language model (see tinylm.layers.composite), with its
+    backward pass."""
 
-    def __init__(self, vocab_size: int, block_size: int, n_embd: int, n_head: int,
-                 n_layers: int, dropout: float = 0.0, dtype=np.float32) -> None:
-        super().__init__()
-        self.block_size = block_size
-        self.wte = Embedding(vocab_size, n_embd, dtype=dtype)
-        self.wpe = Embedding(block_size, n_embd, dtype=dtype)
-        self.drop = Dropout(dropout)
-        self.blocks = Sequential([Block(n_embd, n_head, dropout, dtype=dtype)
-                                  for _ in range(n_layers)])
-        self.ln_f = LayerNorm(n_embd, dtype=dtype)
-        self.lm_head = Linear(n_embd, vocab_size, bias=False, dtype=dtype)
-
-    def forward(self, idx: np.ndarray, cache: Cache | None = None) -> np.ndarray:
-        past = 0 if cache is None else cache.length      # the positions already read
-        T = check_block(idx.shape, self.block_size, past)
-        x = self.drop(self.wte(idx) + self.wpe(np.arange(past, past + T)))  # (B, T, C) + (T, C)
-        for block in self.blocks.layers:
-            x = block(x, cache)                          # (B, T, C)
-        self.out = self.lm_head(self.ln_f(x))            # (B, T, V)
-        return self.out
+    L = PRIMITIVES
 
     def backward(self, dlogits: np.ndarray) -> None:
         dx = self.blocks.backward(self.ln_f.backward(self.lm_head.backward(dlogits)))  # (B, T, C)
@@ -621,26 +563,10 @@ class Transformer(Layer):
         return None  # token ids are not differentiable
 
 
-class RecurrentLM(Layer):
-    """A recurrent language model: embedding, an ``RNN`` or ``GRU`` over the positions, and
-    a Linear read-out of each hidden state: (B, T) -> (B, T, vocab_size). ``dropout``
-    acts on the embeddings and on the hidden states read out (not on the recurrence)."""
+class RecurrentLM(composite.RecurrentLM, Layer):
+    """The recurrent language model (see tinylm.layers.composite), with its backward pass."""
 
-    child_names = ("wte", "drop_in", "rnn", "drop_out", "lm_head")
-
-    def __init__(self, vocab_size: int, n_embd: int, n_embd2: int, cell: str = "rnn",
-                 dropout: float = 0.0, dtype=np.float32) -> None:
-        super().__init__()
-        self.wte = Embedding(vocab_size, n_embd, dtype=dtype)
-        self.drop_in = Dropout(dropout)
-        self.rnn = {"rnn": RNN, "gru": GRU}[check_cell(cell)](n_embd, n_embd2, dtype=dtype)
-        self.drop_out = Dropout(dropout)
-        self.lm_head = Linear(n_embd2, vocab_size, dtype=dtype)
-
-    def forward(self, idx: np.ndarray, cache: Cache | None = None) -> np.ndarray:
-        x = self.drop_in(self.wte(idx))                          # (B, T, C)
-        self.out = self.lm_head(self.drop_out(self.rnn(x, cache)))  # (B, T, V)
-        return self.out
+    L = PRIMITIVES
 
     def backward(self, dlogits: np.ndarray) -> None:
         dh = self.drop_out.backward(self.lm_head.backward(dlogits))  # (B, T, H)
@@ -649,22 +575,13 @@ class RecurrentLM(Layer):
 
 
 class CrossEntropy:
-    """Mean negative log-likelihood of the targets under softmax(logits).
-
-    Stable for any logits: the row maximum is subtracted before
-    exponentiating, which changes nothing mathematically (softmax is
-    shift-invariant) and keeps exp() from overflowing.
-    """
+    """Mean negative log-likelihood of the targets under softmax(logits) (tinylm.losses),
+    the softmax kept for the backward pass."""
 
     def forward(self, logits: np.ndarray, targets: np.ndarray) -> float:
-        B = logits.shape[0]
         self.targets = targets                                            # (B,)
-        shifted = logits - logits.max(axis=1, keepdims=True)              # (B, V)
-        counts = np.exp(shifted)                                          # (B, V)
-        sums = counts.sum(axis=1, keepdims=True)                          # (B, 1)
-        self.probs = counts / sums                                        # (B, V)
-        logprobs = shifted[np.arange(B), targets] - np.log(sums[:, 0])    # (B,) of the targets alone
-        return float(-logprobs.mean())
+        loss, self.probs = losses.softmax_cross_entropy(logits, targets)  # probs (B, V)
+        return loss
 
     def backward(self) -> np.ndarray:
         # d/dlogits of -log softmax(logits)[y] is softmax(logits) - onehot(y);
@@ -675,9 +592,7 @@ class CrossEntropy:
         return dlogits / B                                                # (B, V)
 
 
-def cross_entropy(logits: np.ndarray, targets: np.ndarray) -> float:
-    """The loss of ``CrossEntropy`` without keeping anything for a backward pass."""
-    return CrossEntropy().forward(logits, targets)
+cross_entropy = losses.cross_entropy  # ``CrossEntropy``'s loss, nothing kept for a backward pass
 
 
 class SequenceCrossEntropy:
@@ -689,14 +604,10 @@ class SequenceCrossEntropy:
     """
 
     def forward(self, logits: np.ndarray, targets: np.ndarray) -> float:
-        V = logits.shape[-1]
-        flat = targets.reshape(-1)                                        # (B*T,)
-        self.valid = flat != IGNORE                                       # (B*T,)
-        if not self.valid.any():
-            raise ValueError("every target is IGNORE: there is nothing to score")
+        scored_logits, scored_targets, self.valid = losses.scored(logits, targets)  # valid (B*T,)
         self.shape = logits.shape
         self._ce = CrossEntropy()
-        return self._ce.forward(logits.reshape(-1, V)[self.valid], flat[self.valid])
+        return self._ce.forward(scored_logits, scored_targets)
 
     def backward(self) -> np.ndarray:
         dflat = np.zeros((self.valid.size, self.shape[-1]), dtype=self._ce.probs.dtype)  # (B*T, V)
@@ -704,9 +615,7 @@ class SequenceCrossEntropy:
         return dflat.reshape(self.shape)                 # (B, T, V)
 
 
-def sequence_cross_entropy(logits: np.ndarray, targets: np.ndarray) -> float:
-    """The loss of ``SequenceCrossEntropy`` without keeping anything for a backward pass."""
-    return SequenceCrossEntropy().forward(logits, targets)
+sequence_cross_entropy = losses.sequence_cross_entropy  # ``SequenceCrossEntropy``'s, the same
 
 
 def to_dtype(layers: Sequence[Layer], dtype) -> None:
@@ -729,16 +638,14 @@ class NumpyLM(LanguageModel):
     """A language model over numpy layers, trained with the hand-written backward passes."""
 
     backend = "numpy"
+    criterion = CrossEntropy  # the loss, with the backward pass that starts the model's
 
-    def __init__(self, config: Any, layers: Sequence[Layer], reads: int,
+    def __init__(self, config: Any, net: Layer, reads: int,
                  penalties: Mapping[str, float] = {}) -> None:
-        super().__init__(config, reads, penalties)
-        self.net = Sequential(layers)
-        self.layers = self.net.layers
-        self._params = {f"layers.{name}": p for name, p in self.net.named_parameters()}
+        super().__init__(config, net, reads, penalties)
         for name, p in self._params.items():
             p.name = name
-        self._criterion = CrossEntropy()
+        self._criterion = self.criterion()
         self._has_loss = False
 
     def forward(self, idx: np.ndarray, targets: np.ndarray | None = None
@@ -776,11 +683,17 @@ class NumpyLM(LanguageModel):
                 out[f"layers.{i}.{name}"] = (layer, name)
         return out
 
-    def _to_numpy(self, tensor: Parameter | tuple[Layer, str]) -> np.ndarray:
-        if isinstance(tensor, Parameter):
-            return tensor.data.copy()
-        layer, name = tensor
-        return np.array(getattr(layer, name))
+    def to_numpy(self, x: Any) -> np.ndarray:
+        if isinstance(x, Parameter):
+            return x.data.copy()
+        if isinstance(x, tuple):  # a buffer: (layer, attribute)
+            layer, name = x
+            return np.array(getattr(layer, name))
+        return np.asarray(x)
+
+    def grad_of(self, x: Any) -> np.ndarray | None:
+        # a layer's output gradient is kept on the layer by Sequential.backward
+        return x.grad if isinstance(x, Parameter) else getattr(x, "out_grad", None)
 
     def _assign(self, tensor: Parameter | tuple[Layer, str], value: np.ndarray) -> None:
         if isinstance(tensor, Parameter):
@@ -805,14 +718,7 @@ class NumpySequenceLM(NumpyLM):
     """
 
     per_position = True
-
-    def __init__(self, config: Any, net: Layer) -> None:
-        LanguageModel.__init__(self, config, config.block_size, {})
-        self._hold(net)
-        for name, p in self._params.items():
-            p.name = name
-        self._criterion = SequenceCrossEntropy()
-        self._has_loss = False
+    criterion = SequenceCrossEntropy
 
     def forward(self, idx: np.ndarray, targets: np.ndarray | None = None,
                 cache: Cache | None = None) -> tuple[np.ndarray, float | None]:
@@ -830,9 +736,6 @@ class NumpySequenceLM(NumpyLM):
         if not self._has_loss:
             raise RuntimeError("backward() needs a forward pass with targets first")
         self.net.backward(self._criterion.backward())                     # (B, T, V) in
-
-    def _named_buffers(self) -> dict[str, tuple[Layer, str]]:
-        return {}  # no sequence layer keeps running statistics
 
 
 LM = NumpyLM  # the names models.build_model looks for in every backend module

@@ -10,25 +10,30 @@ backward to write.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Mapping, Sequence
+import sys
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
 
 from tinylm import devices
+from tinylm.layers import VOCABULARY, composite
 from tinylm.layers.base import (
-    Cache, LanguageModel, Layer, Sequential, check_cached, dropout_mask, walk,
+    Cache, LanguageModel, Layer, Sequential, check_cached, dropout_mask, first_state, keep_state,
+    walk,
 )
 from tinylm.data import IGNORE
 from tinylm.layers.numpy_layers import GELU_C
 from tinylm.layers.shape_checks import (
-    check_batch_norm_examples, check_block, check_cell, check_flatten_input, check_group,
-    check_heads,
+    check_batch_norm_examples, check_block, check_flatten_input, check_group,
 )
 
-__all__ = ["Embedding", "Flatten", "Linear", "Tanh", "BatchNorm1d", "FlattenConsecutive",
-           "LayerNorm", "GELU", "CausalSelfAttention", "Block", "RNN", "GRU", "Transformer",
-           "RecurrentLM", "Dropout", "Sequential", "cross_entropy", "sequence_cross_entropy", "LM"]
+__all__ = list(VOCABULARY)  # see tinylm.layers
+
+# the composite layers (tinylm.layers.composite) are built from this module's primitives
+PRIMITIVES = sys.modules[__name__]
+
+Sequential = Sequential  # base's container: its arithmetic is its layers'
 
 
 class Embedding(Layer):
@@ -161,15 +166,8 @@ class GELU(Layer):
         return self.out
 
 
-class Dropout(Layer):
+class Dropout(composite.Dropout, Layer):
     """Dropout (Srivastava et al., 2014) with its mask from the run's RNG; see numpy_layers."""
-
-    draws_from_rng = True
-
-    def __init__(self, p: float = 0.0) -> None:
-        super().__init__()
-        self.p = p
-        self.rng = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.out = dropout(x, self.p, self.rng, self.training)
@@ -185,19 +183,10 @@ def dropout(x: torch.Tensor, p: float, rng: Any, training: bool) -> torch.Tensor
     return x * mask
 
 
-class CausalSelfAttention(Layer):
+class CausalSelfAttention(composite.CausalSelfAttention, Layer):
     """Masked multi-head self-attention (Vaswani et al., 2017), written out; see numpy_layers."""
 
-    child_names = ("qkv", "proj", "attn_dropout", "resid_dropout")
-
-    def __init__(self, n_embd: int, n_head: int, dropout: float = 0.0, dtype=torch.float32) -> None:
-        super().__init__()
-        check_heads(n_embd, n_head)
-        self.n_head = n_head
-        self.qkv = Linear(n_embd, 3 * n_embd, dtype=dtype)
-        self.proj = Linear(n_embd, n_embd, dtype=dtype)
-        self.attn_dropout = Dropout(dropout)
-        self.resid_dropout = Dropout(dropout)
+    L = PRIMITIVES
 
     def forward(self, x: torch.Tensor, cache: Cache | None = None) -> torch.Tensor:
         B, T, C = x.shape
@@ -214,23 +203,10 @@ class CausalSelfAttention(Layer):
         return self.out
 
 
-class Block(Layer):
-    """The pre-norm Transformer block on raw tensors; see numpy_layers."""
+class Block(composite.Block, Layer):
+    """The pre-norm Transformer block on raw tensors; see tinylm.layers.composite."""
 
-    child_names = ("ln1", "attn", "ln2", "mlp")
-
-    def __init__(self, n_embd: int, n_head: int, dropout: float = 0.0, dtype=torch.float32) -> None:
-        super().__init__()
-        self.ln1 = LayerNorm(n_embd, dtype=dtype)
-        self.attn = CausalSelfAttention(n_embd, n_head, dropout, dtype=dtype)
-        self.ln2 = LayerNorm(n_embd, dtype=dtype)
-        self.mlp = Sequential([Linear(n_embd, 4 * n_embd, dtype=dtype), GELU(),
-                               Linear(4 * n_embd, n_embd, dtype=dtype), Dropout(dropout)])
-
-    def forward(self, x: torch.Tensor, cache: Cache | None = None) -> torch.Tensor:
-        h = x + self.attn(self.ln1(x), cache)            # (B, T, C)
-        self.out = h + self.mlp(self.ln2(h))             # (B, T, C)
-        return self.out
+    L = PRIMITIVES
 
 
 class RNN(Layer):
@@ -271,49 +247,16 @@ class GRU(Layer):
         return self.out
 
 
-class Transformer(Layer):
-    """The decoder-only Transformer language model on raw tensors; see numpy_layers."""
+class Transformer(composite.Transformer, Layer):
+    """The decoder-only Transformer language model on raw tensors; see tinylm.layers.composite."""
 
-    child_names = ("wte", "wpe", "drop", "blocks", "ln_f", "lm_head")
-
-    def __init__(self, vocab_size: int, block_size: int, n_embd: int, n_head: int,
-                 n_layers: int, dropout: float = 0.0, dtype=torch.float32) -> None:
-        super().__init__()
-        self.block_size = block_size
-        self.wte = Embedding(vocab_size, n_embd, dtype=dtype)
-        self.wpe = Embedding(block_size, n_embd, dtype=dtype)
-        self.drop = Dropout(dropout)
-        self.blocks = Sequential([Block(n_embd, n_head, dropout, dtype=dtype)
-                                  for _ in range(n_layers)])
-        self.ln_f = LayerNorm(n_embd, dtype=dtype)
-        self.lm_head = Linear(n_embd, vocab_size, bias=False, dtype=dtype)
-
-    def forward(self, idx: torch.Tensor, cache: Cache | None = None) -> torch.Tensor:
-        x = self.drop(self.wte(idx) + self.wpe(positions(idx, cache, self.block_size)))  # (B, T, C)
-        for block in self.blocks.layers:
-            x = block(x, cache)                                           # (B, T, C)
-        self.out = self.lm_head(self.ln_f(x))                             # (B, T, V)
-        return self.out
+    L = PRIMITIVES
 
 
-class RecurrentLM(Layer):
-    """The recurrent language model on raw tensors; see numpy_layers."""
+class RecurrentLM(composite.RecurrentLM, Layer):
+    """The recurrent language model on raw tensors; see tinylm.layers.composite."""
 
-    child_names = ("wte", "drop_in", "rnn", "drop_out", "lm_head")
-
-    def __init__(self, vocab_size: int, n_embd: int, n_embd2: int, cell: str = "rnn",
-                 dropout: float = 0.0, dtype=torch.float32) -> None:
-        super().__init__()
-        self.wte = Embedding(vocab_size, n_embd, dtype=dtype)
-        self.drop_in = Dropout(dropout)
-        self.rnn = {"rnn": RNN, "gru": GRU}[check_cell(cell)](n_embd, n_embd2, dtype=dtype)
-        self.drop_out = Dropout(dropout)
-        self.lm_head = Linear(n_embd2, vocab_size, dtype=dtype)
-
-    def forward(self, idx: torch.Tensor, cache: Cache | None = None) -> torch.Tensor:
-        h = self.rnn(self.drop_in(self.wte(idx)), cache)          # (B, T, H)
-        self.out = self.lm_head(self.drop_out(h))                 # (B, T, V)
-        return self.out
+    L = PRIMITIVES
 
 
 def positions(idx: torch.Tensor, cache: Cache | None, block_size: int) -> torch.Tensor:
@@ -339,18 +282,6 @@ def cached_keys(cache: Cache | None, layer: Any, k: torch.Tensor, v: torch.Tenso
 def future_mask(T: int, Tk: int, device: Any) -> torch.Tensor:
     """True where a key lies after its query: the T queries are the last T of Tk positions."""
     return torch.ones(T, Tk, dtype=torch.bool, device=device).triu(Tk - T + 1)
-
-
-def first_state(start: torch.Tensor, cache: Cache | None, layer: Any) -> torch.Tensor:
-    """h_{-1} of a recurrent net: the learned start, or where a cached run left off."""
-    carried = None if cache is None else cache.slot(layer).get("h")
-    return start if carried is None else carried
-
-
-def keep_state(cache: Cache | None, layer: Any, hs: torch.Tensor) -> None:
-    """Keep a recurrent net's last hidden state (of hs, (B, T, H)) for the next tokens."""
-    if cache is not None:
-        cache.slot(layer)["h"] = hs[:, -1]
 
 
 def rnn_forward(x: torch.Tensor, start: torch.Tensor, xh_to_h: Callable) -> torch.Tensor:
@@ -420,19 +351,11 @@ class TorchLM(LanguageModel):
     backend = "torch"
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = staticmethod(cross_entropy)
 
-    def __init__(self, config: Any, layers: Sequence[Any], reads: int,
+    def __init__(self, config: Any, net: Any, reads: int,
                  penalties: Mapping[str, float] = {}) -> None:
-        super().__init__(config, reads, penalties)
-        self.net = self.make_net(layers)
-        self.layers = list(layers)
-        self._params = {f"layers.{n}": p for n, p in self.net.named_parameters()}
+        super().__init__(config, net, reads, penalties)
         self._loss: torch.Tensor | None = None
 
-    @staticmethod
-    def make_net(layers: Sequence[Any]) -> Any:
-        return Sequential(layers)
-
-    device = "cpu"  # where the tensors are (``to_device``)
     dtype = "float32"  # the forward pass's precision: lower ones run under torch.autocast
 
     def forward(self, idx: Any, targets: Any = None) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -488,10 +411,27 @@ class TorchLM(LanguageModel):
         return self._params
 
     def _named_buffers(self) -> dict[str, torch.Tensor]:
-        return {f"layers.{n}": b for n, b in self.net.named_buffers()}
+        return {self._prefix + n: b for n, b in self.net.named_buffers()}
 
-    def _to_numpy(self, tensor: torch.Tensor) -> np.ndarray:
-        return tensor.detach().cpu().numpy().copy()
+    def to_numpy(self, x: Any) -> np.ndarray:
+        if not isinstance(x, torch.Tensor):
+            return np.asarray(x)
+        return x.detach().cpu().numpy().copy()
+
+    def grad_of(self, x: Any) -> np.ndarray | None:
+        # a layer's output holds its gradient where it was asked to (``keep_output_grad``)
+        t = x if isinstance(x, torch.Tensor) else x.out
+        return None if t is None or t.grad is None else self.to_numpy(t.grad)
+
+    def inference_mode(self) -> torch.inference_mode:
+        # rather than no_grad: it also skips autograd's version counters, a fixed cost per
+        # operation that dominates when a sampled token is a few hundred operations on tiny
+        # tensors (about a fifth of the time); nothing computed inside is differentiated
+        return torch.inference_mode()
+
+    def keep_output_grad(self, layer: Any) -> None:
+        if layer.out.requires_grad:
+            layer.out.retain_grad()
 
     def _assign(self, tensor: torch.Tensor, value: np.ndarray) -> None:
         with torch.no_grad():
@@ -509,11 +449,6 @@ class TorchSequenceLM(TorchLM):
     sequence_loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = \
         staticmethod(sequence_cross_entropy)
 
-    def __init__(self, config: Any, net: Any) -> None:
-        LanguageModel.__init__(self, config, config.block_size, {})
-        self._hold(net)
-        self._loss = None
-
     def forward(self, idx: Any, targets: Any = None, cache: Cache | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
         check_cached(targets, cache)
@@ -524,9 +459,6 @@ class TorchSequenceLM(TorchLM):
             cache.length += idx.shape[1]
         self._loss = None if targets is None else self.sequence_loss_fn(logits, self._ids(targets))
         return logits, self._loss
-
-    def _named_buffers(self) -> dict[str, torch.Tensor]:
-        return dict(self.net.named_buffers())
 
 
 LM = TorchLM  # the names models.build_model looks for in every backend module

@@ -11,32 +11,39 @@ The language model holds an ``nn.Sequential`` as ``net``.
 from __future__ import annotations
 
 import math
-from typing import Any, Iterator, Sequence
+import sys
+from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from tinylm.data import IGNORE
-from tinylm.layers.base import Cache
-from tinylm.layers.shape_checks import (
-    check_batch_norm_examples, check_cell, check_group, check_heads,
-)
+from tinylm.layers import VOCABULARY, composite
+from tinylm.layers.base import Cache, first_state, keep_state
+from tinylm.layers.shape_checks import check_batch_norm_examples, check_group
 from tinylm.layers.torch_layers import (
-    TorchLM, TorchSequenceLM, cached_keys, dropout, first_state, flatten_consecutive,
-    future_mask, gru_forward, keep_state, positions, rnn_forward,
+    TorchLM, TorchSequenceLM, cached_keys, dropout, flatten_consecutive, future_mask,
+    gru_forward, positions, rnn_forward,  # positions: the Transformer's, as the raw tensors'
 )
 
-__all__ = ["Embedding", "Flatten", "Linear", "Tanh", "BatchNorm1d", "FlattenConsecutive",
-           "LayerNorm", "GELU", "CausalSelfAttention", "Block", "RNN", "GRU", "Transformer",
-           "RecurrentLM", "Dropout", "Sequential", "cross_entropy", "sequence_cross_entropy", "LM"]
+__all__ = list(VOCABULARY)  # see tinylm.layers
+
+# the composite layers (tinylm.layers.composite) are built from this module's primitives
+PRIMITIVES = sys.modules[__name__]
 
 Embedding = nn.Embedding
 Flatten = nn.Flatten   # start_dim=1: (B, T, C) -> (B, T*C)
 Linear = nn.Linear
 Tanh = nn.Tanh
-Sequential = nn.Sequential
 cross_entropy = F.cross_entropy
+
+
+class Sequential(nn.Sequential):
+    """``nn.Sequential`` built from a list of layers, as every backend's ``Sequential`` is."""
+
+    def __init__(self, layers: Sequence[nn.Module]) -> None:
+        super().__init__(*layers)
 
 
 class BatchNorm1d(nn.Module):
@@ -94,35 +101,21 @@ class GELU(nn.GELU):
         super().__init__(approximate="tanh")
 
 
-class Dropout(nn.Module):
+class Dropout(composite.Dropout, nn.Module):
     """Dropout (Srivastava et al., 2014) as an nn.Module, its mask from the run's tinylm RNG
     rather than torch's generator (``nn.Dropout``), so that it drops what the numpy and
     raw-tensor backends drop."""
-
-    draws_from_rng = True
-
-    def __init__(self, p: float = 0.0) -> None:
-        super().__init__()
-        self.p = p
-        self.rng = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return dropout(x, self.p, self.rng, self.training)
 
 
-class CausalSelfAttention(nn.Module):
+class CausalSelfAttention(composite.CausalSelfAttention, nn.Module):
     """Masked multi-head self-attention (Vaswani et al., 2017) as everyday PyTorch writes it:
     two ``nn.Linear`` and ``F.scaled_dot_product_attention`` with its causal mask (written
     out where dropout acts on the attention weights, whose mask SDPA would draw itself)."""
 
-    def __init__(self, n_embd: int, n_head: int, dropout: float = 0.0) -> None:
-        super().__init__()
-        check_heads(n_embd, n_head)
-        self.n_head = n_head
-        self.qkv = nn.Linear(n_embd, 3 * n_embd)
-        self.proj = nn.Linear(n_embd, n_embd)
-        self.attn_dropout = Dropout(dropout)
-        self.resid_dropout = Dropout(dropout)
+    L = PRIMITIVES
 
     def forward(self, x: torch.Tensor, cache: Cache | None = None) -> torch.Tensor:
         B, T, C = x.shape
@@ -144,20 +137,10 @@ class CausalSelfAttention(nn.Module):
         return self.resid_dropout(self.proj(y.transpose(1, 2).reshape(B, T, C)))  # (B, T, C)
 
 
-class Block(nn.Module):
-    """The pre-norm Transformer block as nn.Modules; see numpy_layers."""
+class Block(composite.Block, nn.Module):
+    """The pre-norm Transformer block as nn.Modules; see tinylm.layers.composite."""
 
-    def __init__(self, n_embd: int, n_head: int, dropout: float = 0.0) -> None:
-        super().__init__()
-        self.ln1 = LayerNorm(n_embd)
-        self.attn = CausalSelfAttention(n_embd, n_head, dropout)
-        self.ln2 = LayerNorm(n_embd)
-        self.mlp = nn.Sequential(nn.Linear(n_embd, 4 * n_embd), GELU(),
-                                 nn.Linear(4 * n_embd, n_embd), Dropout(dropout))
-
-    def forward(self, x: torch.Tensor, cache: Cache | None = None) -> torch.Tensor:
-        x = x + self.attn(self.ln1(x), cache)            # (B, T, C)
-        return x + self.mlp(self.ln2(x))                 # (B, T, C)
+    L = PRIMITIVES
 
 
 class RNN(nn.Module):
@@ -192,43 +175,17 @@ class GRU(nn.Module):
         return hs
 
 
-class Transformer(nn.Module):
-    """The decoder-only Transformer language model as everyday PyTorch; see numpy_layers.
+class Transformer(composite.Transformer, nn.Module):
+    """The decoder-only Transformer language model as nn.Modules; see tinylm.layers.composite.
     Its ``state_dict`` has the names of the numpy and raw-tensor versions."""
 
-    def __init__(self, vocab_size: int, block_size: int, n_embd: int, n_head: int,
-                 n_layers: int, dropout: float = 0.0) -> None:
-        super().__init__()
-        self.block_size = block_size
-        self.wte = nn.Embedding(vocab_size, n_embd)
-        self.wpe = nn.Embedding(block_size, n_embd)
-        self.drop = Dropout(dropout)
-        self.blocks = nn.Sequential(*[Block(n_embd, n_head, dropout) for _ in range(n_layers)])
-        self.ln_f = LayerNorm(n_embd)
-        self.lm_head = nn.Linear(n_embd, vocab_size, bias=False)
-
-    def forward(self, idx: torch.Tensor, cache: Cache | None = None) -> torch.Tensor:
-        x = self.drop(self.wte(idx) + self.wpe(positions(idx, cache, self.block_size)))  # (B, T, C)
-        for block in self.blocks:
-            x = block(x, cache)                                           # (B, T, C)
-        return self.lm_head(self.ln_f(x))                                 # (B, T, V)
+    L = PRIMITIVES
 
 
-class RecurrentLM(nn.Module):
-    """The recurrent language model as nn.Modules; see numpy_layers."""
+class RecurrentLM(composite.RecurrentLM, nn.Module):
+    """The recurrent language model as nn.Modules; see tinylm.layers.composite."""
 
-    def __init__(self, vocab_size: int, n_embd: int, n_embd2: int, cell: str = "rnn",
-                 dropout: float = 0.0) -> None:
-        super().__init__()
-        self.wte = nn.Embedding(vocab_size, n_embd)
-        self.drop_in = Dropout(dropout)
-        self.rnn = {"rnn": RNN, "gru": GRU}[check_cell(cell)](n_embd, n_embd2)
-        self.drop_out = Dropout(dropout)
-        self.lm_head = nn.Linear(n_embd2, vocab_size)
-
-    def forward(self, idx: torch.Tensor, cache: Cache | None = None) -> torch.Tensor:
-        h = self.rnn(self.drop_in(self.wte(idx)), cache)  # (B, T, H)
-        return self.lm_head(self.drop_out(h))             # (B, T, V)
+    L = PRIMITIVES
 
 
 def sequence_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -261,13 +218,12 @@ class TorchModuleLM(_Modules, TorchLM):
     backend = "torch-module"
     loss_fn = staticmethod(F.cross_entropy)
 
-    @staticmethod
-    def make_net(layers: Sequence[Any]) -> nn.Sequential:
-        net = nn.Sequential(*layers)
+    def __init__(self, config: Any, net: nn.Sequential, reads: int,
+                 penalties: Mapping[str, float] = {}) -> None:
+        super().__init__(config, net, reads, penalties)
         for module in net:
             module.out = None
             module.register_forward_hook(_keep_output)
-        return net
 
 
 def _keep_output(module: nn.Module, inputs: Any, output: Any) -> None:

@@ -1,7 +1,7 @@
 """``tinylm diagnose``: the statistics tables and plots of a trained neural run, printed.
 
-Training, resuming and evaluating a neural run live in the library
-(tinylm.neural_run); the ``train`` and ``eval`` commands print what it says.
+The measuring and the plots are tinylm.diagnostics; this module parses the
+flags and prints the tables and where the pictures went.
 """
 
 from __future__ import annotations
@@ -9,13 +9,14 @@ from __future__ import annotations
 import argparse
 
 from tinylm import diagnostics, settings
-from tinylm.cli.common import add_run_dir
+from tinylm.cli.common import add_command, add_run_dir
 
 
-def register_diagnose(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``diagnose`` subcommand."""
-    p = sub.add_parser(
-        "diagnose", help="print and plot training diagnostics of a trained neural run",
+    p = add_command(
+        sub, "diagnose", run,
+        help="print and plot training diagnostics of a trained neural run",
         description="Measure the model saved in -o DIR on a batch of its training data and print, "
         "per layer, activation mean/std/saturation, dead units and gradient statistics, and per "
         "weight matrix the gradient statistics and update:data ratio; write histograms, the "
@@ -27,10 +28,9 @@ def register_diagnose(sub: argparse._SubParsersAction) -> None:
                    help="seed of the RNG that draws the batch (default: 42)")
     p.add_argument("--plots", default=None, metavar="DIR",
                    help="where to write the PNGs (default: DIR/diagnostics)")
-    p.set_defaults(handler=_diagnose)
 
 
-def _diagnose(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     result = diagnostics.diagnose_run(args.out_dir, args.plots, args.batch_size, args.seed)
     print(f"diagnostics of {args.out_dir} at step {result.step}")
     print(result.table())
