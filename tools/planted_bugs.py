@@ -86,8 +86,7 @@ MUTATIONS = [
              "evaluate() weights each chunk's mean by its rows, not by its scored targets"),
     # --- numpy backward passes --------------------------------------------------------------
     Mutation("linear-bias-grad-mean", NUMPY,
-             "self.bias.grad = np.ones(len(dout2), dtype=dout2.dtype) @ dout2",
-             "self.bias.grad = np.ones(len(dout2), dtype=dout2.dtype) @ dout2 / len(dout2)",
+             "self.bias.grad = dout2.sum(axis=0)", "self.bias.grad = dout2.mean(axis=0)",
              "Linear's bias gradient averaged over the examples instead of summed"),
     Mutation("tanh-derivative", NUMPY,
              "np.subtract(1, dx, out=dx)", "np.subtract(1, self.out, out=dx)",
@@ -139,7 +138,7 @@ MUTATIONS = [
              "return dout if self.mask is None else dout * self.mask", "return dout",
              "Dropout backward lets the gradient through the dropped elements"),
     Mutation("cross-entropy-batch-mean", NUMPY,
-             "return dlogits / B", "return dlogits",
+             "dlogits /= B", "dlogits /= 1",
              "CrossEntropy backward: the gradient of the sum, not of the mean"),
     Mutation("softmax-not-shifted", "src/tinylm/losses.py",
              "shifted = logits - logits.max(axis=1, keepdims=True)", "shifted = logits",

@@ -27,10 +27,12 @@ def softmax_cross_entropy(logits: np.ndarray, targets: np.ndarray) -> tuple[floa
     """
     B = logits.shape[0]
     shifted = logits - logits.max(axis=1, keepdims=True)              # (B, V)
-    counts = np.exp(shifted)                                          # (B, V)
+    picked = shifted[np.arange(B), targets]                           # (B,) of the targets alone
+    # in place from here: one (B, V) array becomes the counts, then the probabilities
+    counts = np.exp(shifted, out=shifted)                             # (B, V)
     sums = counts.sum(axis=1, keepdims=True)                          # (B, 1)
-    probs = counts / sums                                             # (B, V)
-    logprobs = shifted[np.arange(B), targets] - np.log(sums[:, 0])    # (B,) of the targets alone
+    probs = np.divide(counts, sums, out=counts)                       # (B, V)
+    logprobs = picked - np.log(sums[:, 0])                            # (B,)
     return float(-logprobs.mean()), probs
 
 

@@ -45,6 +45,12 @@ class Layer:
         self.out: Any = None
         self.out_grad: Any = None  # d loss / d out, where a backend records it
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # Calling a layer is calling its forward, bound when the class is made: one Python
+        # frame a call, not two (a sampled Transformer token is about fifty layer calls).
+        cls.__call__ = cls.forward  # type: ignore[method-assign]
+
     def __call__(self, x: Any, *args: Any) -> Any:
         return self.forward(x, *args)
 

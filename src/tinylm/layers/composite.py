@@ -15,7 +15,10 @@ composite its own in one line: a subclass that names the backend module as
         L = PRIMITIVES
 
 The numpy backend adds each composite's backward pass, the forward pass
-read upside down. Every child is built with the keyword arguments the
+read upside down. A composite keeps no ``.out`` of its own (its children
+keep theirs, which is what diagnostics read): on an ``nn.Module`` every
+attribute set is a ``__setattr__`` call, paid per forward pass and per
+sampled token. Every child is built with the keyword arguments the
 composite was given (``dtype=np.float64`` for a gradient check), so a
 composite holds one precision throughout.
 
@@ -98,8 +101,7 @@ class Block(Composite):
 
     def forward(self, x: Any, cache: Cache | None = None) -> Any:
         h = x + self.attn(self.ln1(x), cache)            # (B, T, C)
-        self.out = h + self.mlp(self.ln2(h))             # (B, T, C)
-        return self.out
+        return h + self.mlp(self.ln2(h))                 # (B, T, C)
 
 
 class Transformer(Composite):
@@ -134,8 +136,7 @@ class Transformer(Composite):
         x = self.drop(self.wte(idx) + self.wpe(pos))     # (B, T, C) + (T, C)
         for block in self.blocks:
             x = block(x, cache)                          # (B, T, C)
-        self.out = self.lm_head(self.ln_f(x))            # (B, T, V)
-        return self.out
+        return self.lm_head(self.ln_f(x))                # (B, T, V)
 
 
 class RecurrentLM(Composite):
@@ -157,5 +158,4 @@ class RecurrentLM(Composite):
 
     def forward(self, idx: Any, cache: Cache | None = None) -> Any:
         h = self.rnn(self.drop_in(self.wte(idx)), cache)  # (B, T, H)
-        self.out = self.lm_head(self.drop_out(h))         # (B, T, V)
-        return self.out
+        return self.lm_head(self.drop_out(h))             # (B, T, V)

@@ -18,6 +18,7 @@ the last axis, so it takes (B, C) as well as (B, T, C).
 
 from __future__ import annotations
 
+import functools
 import math
 import sys
 from typing import Any, Mapping, Sequence
@@ -98,6 +99,16 @@ class Flatten(Layer):
         return dout.reshape(self.in_shape)               # (B, T, C)
 
 
+@functools.lru_cache(maxsize=64)
+def ones(n: int, dtype: np.dtype) -> np.ndarray:
+    """A read-only vector of n ones: a matrix-vector product with it sums each row, one
+    BLAS call where numpy's sum along a short last axis pays a call per row. Kept, since
+    a sampled token would otherwise allocate a dozen of them."""
+    v = np.ones(n, dtype=dtype)
+    v.flags.writeable = False
+    return v
+
+
 class Linear(Layer):
     """``x @ weight.T + bias`` on the last axis; weight stored (out, in) as in PyTorch.
 
@@ -115,11 +126,14 @@ class Linear(Layer):
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         self.x = x                                       # (..., in)
-        out = x @ self.weight.data.T                     # (..., out)
+        W = self.weight.data
+        # Every leading axis is one more example: one matmul of (N, in) rows. On a (B, T, in)
+        # array numpy calls BLAS once per leading index, up to 2.5x slower with W transposed.
+        out = x.reshape(-1, W.shape[1]) @ W.T            # (N, out)
         if self.bias is not None:
-            out += self.bias.data                        # (..., out), in place: no second array
-        self.out = out
-        return out
+            out += self.bias.data                        # (N, out), in place: no second array
+        self.out = out.reshape(x.shape[:-1] + (W.shape[0],))  # (..., out)
+        return self.out
 
     def backward(self, dout: np.ndarray) -> np.ndarray:
         W = self.weight.data
@@ -129,6 +143,8 @@ class Linear(Layer):
         if self.bias is not None:
             self.bias.grad = dout2.sum(axis=0)           # (out,)
         self.weight.grad = dout2.T @ x2                  # (out, in)
+        # per leading index, as numpy does it: with W untransposed, about 10% faster
+        # than one matmul of (N, out) rows
         return dout @ W                                  # (..., in)
 
 
@@ -259,24 +275,46 @@ class LayerNorm(Layer):
         self.bias = Parameter(np.zeros(dim, dtype=dtype), "bias")
 
     def forward(self, x: np.ndarray) -> np.ndarray:
-        mean = x.mean(axis=-1, keepdims=True)            # (..., 1)
-        xc = x - mean                                    # (..., C)
-        var = np.square(xc).mean(axis=-1, keepdims=True)  # (..., 1) biased
-        self.inv_std = 1.0 / np.sqrt(var + self.eps)     # (..., 1)
-        self.xhat = xc * self.inv_std                    # (..., C)
-        self.out = self.xhat * self.weight.data + self.bias.data  # (..., C)
+        C = x.shape[-1]
+        x2 = x.reshape(-1, C)                            # (N, C), N = B*T positions
+        # A position's sums over its C channels as a matrix-vector product and an einsum:
+        # numpy's reductions along a short last axis pay a call per row.
+        mean = x2 @ ones(C, x.dtype)                     # (N,) sum of the channels
+        mean /= C                                        # (N,)
+        xc = x2 - mean[:, None]                          # (N, C)
+        var = np.einsum("nc,nc->n", xc, xc)              # (N,) sum of squares, no (N, C) array
+        var /= C                                         # (N,) biased
+        var += self.eps
+        inv_std = np.sqrt(var, out=var)                  # (N,), in place: var is not needed again
+        np.divide(1, inv_std, out=inv_std)               # (N,) 1 / sqrt(var + eps)
+        self.inv_std = inv_std[:, None]                  # (N, 1)
+        self.xhat = np.multiply(xc, self.inv_std, out=xc)  # (N, C), in place: xc is not needed again
+        out = self.xhat * self.weight.data               # (N, C)
+        out += self.bias.data                            # (N, C)
+        self.out = out.reshape(x.shape)                  # (..., C)
         return self.out
 
     def backward(self, dout: np.ndarray) -> np.ndarray:
         C = dout.shape[-1]
         d = dout.reshape(-1, C)                          # (N, C)
+        w, xhat = self.weight.data, self.xhat            # (C,), (N, C)
         self.bias.grad = d.sum(axis=0)                   # (C,)
-        self.weight.grad = (d * self.xhat.reshape(-1, C)).sum(axis=0)  # (C,)
-        dxhat = dout * self.weight.data                  # (..., C)
+        dxhat_xhat = d * xhat                            # (N, C), d * xhat; times w below
+        self.weight.grad = dxhat_xhat.sum(axis=0)        # (C,)
         # every x of a position moves its mean and variance: BatchNorm's closed form
-        # (docs/deep.md) with the sums over the channels instead of the batch
-        return self.inv_std / C * (C * dxhat - dxhat.sum(axis=-1, keepdims=True)
-                                   - self.xhat * (dxhat * self.xhat).sum(axis=-1, keepdims=True))
+        # (docs/deep.md) with the sums over the channels instead of the batch,
+        #   dx = inv_std * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)),  dxhat = d * w,
+        # the two means matrix-vector products with the weight, as in the forward pass
+        mean_dxhat = d @ w                               # (N,) sum(dxhat)
+        mean_dxhat /= C                                  # (N,)
+        mean_dxhat_xhat = dxhat_xhat @ w                 # (N,) sum(dxhat * xhat)
+        mean_dxhat_xhat /= C                             # (N,)
+        dx = d * w                                       # (N, C) dxhat
+        dx -= mean_dxhat[:, None]                        # (N, C)
+        # into dxhat_xhat's array: the weight's gradient has been summed from it
+        dx -= np.multiply(xhat, mean_dxhat_xhat[:, None], out=dxhat_xhat)  # (N, C)
+        dx *= self.inv_std                               # (N, C)
+        return dx.reshape(dout.shape)                    # (..., C)
 
 
 GELU_C = math.sqrt(2.0 / math.pi)
@@ -294,17 +332,40 @@ class GELU(Layer):
     """
 
     def forward(self, x: np.ndarray) -> np.ndarray:
-        self.x = x                                           # (..., H)
-        # x * x * x, as PyTorch's kernel writes it (and far cheaper than a power)
-        self.t = np.tanh(GELU_C * (x + 0.044715 * (x * x * x)))  # (..., H)
-        self.out = 0.5 * x * (1 + self.t)                    # (..., H)
-        return self.out
+        self.x = x                                       # (..., H)
+        # One array, updated in place, for the tanh's argument and then the tanh itself,
+        # kept for the backward pass. x * x * x, as PyTorch's kernel writes it (and far
+        # cheaper than a power).
+        t = x * x                                        # (..., H)
+        t *= x                                           # x**3
+        t *= 0.044715
+        t += x
+        t *= GELU_C                                      # c (x + 0.044715 x**3)
+        self.t = np.tanh(t, out=t)                       # (..., H)
+        out = t + 1                                      # (..., H)
+        out *= x
+        out *= 0.5                                       # 0.5 x (1 + t)
+        self.out = out
+        return out
 
     def backward(self, dout: np.ndarray) -> np.ndarray:
         x, t = self.x, self.t
-        # product rule: d/dx of 0.5 x (1 + t), where dt/dx = (1 - t**2) * c (1 + 3 * 0.044715 x**2)
-        dt = (1 - t * t) * GELU_C * (1 + 3 * 0.044715 * x * x)  # (..., H)
-        return dout * (0.5 * (1 + t) + 0.5 * x * dt)             # (..., H)
+        # product rule: d/dx of 0.5 x (1 + t), where dt/dx = (1 - t**2) * c (1 + 3 * 0.044715 x**2);
+        # two arrays, updated in place
+        g = np.multiply(x, 3 * 0.044715)                 # (..., H)
+        g *= x
+        g += 1                                           # 1 + 3 * 0.044715 x**2
+        dt = t * t                                       # (..., H)
+        np.subtract(1, dt, out=dt)
+        dt *= GELU_C
+        dt *= g                                          # dt/dx
+        dt *= x
+        dt *= 0.5                                        # 0.5 x dt/dx
+        dx = np.add(t, 1, out=g)                         # (..., H), into g's array: g is in dt
+        dx *= 0.5
+        dx += dt                                         # 0.5 (1 + t) + 0.5 x dt/dx
+        dx *= dout                                       # (..., H)
+        return dx
 
 
 class Dropout(composite.Dropout, Layer):
@@ -353,8 +414,10 @@ class CausalSelfAttention(composite.CausalSelfAttention, Layer):
 
     def forward(self, x: np.ndarray, cache: Cache | None = None) -> np.ndarray:
         B, T, C = x.shape
-        q, k, v = np.split(self.qkv(x), 3, axis=-1)           # 3 x (B, T, C)
-        q, k, v = self._heads(q), self._heads(k), self._heads(v)  # 3 x (B, nh, T, hs)
+        nh, hs = self.n_head, C // self.n_head
+        # qkv's (B, T, 3C) read as (B, T, 3, nh, hs): each head's queries, keys and values
+        # as views, no copy
+        q, k, v = self.qkv(x).reshape(B, T, 3, nh, hs).transpose(2, 0, 3, 1, 4)  # 3 x (B, nh, T, hs)
         if cache is not None:  # the T new positions attend to the past ones too
             past = cache.slot(self)
             if past:
@@ -362,33 +425,44 @@ class CausalSelfAttention(composite.CausalSelfAttention, Layer):
                 v = np.concatenate([past["v"], v], axis=2)
             past["k"], past["v"] = k, v
         Tk = k.shape[2]
-        self.scale = 1.0 / math.sqrt(C // self.n_head)
-        scores = (q @ k.transpose(0, 1, 3, 2)) * self.scale   # (B, nh, T, Tk)
-        if T > 1:  # True where a key lies after the query's own position (the last T of Tk)
-            future = np.triu(np.ones((T, Tk), dtype=bool), k=Tk - T + 1)
-            scores[..., future] = -np.inf
-        scores -= scores.max(axis=-1, keepdims=True)          # stable softmax; the diagonal is finite
-        att = np.exp(scores)
-        att /= att.sum(axis=-1, keepdims=True)                # (B, nh, T, Tk), rows sum to 1
+        self.scale = 1.0 / math.sqrt(hs)
+        scores = q @ k.transpose(0, 1, 3, 2)                  # (B, nh, T, Tk)
+        scores *= self.scale                                  # in place: one array through the softmax
+        if T > 1:  # -inf where a key lies after the query's own position (the last T of Tk), else 0
+            scores += np.triu(np.full((T, Tk), -np.inf, dtype=scores.dtype), k=Tk - T + 1)
+        # stable softmax along the keys; the diagonal is finite. The row maxima over a
+        # transposed copy: numpy's max along a short last axis pays a call per row, along
+        # the leading axis it is one pass (about 4x faster here, copy included).
+        scores -= scores.transpose(3, 0, 1, 2).copy().max(axis=0)[..., None]  # (B, nh, T, Tk)
+        att = np.exp(scores, out=scores)                      # in place: the scores are not needed again
+        att /= (att.reshape(-1, Tk) @ ones(Tk, att.dtype)).reshape(B, nh, T, 1)  # rows sum to 1
         self.q, self.k, self.v, self.att = q, k, v, att
-        y = self.attn_dropout(att) @ v                        # (B, nh, T, hs)
-        y = self.proj(y.transpose(0, 2, 1, 3).reshape(B, T, C))  # (B, T, C)
-        self.out = self.resid_dropout(y)
+        # each head's output written into its place among the channels: proj's (B, T, C)
+        # input with no transposed copy
+        y = np.empty((B, T, nh, hs), dtype=att.dtype)
+        np.matmul(self.attn_dropout(att), v, out=y.transpose(0, 2, 1, 3))  # (B, nh, T, hs)
+        self.out = self.resid_dropout(self.proj(y.reshape(B, T, C)))       # (B, T, C)
         return self.out
 
     def backward(self, dout: np.ndarray) -> np.ndarray:
         B, T, C = dout.shape
+        nh, hs = self.n_head, C // self.n_head
         dy = self._heads(self.proj.backward(self.resid_dropout.backward(dout)))  # (B, nh, T, hs)
+        # the gradients of q, k and v written into their places in qkv's (B, T, 3C) gradient
+        dqkv = np.empty((B, T, 3, nh, hs), dtype=dout.dtype)
+        dq, dk, dv = dqkv.transpose(2, 0, 3, 1, 4)            # 3 x (B, nh, T, hs) views
         datt = self.attn_dropout.backward(dy @ self.v.transpose(0, 1, 3, 2))  # (B, nh, T, T)
-        dv = self.attn_dropout.out.transpose(0, 1, 3, 2) @ dy  # (B, nh, T, hs)
-        # softmax: d scores = att * (d att - sum(d att * att)); masked entries have att 0
-        dscores = self.att * (datt - (datt * self.att).sum(axis=-1, keepdims=True))
+        np.matmul(self.attn_dropout.out.transpose(0, 1, 3, 2), dy, out=dv)   # (B, nh, T, hs)
+        # softmax: d scores = att * (d att - sum(d att * att)); masked entries have att 0.
+        # In place: datt is this pass's own array; the row sums a matrix-vector product.
+        dscores = datt                                        # (B, nh, T, T)
+        dscores -= ((datt * self.att).reshape(-1, T) @ ones(T, datt.dtype)
+                    ).reshape(B, nh, T, 1)                    # d att - sum(d att * att)
+        dscores *= self.att
         dscores *= self.scale                                 # (B, nh, T, T)
-        dq = dscores @ self.k                                 # (B, nh, T, hs)
-        dk = dscores.transpose(0, 1, 3, 2) @ self.q           # (B, nh, T, hs)
-        dqkv = np.concatenate([d.transpose(0, 2, 1, 3).reshape(B, T, C)
-                               for d in (dq, dk, dv)], axis=-1)  # (B, T, 3C)
-        return self.qkv.backward(dqkv)                        # (B, T, C)
+        np.matmul(dscores, self.k, out=dq)                    # (B, nh, T, hs)
+        np.matmul(dscores.transpose(0, 1, 3, 2), self.q, out=dk)  # (B, nh, T, hs)
+        return self.qkv.backward(dqkv.reshape(B, T, 3 * C))   # (B, T, C)
 
 
 class Sequential(base.Sequential):
@@ -589,7 +663,8 @@ class CrossEntropy:
         B = self.probs.shape[0]
         dlogits = self.probs.copy()                                       # (B, V)
         dlogits[np.arange(B), self.targets] -= 1                          # (B, V)
-        return dlogits / B                                                # (B, V)
+        dlogits /= B                                                      # (B, V), in place: our copy
+        return dlogits
 
 
 cross_entropy = losses.cross_entropy  # ``CrossEntropy``'s loss, nothing kept for a backward pass
@@ -610,8 +685,14 @@ class SequenceCrossEntropy:
         return self._ce.forward(scored_logits, scored_targets)
 
     def backward(self) -> np.ndarray:
-        dflat = np.zeros((self.valid.size, self.shape[-1]), dtype=self._ce.probs.dtype)  # (B*T, V)
-        dflat[self.valid] = self._ce.backward()          # padding positions get no gradient
+        # CrossEntropy's backward written straight into the rows of the scored positions:
+        # the probabilities copied once, not into a (N, V) gradient and again into these rows
+        probs, targets = self._ce.probs, self._ce.targets                # (N, V), (N,)
+        dflat = np.zeros((self.valid.size, self.shape[-1]), dtype=probs.dtype)  # (B*T, V)
+        rows = np.flatnonzero(self.valid)                # (N,) padding positions get no gradient
+        dflat[rows] = probs                              # (B*T, V)
+        dflat[rows, targets] -= 1                        # softmax - onehot(y)
+        dflat /= len(rows)                               # the mean over the N scored targets
         return dflat.reshape(self.shape)                 # (B, T, V)
 
 

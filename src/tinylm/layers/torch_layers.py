@@ -2,9 +2,12 @@
 
 The same layers as ``numpy_layers``, written with plain tensors that have
 ``requires_grad=True`` and no ``nn.Module``: the step between writing every
-gradient by hand and PyTorch's idiomatic modules (``torch_modules``). Each
-forward line is the numpy one with ``torch`` for ``np``; there is no
-backward to write.
+gradient by hand and PyTorch's idiomatic modules (``torch_modules``). Most
+forward lines are the numpy ones with ``torch`` for ``np``; LayerNorm, GELU,
+attention and the losses call PyTorch's fused functions (``F.layer_norm``,
+``F.gelu``, ``F.scaled_dot_product_attention``, ``F.cross_entropy``), which
+compute the same arithmetic in one kernel each, forward and backward, where the
+numpy lines are a dozen passes. There is no backward to write.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from tinylm import devices
 from tinylm.layers import VOCABULARY, composite
@@ -23,7 +27,6 @@ from tinylm.layers.base import (
     walk,
 )
 from tinylm.data import IGNORE
-from tinylm.layers.numpy_layers import GELU_C
 from tinylm.layers.shape_checks import (
     check_batch_norm_examples, check_block, check_flatten_input, check_group,
 )
@@ -70,11 +73,9 @@ class Linear(Layer):
         self.bias = torch.zeros(out_features, dtype=dtype, requires_grad=True) if bias else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = x @ self.weight.T                          # (..., out)
-        if self.bias is not None:
-            out = out + self.bias                        # (..., out)
-        self.out = out
-        return out
+        # one fused call (the bias added inside the matrix multiply), not two operations
+        self.out = F.linear(x, self.weight, self.bias)   # (..., out)
+        return self.out
 
 
 class Tanh(Layer):
@@ -151,18 +152,16 @@ class LayerNorm(Layer):
         self.bias = torch.zeros(dim, dtype=dtype, requires_grad=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xc = x - x.mean(-1, keepdim=True)                # (..., C)
-        var = (xc * xc).mean(-1, keepdim=True)           # (..., 1) biased
-        xhat = xc * (1.0 / torch.sqrt(var + self.eps))   # (..., C)
-        self.out = xhat * self.weight + self.bias
+        # PyTorch's fused kernel: numpy's ten passes in one, and its backward in one more
+        self.out = F.layer_norm(x, self.weight.shape, self.weight, self.bias, self.eps)
         return self.out
 
 
 class GELU(Layer):
-    """GELU in its tanh form, PyTorch's gelu(x, approximate="tanh"); see numpy_layers."""
+    """GELU in its tanh form, PyTorch's fused gelu(x, approximate="tanh"); see numpy_layers."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.out = 0.5 * x * (1 + torch.tanh(GELU_C * (x + 0.044715 * (x * x * x))))  # (..., H)
+        self.out = F.gelu(x, approximate="tanh")         # (..., H)
         return self.out
 
 
@@ -184,23 +183,42 @@ def dropout(x: torch.Tensor, p: float, rng: Any, training: bool) -> torch.Tensor
 
 
 class CausalSelfAttention(composite.CausalSelfAttention, Layer):
-    """Masked multi-head self-attention (Vaswani et al., 2017), written out; see numpy_layers."""
+    """Masked multi-head self-attention (Vaswani et al., 2017) on raw tensors; see ``attend``."""
 
     L = PRIMITIVES
 
     def forward(self, x: torch.Tensor, cache: Cache | None = None) -> torch.Tensor:
-        B, T, C = x.shape
-        hs = C // self.n_head
-        q, k, v = (a.reshape(B, T, self.n_head, hs).transpose(1, 2)
-                   for a in self.qkv(x).split(C, dim=-1))      # 3 x (B, nh, T, hs)
-        k, v = cached_keys(cache, self, k, v)                  # 2 x (B, nh, Tk, hs)
-        scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(hs))  # (B, nh, T, Tk)
-        if T > 1:  # a single new position may read every key
-            scores = scores.masked_fill(future_mask(T, k.shape[2], x.device), float("-inf"))
-        att = torch.softmax(scores, dim=-1)
-        y = (self.attn_dropout(att) @ v).transpose(1, 2).reshape(B, T, C)  # (B, T, C)
-        self.out = self.resid_dropout(self.proj(y))
+        self.out = attend(self, x, cache)
         return self.out
+
+
+def attend(attn: Any, x: torch.Tensor, cache: Cache | None) -> torch.Tensor:
+    """The attention arithmetic of both torch backends, for the layer ``attn`` (its
+    ``qkv``, ``proj``, ``n_head`` and dropouts): (B, T, C) -> (B, T, C).
+
+    ``F.scaled_dot_product_attention`` computes softmax(q k^T / sqrt(hs)) v in one
+    fused call; where dropout acts on the attention weights in training it is written
+    out, since SDPA would draw the mask from torch's generator, not the run's RNG.
+    """
+    B, T, C = x.shape
+    # qkv's (B, T, 3C) read as (B, T, 3, nh, hs): each head's queries, keys and values
+    # as views, three operations where splitting and reshaping each one takes seven
+    q, k, v = attn.qkv(x).view(B, T, 3, attn.n_head, C // attn.n_head
+                               ).permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, nh, T, hs)
+    k, v = cached_keys(cache, attn, k, v)                  # 2 x (B, nh, Tk, hs)
+    Tk = k.shape[2]
+    if attn.training and attn.attn_dropout.p > 0:
+        scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(C // attn.n_head))
+        if T > 1:
+            scores = scores.masked_fill(future_mask(T, Tk, x.device), float("-inf"))
+        y = attn.attn_dropout(torch.softmax(scores, dim=-1)) @ v  # (B, nh, T, hs)
+    elif Tk == T:
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, nh, T, hs)
+    elif T == 1:  # one new position reads every key: no mask at all
+        y = F.scaled_dot_product_attention(q, k, v)
+    else:  # is_causal aligns the mask top-left; with past keys it must be bottom-right
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=~future_mask(T, Tk, x.device))
+    return attn.resid_dropout(attn.proj(y.transpose(1, 2).reshape(B, T, C)))  # (B, T, C)
 
 
 class Block(composite.Block, Layer):
@@ -322,16 +340,16 @@ def flatten_consecutive(x: torch.Tensor, n: int) -> torch.Tensor:
 
 
 def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean negative log-likelihood of ``targets``; logsumexp keeps exp() from overflowing."""
-    logprobs = logits - torch.logsumexp(logits, dim=1, keepdim=True)  # (B, V)
-    return -logprobs[torch.arange(logits.shape[0]), targets].mean()
+    """Mean negative log-likelihood of ``targets`` under softmax(logits), (B, V) and (B,):
+    PyTorch's fused log-softmax and NLL (stable: the row maximum is taken out first)."""
+    return F.cross_entropy(logits, targets)
 
 
 def sequence_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean negative log-likelihood over the positions whose target is not IGNORE."""
-    flat = targets.reshape(-1)                                        # (B*T,)
-    valid = flat != IGNORE
-    return cross_entropy(logits.reshape(-1, logits.shape[-1])[valid], flat[valid])
+    """Mean negative log-likelihood over every position whose target is not IGNORE,
+    (B, T, V) and (B, T): the padding is left out by ``ignore_index``."""
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
+                           ignore_index=IGNORE)
 
 
 def as_long(x: Any) -> torch.Tensor:

@@ -10,7 +10,6 @@ The language model holds an ``nn.Sequential`` as ``net``.
 
 from __future__ import annotations
 
-import math
 import sys
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -18,13 +17,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tinylm.data import IGNORE
 from tinylm.layers import VOCABULARY, composite
 from tinylm.layers.base import Cache, first_state, keep_state
 from tinylm.layers.shape_checks import check_batch_norm_examples, check_group
 from tinylm.layers.torch_layers import (
-    TorchLM, TorchSequenceLM, cached_keys, dropout, flatten_consecutive, future_mask,
-    gru_forward, positions, rnn_forward,  # positions: the Transformer's, as the raw tensors'
+    TorchLM, TorchSequenceLM, attend, dropout, flatten_consecutive, gru_forward, positions,
+    rnn_forward, sequence_cross_entropy,  # positions: the Transformer's, as the raw tensors'
 )
 
 __all__ = list(VOCABULARY)  # see tinylm.layers
@@ -118,23 +116,7 @@ class CausalSelfAttention(composite.CausalSelfAttention, nn.Module):
     L = PRIMITIVES
 
     def forward(self, x: torch.Tensor, cache: Cache | None = None) -> torch.Tensor:
-        B, T, C = x.shape
-        q, k, v = (a.reshape(B, T, self.n_head, C // self.n_head).transpose(1, 2)
-                   for a in self.qkv(x).split(C, dim=-1))      # 3 x (B, nh, T, hs)
-        k, v = cached_keys(cache, self, k, v)                  # 2 x (B, nh, Tk, hs)
-        Tk = k.shape[2]
-        if self.training and self.attn_dropout.p > 0:
-            scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(C // self.n_head))
-            if T > 1:
-                scores = scores.masked_fill(future_mask(T, Tk, x.device), float("-inf"))
-            y = self.attn_dropout(torch.softmax(scores, dim=-1)) @ v  # (B, nh, T, hs)
-        elif Tk == T:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, nh, T, hs)
-        elif T == 1:  # one new position reads every key: no mask at all
-            y = F.scaled_dot_product_attention(q, k, v)
-        else:  # is_causal aligns the mask top-left; with past keys it must be bottom-right
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=~future_mask(T, Tk, x.device))
-        return self.resid_dropout(self.proj(y.transpose(1, 2).reshape(B, T, C)))  # (B, T, C)
+        return attend(self, x, cache)
 
 
 class Block(composite.Block, nn.Module):
@@ -188,12 +170,6 @@ class RecurrentLM(composite.RecurrentLM, nn.Module):
     L = PRIMITIVES
 
 
-def sequence_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """``F.cross_entropy`` over every position, padding (IGNORE) excluded."""
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
-                           ignore_index=IGNORE)
-
-
 class _Modules:
     """For the models over nn.Modules: their layers are the network's ``modules()``."""
 
@@ -216,7 +192,6 @@ class TorchModuleLM(_Modules, TorchLM):
     """
 
     backend = "torch-module"
-    loss_fn = staticmethod(F.cross_entropy)
 
     def __init__(self, config: Any, net: nn.Sequential, reads: int,
                  penalties: Mapping[str, float] = {}) -> None:
@@ -232,10 +207,9 @@ def _keep_output(module: nn.Module, inputs: Any, output: Any) -> None:
 
 class TorchModuleSequenceLM(_Modules, TorchSequenceLM):
     """The per-position language model over an nn.Module network (``Transformer``,
-    ``RecurrentLM``), with ``F.cross_entropy(ignore_index=IGNORE)``."""
+    ``RecurrentLM``)."""
 
     backend = "torch-module"
-    sequence_loss_fn = staticmethod(sequence_cross_entropy)
 
 
 LM = TorchModuleLM  # the names models.build_model looks for in every backend module
