@@ -88,6 +88,8 @@ FRACTION = Kind(float, lambda v: _is_number(v) and 0 <= v < 1, "a number from 0 
 SEED = Kind(int, lambda v: _is_int(v) and 0 < v < 2**64, "a whole number from 1 to 2**64 - 1",
             metavar="S", to_json=str, from_json=_int_or_text)
 TEXT = Kind(str, lambda v: isinstance(v, str), "text", metavar="TEXT")
+# a switch: the flag alone turns it on (no value follows it); in a config, true or false
+SWITCH = Kind(bool, lambda v: isinstance(v, bool), "true or false")
 # ``0`` on the command line, None in a config: no limit
 # None: a bounded default the setting's reader decides; 0: all
 ALL_OR_POSITIVE = Kind(int, lambda v: v is None or (_is_int(v) and v >= 0),
@@ -210,6 +212,10 @@ def add_flags(group: argparse._ArgumentGroup, cls: type,
         if not s["flag"]:
             continue
         kind: Kind = s["kind"]
+        if kind is SWITCH:
+            group.add_argument(flag_of(f.name), dest=f.name, default=None, action="store_const",
+                               const=True, help=f"{s['help']} {default_note(f)}".strip())
+            continue
         group.add_argument(flag_of(f.name), dest=f.name, default=None, type=kind.parse,
                            choices=None if kind.choices is None else _LazyChoices(kind.choices),
                            metavar=kind.metavar if kind.choices is None else None,

@@ -203,17 +203,23 @@ def _check_parts(config: TrainConfig, model, world: distributed.World, n_train: 
 
 
 def place(model, config: TrainConfig, world: distributed.World = distributed.World()) -> str:
-    """Put a torch model on the run's device, in its precision; returns the device.
+    """Put a torch model on the run's device, in its precision, compiled if asked; returns
+    the device.
 
-    ``ConfigError`` for a device this machine lacks or a precision the backend cannot run.
+    ``ConfigError`` for a device this machine lacks, a precision the backend cannot run, or
+    a compile it cannot do.
     """
     backend = model.backend
     device = distributed.device_of(world, devices.resolve(config.device, backend))
     devices.check_dtype(config.dtype, backend, device)
+    if config.compile:
+        devices.check_compile(backend, device)
     if backend in TORCH_BACKENDS:
         if model.device != device:
             model.to_device(device)
         model.dtype = config.dtype
+        if config.compile:
+            model.compile()
     return device
 
 

@@ -20,7 +20,8 @@ from tinylm.layers import BACKENDS
 from tinylm.optim import OPTIMIZERS, SCHEDULES, lr_at
 from tinylm.recipes import recipe_names
 from tinylm.settings import (
-    ALL_OR_POSITIVE, FRACTION, NONNEG_FLOAT, NONNEG_INT, POSITIVE_FLOAT, POSITIVE_INT, SEED, TEXT, choice,
+    ALL_OR_POSITIVE, FRACTION, NONNEG_FLOAT, NONNEG_INT, POSITIVE_FLOAT, POSITIVE_INT, SEED, SWITCH,
+    TEXT, choice,
     optional, setting,
 )
 from tinylm.text import FORMATS
@@ -98,6 +99,10 @@ class TrainConfig(settings.Settings):
     dtype: str = setting("float32", "precision of the forward pass: float32 (every backend's "
                          "numbers equal), or bfloat16/float16 under torch.autocast (torch "
                          "backends; float16 with a loss scale)", choice(devices.DTYPES))
+    compile: bool = setting(False, "torch backends: compile the network with torch.compile "
+                            "(fused kernels; the first steps wait for the compiler, and the "
+                            "numbers agree with uncompiled ones to rounding; needs a C++ "
+                            "compiler on the CPU)", SWITCH, resume=True)
     grad_accum: int = setting(1, "split each batch into this many micro-batches whose "
                               "gradients add up before the update: the same step in less "
                               "memory (torch backends; may change on resume, to rounding)",

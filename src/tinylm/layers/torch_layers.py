@@ -373,13 +373,26 @@ class TorchLM(LanguageModel):
                  penalties: Mapping[str, float] = {}) -> None:
         super().__init__(config, net, reads, penalties)
         self._loss: torch.Tensor | None = None
+        self._compiled: Callable[..., torch.Tensor] | None = None
+
+    def compile(self) -> None:
+        """Run the network's forward pass (and so its backward) through ``torch.compile``
+        from here on; see tinylm.devices. The parameters stay the network's own, so the
+        state dict and the optimizer see the same tensors. A forward pass through a cache
+        (sampling: one new token, a growing key count) stays uncompiled."""
+        # the bound forward: torch.compile takes functions and nn.Modules, and the raw
+        # network is neither
+        self._compiled = torch.compile(self.net.forward)
+
+    def _net(self, cache: Cache | None = None) -> Callable[..., torch.Tensor]:
+        return self.net if self._compiled is None or cache is not None else self._compiled
 
     dtype = "float32"  # the forward pass's precision: lower ones run under torch.autocast
 
     def forward(self, idx: Any, targets: Any = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         x = self._inputs(self._ids(idx))                                 # (B, reads)
         with devices.autocast(self.device, self.dtype):
-            logits = self._full(self.net(x))                             # (B, V)
+            logits = self._full(self._net()(x))                          # (B, V)
         loss = None
         if targets is not None:
             loss = self.loss_fn(logits, self._ids(targets))
@@ -472,7 +485,7 @@ class TorchSequenceLM(TorchLM):
         check_cached(targets, cache)
         idx = self._ids(idx)
         with devices.autocast(self.device, self.dtype):
-            logits = self._full(self.net(idx, cache))                    # (B, T, V)
+            logits = self._full(self._net(cache)(idx, cache))            # (B, T, V)
         if cache is not None:
             cache.length += idx.shape[1]
         self._loss = None if targets is None else self.sequence_loss_fn(logits, self._ids(targets))
