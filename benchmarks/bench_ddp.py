@@ -76,12 +76,13 @@ def worker(model: str, backend: str, steps: int) -> None:
     scored = 0
     with threads.limited(1):
         for step in range(20):  # warm up
-            trainer._update(batches, step)
+            trainer._step(*batches.next(), step)
         reduce_seconds[0] = 0.0
         t0 = time.perf_counter()
         for step in range(steps):
-            trainer._update(batches, step)
-            scored += int((batches._Y != IGNORE).sum())  # the batch just trained on
+            X, Y = batches.next()
+            trainer._step(X, Y, step)
+            scored += int((Y != IGNORE).sum())
         seconds = time.perf_counter() - t0
     if world.main:
         print(json.dumps({"model": model, "procs": world.size, "params": net.num_params(),

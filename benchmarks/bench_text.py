@@ -16,8 +16,8 @@ peak resident memory of the whole run.
 ``side-by-side`` trains the same Transformer (4 layers, 4 heads, 128 wide,
 block 64, batch 12, AdamW lr 1e-3, one thread) on the same text for the same
 steps twice, each in its own child process: with ``tinylm train --backend
-torch-module`` and with a plain PyTorch loop written below (random windows
-from a memory-mapped uint16 array, ``F.scaled_dot_product_attention``,
+torch-module`` and with the plain PyTorch loop of ``plain_loop.py`` (random
+windows from a memory-mapped uint16 array, ``F.scaled_dot_product_attention``,
 ``torch.optim.AdamW``), evaluating the same held-out windows at the same
 steps. It prints each one's wall time, peak memory and final val loss.
 """
@@ -100,62 +100,8 @@ def prepare(args: argparse.Namespace) -> None:
               f"and the end in {total:.1f} s; peak resident memory {peak / 2**30:.2f} GiB")
 
 
-PLAIN = r'''
-import sys
-import numpy as np, torch, torch.nn as nn, torch.nn.functional as F
-torch.set_num_threads(1)
-tokens_path, units_path, steps, eval_every, L, H, C, T, B, lr = sys.argv[1:]
-steps, eval_every, L, H, C, T, B = map(int, (steps, eval_every, L, H, C, T, B)); lr = float(lr)
-data = np.load(tokens_path, mmap_mode="r")          # the whole text, uint16
-units = np.load(units_path)                          # rows: split (0 train, 1 val, 2 test), end, scored
-train_end = int(units[0, 1]); units = units[1:]
-V = int(data.max()) + 1
-class Block(nn.Module):
-    def __init__(s):
-        super().__init__(); s.ln1, s.ln2 = nn.LayerNorm(C), nn.LayerNorm(C)
-        s.qkv, s.proj = nn.Linear(C, 3 * C), nn.Linear(C, C)
-        s.mlp = nn.Sequential(nn.Linear(C, 4 * C), nn.GELU(approximate="tanh"), nn.Linear(4 * C, C))
-    def forward(s, x):
-        b, t, _ = x.shape
-        q, k, v = s.qkv(s.ln1(x)).view(b, t, 3, H, C // H).permute(2, 0, 3, 1, 4)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(b, t, C)
-        x = x + s.proj(y)
-        return x + s.mlp(s.ln2(x))
-class GPT(nn.Module):
-    def __init__(s):
-        super().__init__(); s.wte, s.wpe = nn.Embedding(V, C), nn.Embedding(T, C)
-        s.blocks = nn.Sequential(*[Block() for _ in range(L)]); s.ln_f = nn.LayerNorm(C)
-        s.head = nn.Linear(C, V, bias=False)
-    def forward(s, idx):
-        x = s.wte(idx) + s.wpe(torch.arange(idx.shape[1]))
-        return s.head(s.ln_f(s.blocks(x)))
-torch.manual_seed(42); model = GPT()
-opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
-g = np.random.default_rng(42)
-def evaluate(split):
-    """The same windows as tinylm's evaluation (end, targets scored), 128 at a time."""
-    rows = units[units[:, 0] == split][:, 1:]
-    model.eval(); total = 0.0; n = 0
-    with torch.inference_mode():
-        for lo in range(0, len(rows), 128):
-            e, k = rows[lo:lo + 128, 0], rows[lo:lo + 128, 1]
-            idx = torch.from_numpy(np.stack([data[x - T - 1:x - 1] for x in e]).astype(np.int64))
-            tgt = torch.from_numpy(np.stack([data[x - T:x] for x in e]).astype(np.int64))
-            tgt[torch.arange(T)[None, :] < torch.from_numpy(T - k)[:, None]] = -1
-            total += F.cross_entropy(model(idx).reshape(-1, V), tgt.reshape(-1), ignore_index=-1,
-                                     reduction="sum").item()
-            n += int(k.sum())
-    model.train(); return total / n
-for step in range(steps):
-    if step % eval_every == 0 or step == steps - 1:
-        train_loss, val = evaluate(0), evaluate(1)
-    starts = g.integers(1, train_end - T, B)
-    x = torch.from_numpy(np.stack([data[s - 1:s - 1 + T] for s in starts]).astype(np.int64))
-    y = torch.from_numpy(np.stack([data[s:s + T] for s in starts]).astype(np.int64))
-    loss = F.cross_entropy(model(x).view(-1, V), y.view(-1))
-    opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
-print(f"val {val:.4f}, test {evaluate(2):.4f}")
-'''
+# The plain PyTorch loop run beside tinylm (as a script, in its own child process).
+PLAIN = Path(__file__).resolve().with_name("plain_loop.py")
 
 
 def side_by_side(args: argparse.Namespace) -> None:
@@ -191,10 +137,8 @@ def side_by_side(args: argparse.Namespace) -> None:
             rows += [[k, e + offset, s] for e, s in zip(plan.ends[keep], plan.scored[keep])]
             offset += len(split)
         np.save(Path(tmp) / "units.npy", np.array(rows, dtype=np.int64))
-        script = Path(tmp) / "plain.py"
-        script.write_text(PLAIN)
         seconds2, peak2, out2 = child(
-            [sys.executable, str(script), str(Path(tmp) / "tokens.npy"), str(Path(tmp) / "units.npy"),
+            [sys.executable, str(PLAIN), str(Path(tmp) / "tokens.npy"), str(Path(tmp) / "units.npy"),
              str(args.steps), str(args.eval_every), str(m["n_layers"]), str(m["n_heads"]),
              str(m["n_embd"]), str(m["block_size"]), str(m["batch_size"]), str(m["lr"])],
             ONE_THREAD)
