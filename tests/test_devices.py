@@ -145,11 +145,17 @@ def test_a_lower_precision_run_on_the_cpu_trains_close_to_float32(tmp_path, name
 
 def test_a_float16_run_resumes_bit_identically_with_its_loss_scale(tmp_path, small_input,
                                                                    monkeypatch):
+    check_float16_resume(tmp_path, monkeypatch, ["-i", str(small_input), *SMALL,
+                                                 "--backend", "torch-module"])
+
+
+def check_float16_resume(tmp_path, monkeypatch, flags: list[str]) -> tuple:
+    """A float16 run stopped at step 12 and resumed ends as the run never stopped, its loss
+    scale checkpointed; returns the two run directories (tests/test_cuda.py, on a GPU)."""
     from test_cli_neural import interrupted_at
 
     straight, stopped = tmp_path / "straight", tmp_path / "stopped"
-    common = ["-i", str(small_input), *SMALL, "--steps", "30", "--backend", "torch-module",
-              "--dtype", "float16"]
+    common = [*flags, "--steps", "30", "--dtype", "float16"]
     assert main(["train", "-o", str(straight), *common]) == 0
     with interrupted_at(monkeypatch, 12):
         assert main(["train", "-o", str(stopped), *common]) == 130
@@ -157,3 +163,4 @@ def test_a_float16_run_resumes_bit_identically_with_its_loss_scale(tmp_path, sma
     assert manifest["state"]["grad_scaler"]["scale"] > 1  # the scale is checkpointed
     assert main(["train", "-o", str(stopped), "--resume", "-n", "0"]) == 0
     assert read_metrics(straight) == read_metrics(stopped)
+    return straight, stopped
