@@ -18,6 +18,7 @@ Subcommands:
   export     a run as a Hugging Face Transformers checkpoint or an ONNX model
   recipes    list the training recipes and what each sets
   micrograd  the scalar-autograd demo: a tiny MLP on a 2D toy dataset
+  bpe        train a byte-level BPE tokenizer on a text file; encode and decode with one
 """
 
 from __future__ import annotations
@@ -33,13 +34,13 @@ import numpy as np
 
 from tinylm import __version__
 from tinylm.cli import (
-    diagnose, evaluate, export, micrograd, recipes, report, sample, serve, train,
+    bpe, diagnose, evaluate, export, micrograd, recipes, report, sample, serve, train,
 )
 from tinylm.cli.common import Parser, Terminated, UsageError, run_dir_of
 from tinylm.errors import TinylmError
 
 # one module a command, each with its register(sub); in the order of the help's list
-COMMANDS = (train, sample, evaluate, diagnose, report, serve, export, recipes, micrograd)
+COMMANDS = (train, sample, evaluate, diagnose, report, serve, export, recipes, micrograd, bpe)
 
 
 def build_parser() -> argparse.ArgumentParser:
