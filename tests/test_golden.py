@@ -210,9 +210,9 @@ samples (2 of 5 new, not in the training set):
 """
 README_EVAL = """\
 order 4 additive model, loader words
-train: loss 1.9246, perplexity 6.853
-  val: loss 2.0831, perplexity 8.029
- test: loss 2.0794, perplexity 8.000
+train: loss 1.9246, perplexity 6.853, 2.7767 bits per character
+  val: loss 2.0831, perplexity 8.029, 3.0052 bits per character
+ test: loss 2.0794, perplexity 8.000, 2.9999 bits per character
 """
 
 

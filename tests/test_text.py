@@ -244,7 +244,7 @@ def test_batches_of_a_text_draw_with_the_run_rng():
 
 def test_train_split_shorter_than_a_block_is_one_line():
     config = ModelConfig(model="transformer", vocab_size=5, block_size=64)
-    with pytest.raises(DataError, match="train split has 10 characters, fewer than a block of 64"):
+    with pytest.raises(DataError, match="train split has 10 tokens, fewer than a block of 64"):
         text_split_for("train", np.zeros(10, np.uint8), config)
 
 

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from tinylm import data, distributed, neural_run, ngram_run, runs, settings, text, threads
+from tinylm.tokenizer import Tokenizer, TokenizerSettings
 from tinylm.errors import ConfigError
 from tinylm.models import MODELS, ModelConfig
 from tinylm.ngram import NgramSettings
@@ -37,7 +38,7 @@ from tinylm.rng import RNG
 from tinylm.sample import mark_known, sample_items, sample_tokens
 from tinylm.train_config import TrainConfig
 
-SETTINGS = (ModelConfig, TrainConfig, NgramSettings)
+SETTINGS = (ModelConfig, TrainConfig, NgramSettings, TokenizerSettings)
 COUNT_MODELS = ("ngram",)
 
 
@@ -75,10 +76,17 @@ class Run:
 
     @property
     def config(self) -> dict[str, Any]:
-        """Every setting of the run, by name (the model's, the training's or the n-gram's)."""
+        """Every setting of the run, by name (the tokenizer's, and the model's, the training's
+        or the n-gram's); ``vocab_size`` is the vocabulary the model has."""
+        tokenizer = self._run.tokenizer_settings.to_dict()
         if self._run.kind == "ngram":
-            return {"model": "ngram", **self._run.ngram.to_dict()}
-        return {**self._run.model_config.to_dict(), **self._run.config.to_dict()}
+            return {**tokenizer, "model": "ngram", **self._run.ngram.to_dict()}
+        return {**tokenizer, **self._run.model_config.to_dict(), **self._run.config.to_dict()}
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        """The run's tokenizer: ``encode(text)``, ``decode(ids)``, ``vocab_size``, ``eot``."""
+        return self._run.tokenizer
 
     @property
     def metrics(self) -> list[dict]:
@@ -89,17 +97,20 @@ class Run:
     def step(self) -> int:
         return self._run.step
 
-    def evaluate(self, output: Output = SILENT) -> dict[str, float]:
-        """The loss (nats per token) on train, val and test, as ``tinylm eval`` measures it."""
+    def evaluate(self, output: Output = SILENT, bits: bool = False) -> dict[str, float]:
+        """The loss (nats per token) on train, val and test, as ``tinylm eval`` measures it;
+        with ``bits``, the same in bits per character."""
         evaluate = ngram_run.evaluate if self._run.kind == "ngram" else neural_run.evaluate
         with threads.limited(self._run.config.threads if self._run.config else 0):
-            return {name: m["loss"] for name, m in evaluate(self._run, output).items()}
+            return {name: m["bpc" if bits else "loss"]
+                    for name, m in evaluate(self._run, output).items()}
 
     def sample(self, n: int = 10, prompt: str = "", temperature: float = 1.0,
                top_k: int | None = None, seed: int = 42, tokens: int | None = None
                ) -> list[Sample] | str:
         """``n`` items marked new or copied, as ``tinylm sample`` prints them; or, with ``tokens``
-        (a text run's default: 500), one continuous passage of that many characters."""
+        (a text run's default: 500), one continuous passage of that many tokens (characters,
+        for a char run)."""
         run = self._run
         run.tokenizer.encode(prompt)  # DataError naming a character the model never saw
         if tokens is not None or run.format == "text":
@@ -173,6 +184,7 @@ def run_training(explicit: dict[str, Any], *, model: str | None, input, out_dir,
     if text_format and "loader" in explicit:
         raise ConfigError("--loader applies to --format lines: a text is always read as one "
                           "continuous stream")
+    chosen = settings.resolve(TokenizerSettings, [explicit])  # refused before data is read
     splits, source, inputs = read_data(input, train, val, test, text_format)
     out_dir = None if out_dir is None else str(out_dir)
     if model in COUNT_MODELS:
@@ -180,9 +192,9 @@ def run_training(explicit: dict[str, Any], *, model: str | None, input, out_dir,
             raise ConfigError("the n-gram models count in one pass: run them without torchrun")
         return ngram_run.train(out_dir, num_samples, splits, source, inputs,
                                settings.resolve(NgramSettings, [explicit]),
-                               settings.resolve(TrainConfig, [explicit]), output)
+                               settings.resolve(TrainConfig, [explicit]), output, chosen)
     return neural_run.train(out_dir, num_samples, splits, source, inputs, model, explicit, world,
-                            gate, output)
+                            gate, output, chosen)
 
 
 def read_data(input, train, val, test, text_format: bool = False

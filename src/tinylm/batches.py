@@ -35,10 +35,10 @@ from typing import TYPE_CHECKING, Iterator, Sequence
 
 import numpy as np
 
-from tinylm.data import IGNORE, Tokenizer, make_examples, make_sequences
+from tinylm.data import IGNORE, Tokenizer, item_characters, make_examples, make_sequences
 from tinylm.errors import DataError
 from tinylm.rng import RNG
-from tinylm.text import DEFAULT_BLOCK, TextSplit
+from tinylm.text import DEFAULT_BLOCK, TextSplit, tokens_per_char
 
 if TYPE_CHECKING:  # the settings of a model, not its registry: batching needs no model
     from tinylm.models import ModelConfig
@@ -63,6 +63,9 @@ class Split:
     X: np.ndarray
     Y: np.ndarray
     n_tokens: int  # length of the token stream (stream loader) or number of tokens incl. EOTs
+    # the items' tokens (each end included) over their characters (each line end included):
+    # what turns nats per token into bits per character (tinylm.text.bits); 1 for characters
+    tokens_per_char: float = 1.0
 
     def __len__(self) -> int:
         return len(self.Y)
@@ -93,10 +96,12 @@ def make_split(
         raise DataError(f"the {name} split has no examples")
     if block_size is not None:
         n_tokens = int((Y != IGNORE).sum())
+        # stream: every window a row, len(tokens) - block_size of them
+        stream = len(Y) + block_size if loader == "stream" else n_tokens
     else:
         # stream: one window per start position, len(tokens) - context of them
-        n_tokens = len(Y) + context if loader == "stream" else len(Y)
-    return Split(name, loader, X, Y, n_tokens)
+        n_tokens = stream = len(Y) + context if loader == "stream" else len(Y)
+    return Split(name, loader, X, Y, n_tokens, tokens_per_char(stream, item_characters(lines)))
 
 
 def split_for(name: str, lines: Sequence[str], tokenizer: Tokenizer, config: ModelConfig,
@@ -106,17 +111,19 @@ def split_for(name: str, lines: Sequence[str], tokenizer: Tokenizer, config: Mod
     return make_split(name, lines, tokenizer, config.context, loader, block)
 
 
-def text_split_for(name: str, tokens: np.ndarray, config: ModelConfig) -> TextSplit:
-    """The ``TextSplit`` of a document's split for the model of ``config``."""
+def text_split_for(name: str, tokens: np.ndarray, config: ModelConfig, pad: int = 0,
+                   characters: int | None = None) -> TextSplit:
+    """The ``TextSplit`` of a document's split for the model of ``config``: ``pad`` the end
+    token, ``characters`` those the tokens stand for (None: a token is a character)."""
     if len(tokens) == 0:
         raise DataError(f"the {name} split is empty")
     if not config.per_position:
-        return TextSplit(name, tokens, config.context)
+        return TextSplit(name, tokens, config.context, pad=pad, characters=characters)
     block = config.block_size or DEFAULT_BLOCK
     if name == "train" and len(tokens) < block:
-        raise DataError(f"the train split has {len(tokens):,} characters, fewer than a block of "
+        raise DataError(f"the train split has {len(tokens):,} tokens, fewer than a block of "
                         f"{block}; give a smaller --block-size or a longer text")
-    return TextSplit(name, tokens, config.context, block)
+    return TextSplit(name, tokens, config.context, block, pad, characters=characters)
 
 
 class Batches:

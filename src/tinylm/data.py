@@ -35,7 +35,7 @@ import unicodedata
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Any, Callable, ClassVar, Iterable, Sequence
 
 import numpy as np
 
@@ -236,6 +236,9 @@ class Tokenizer:
 
     itos: tuple[str, ...]
     stoi: dict[str, int] = field(init=False, repr=False, compare=False)
+    # what one id stands for, in the lines a run prints; what the vocabulary line adds
+    unit: ClassVar[str] = "character"
+    note: ClassVar[str] = ""
 
     def __post_init__(self) -> None:
         if len(set(self.itos)) != len(self.itos) or EOT not in self.itos:
@@ -273,6 +276,18 @@ class Tokenizer:
     def decode(self, ids: Sequence[int]) -> str:
         return "".join(self.itos[int(i)] for i in ids)
 
+    def encode_bytes(self, data: bytes | memoryview, out: np.ndarray | None = None,
+                     progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+        """A document's ids (its UTF-8 bytes, one id a character), into ``out`` if given
+        (``tinylm.text.encode``: a piece at a time)."""
+        from tinylm import text  # text builds on this module
+
+        return text.encode(data, self, out, progress)
+
+    def to_run(self) -> tuple[dict[str, Any], dict[str, bytes]]:
+        """How a run keeps it: the vocabulary in the manifest, no file of its own."""
+        return {"vocab": self.to_list()}, {}
+
     def to_list(self) -> list[str]:
         """The vocabulary as a JSON-friendly list (index = token id)."""
         return list(self.itos)
@@ -283,8 +298,27 @@ class Tokenizer:
 
 
 def stream_tokens(lines: Sequence[str], tokenizer: Tokenizer) -> np.ndarray:
-    """All lines joined as one text, each followed by the end-of-text token."""
+    """All lines joined as one text, each followed by the end-of-text token.
+
+    Encoded as one text: a line holds no "\\n", and no token of a run's tokenizer holds
+    the end token or spans a line end (a BPE of items learns no merge across one), so
+    this is every line encoded on its own, followed by the end token, at the cost of one
+    call."""
     return np.array(tokenizer.encode("".join(line + EOT for line in lines)), dtype=np.int64)
+
+
+def item_tokens(lines: Sequence[str], tokenizer: Tokenizer) -> tuple[np.ndarray, np.ndarray]:
+    """``stream_tokens``, and each item's length in tokens with its end token, (N,)."""
+    tokens = stream_tokens(lines, tokenizer)
+    ends = np.flatnonzero(tokens == tokenizer.eot)
+    if len(ends) != len(lines):
+        raise DataError("the tokenizer made an item's end token inside an item")
+    return tokens, np.diff(ends, prepend=-1)
+
+
+def item_characters(lines: Sequence[str]) -> int:
+    """The characters of items, each with its line end (what the end token stands for)."""
+    return sum(len(line) + 1 for line in lines)
 
 
 def stream_examples(
@@ -313,8 +347,7 @@ def word_examples(
     # target; its context is the `context` tokens before it, with those that
     # lie before the start of its own item replaced by end-of-text padding.
     # One pass over the whole stream: a loop over the lines took 0.4 s on the 32k names.
-    tokens = stream_tokens(lines, tokenizer)                                  # (N,)
-    lengths = np.array([len(line) + 1 for line in lines])
+    tokens, lengths = item_tokens(lines, tokenizer)                           # (N,), (L,)
     starts = np.repeat(np.cumsum(lengths) - lengths, lengths)                 # (N,) where each item begins
     padded = np.concatenate([np.full(context, eot, dtype=np.int64), tokens])
     windows = np.lib.stride_tricks.sliding_window_view(padded, context + 1)  # (N, context + 1)
@@ -326,24 +359,25 @@ def word_examples(
 def word_sequences(
     lines: Sequence[str], tokenizer: Tokenizer, block_size: int | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Each line one row of a sequence model: X (N, T) = EOT + characters, padded with EOT;
-    Y (N, T) = characters + EOT, padded with ``IGNORE``. T is ``block_size``, by default
+    """Each line one row of a sequence model: X (N, T) = EOT + its tokens, padded with EOT;
+    Y (N, T) = its tokens + EOT, padded with ``IGNORE``. T is ``block_size``, by default
     the longest line + 1 (the fewest positions that hold every item)."""
-    longest = max((len(line) for line in lines), default=0)
+    tokens, lengths = item_tokens(lines, tokenizer)  # lengths count each item's end token
+    longest = int(lengths.max(initial=1)) - 1
     T = longest + 1 if block_size is None else block_size
     if not isinstance(T, (int, np.integer)) or T < 1:
         raise DataError(f"block size must be a whole number >= 1, got {T!r}")
     if longest + 1 > T:
-        raise DataError(f"an item of {longest} characters needs a block size of at least "
-                        f"{longest + 1}, got {T}")
+        raise DataError(f"an item of {longest} {tokenizer.unit}s needs a block size of at "
+                        f"least {longest + 1}, got {T}")
     eot = tokenizer.eot
     X = np.full((len(lines), T), eot, dtype=np.int64)
     Y = np.full((len(lines), T), IGNORE, dtype=np.int64)
-    for i, line in enumerate(lines):
-        ids = tokenizer.encode(line)
-        X[i, 1:len(ids) + 1] = ids
-        Y[i, :len(ids)] = ids
-        Y[i, len(ids)] = eot
+    row = np.repeat(np.arange(len(lines)), lengths)                       # (N,) each token's item
+    col = np.arange(len(tokens)) - np.repeat(np.cumsum(lengths) - lengths, lengths)  # (N,)
+    Y[row, col] = tokens  # an item's tokens, then its end
+    inside = col + 1 < T  # the end token read as an input would fall past the block: padding anyway
+    X[row[inside], col[inside] + 1] = tokens[inside]
     return X, Y
 
 

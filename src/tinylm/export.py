@@ -1,8 +1,8 @@
 """A trained run in the formats the rest of the field reads: Hugging Face Transformers and ONNX.
 
 ``export(run_dir, "hf", out)`` writes a Transformer run as a GPT-2 checkpoint
-directory (``config.json``, ``model.safetensors``, a character-level
-``tokenizer.json`` and what ``AutoTokenizer`` needs), so that
+directory (``config.json``, ``model.safetensors``, a ``tokenizer.json`` of
+characters or of the run's byte-level BPE, and what ``AutoTokenizer`` needs), so that
 ``transformers.AutoModelForCausalLM.from_pretrained(out)`` computes tinylm's
 logits. The layouts agree: tinylm's Transformer is GPT-2's pre-norm decoder
 (``qkv`` makes queries, keys and values side by side and each is cut into
@@ -39,18 +39,20 @@ from typing import Any, Mapping, TypeVar
 
 import numpy as np
 
-from tinylm import __version__, pytorch, runs
+from tinylm import __version__, bpe, pytorch, runs
 from tinylm.data import EOT
 from tinylm.errors import ConfigError, TinylmError
 from tinylm.io import atomic_write_bytes, check_out_dir, dumps, fsync_dir
 from tinylm.models import FIXED_WINDOW, SEQUENCE
 from tinylm.rng import RNG
 from tinylm.sample import eval_mode
+from tinylm.tokenizer import BPETokenizer
 
 TARGETS = ("hf", "onnx")
 HF_MODELS = ("transformer",)
 ONNX_MODELS = ("bigram",) + FIXED_WINDOW + SEQUENCE
 TOLERANCE = 1e-5  # the largest |logit difference| an export may show against tinylm's own
+CHECK_TEXT = 4000  # characters of the train split the exported tokenizer must encode as tinylm
 FORMAT = "tinylm-export"
 MARKER = "tinylm_export.json"  # in an HF export: what it was made from (and that it is ours)
 HF_FILES = ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
@@ -270,12 +272,62 @@ def char_tokenizer(itos: list[str] | tuple[str, ...]):
     return tokenizer
 
 
-def _tokenizer_config(run: runs.Run) -> tuple[dict[str, Any], dict[str, Any]]:
-    """tokenizer_config.json and special_tokens_map.json. A lines run's "\\n" is its
-    beginning and end of text (and padding), so that decoding with skip_special_tokens
-    (what pipeline() does) gives an item without it; a text run declares none, so that a
-    passage keeps its line breaks."""
-    special = {"bos_token": EOT, "eos_token": EOT, "pad_token": EOT} if run.format == "lines" \
+def bpe_tokenizer(model: bpe.BPE):
+    """A ``tokenizers.Tokenizer`` that encodes as tinylm's byte-level BPE ``model``, ids and all.
+
+    Its ByteLevel pre-tokenizer shows each byte as one character (the printable bytes
+    33-126, 161-172 and 174-255 as themselves, the others as 256, 257... in byte order), so a
+    token is the string of its bytes' characters and a merge the pair of its halves' strings.
+    The ``tokenizers`` BPE merges by rank, the lowest first and, within a rank, left to right:
+    the order tinylm learned its merges in, since a merge only makes pairs of later ones.
+    Split ``gpt4`` cuts by the same pattern first. Every text starts with the newline byte's
+    token, tinylm's end of text. ``ExportError`` where two tokens are the same bytes (BPE
+    can learn them by two routes), which a tokenizer.json cannot hold apart.
+    """
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
+
+    shown = _byte_characters()
+    vocab: dict[str, int] = {}
+    for token in range(model.vocab_size):
+        text = "".join(shown[b] for b in model.token_bytes(token))
+        if vocab.setdefault(text, token) != token:
+            raise ExportError(f"tokens {vocab[text]} and {token} of the run's BPE are the same "
+                              "bytes, which a tokenizer.json cannot tell apart: nothing was "
+                              "written (--to onnx exports the model)")
+    itos = list(vocab)
+    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=[(itos[a], itos[b]) for a, b in
+                                                          model.merges], unk_token=None))
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tokenizer.pre_tokenizer = byte_level if model.split == "none" else pre_tokenizers.Sequence(
+        [pre_tokenizers.Split(Regex(bpe.GPT4_PATTERN), behavior="isolated"), byte_level])
+    tokenizer.decoder = decoders.ByteLevel()
+    eot = itos[bpe.NEWLINE]
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{eot} $A", pair=f"{eot} $A {eot} $B:1", special_tokens=[(eot, bpe.NEWLINE)])
+    return tokenizer
+
+
+def _byte_characters() -> list[str]:
+    """The character ByteLevel shows each byte as (see ``bpe_tokenizer``)."""
+    kept = [*range(33, 127), *range(161, 173), *range(174, 256)]
+    others = iter(range(256, 512))
+    return [chr(b) if b in kept else chr(next(others)) for b in range(256)]
+
+
+def hf_tokenizer(run: runs.Run):
+    """The ``tokenizers.Tokenizer`` of a run: of characters, or of its byte-level BPE."""
+    if isinstance(run.tokenizer, BPETokenizer):
+        return bpe_tokenizer(run.tokenizer.model)
+    return char_tokenizer(run.tokenizer.itos)
+
+
+def _tokenizer_config(run: runs.Run, eot: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """tokenizer_config.json and special_tokens_map.json. A lines run's end of text ``eot``
+    ("\\n", or its byte's character in a BPE's tokenizer.json) is its beginning and end of
+    text (and padding), so that decoding with skip_special_tokens (what pipeline() does)
+    gives an item without it; a text run declares none, so that a passage keeps its line
+    breaks."""
+    special = {"bos_token": eot, "eos_token": eot, "pad_token": eot} if run.format == "lines" \
         else {}
     config = {"tokenizer_class": "PreTrainedTokenizerFast",
               "model_max_length": run.model_config.block_size,
@@ -289,7 +341,8 @@ def _export_hf(run: runs.Run, out: Path) -> Exported:
     mc = run.model_config
     config = gpt2_config(run)
     tensors = gpt2_state_dict(run.model.state_dict(), mc.n_layers)
-    tokenizer_config, special = _tokenizer_config(run)
+    tokenizer = hf_tokenizer(run)
+    tokenizer_config, special = _tokenizer_config(run, tokenizer.id_to_token(run.tokenizer.eot))
     generation = {"bos_token_id": config["bos_token_id"], "eos_token_id": config["eos_token_id"],
                   "pad_token_id": config["pad_token_id"], "do_sample": False,
                   # GPT-2 has no position past n_positions: it cannot slide a window as tinylm
@@ -300,7 +353,7 @@ def _export_hf(run: runs.Run, out: Path) -> Exported:
         # transformers wants the "format" entry of the header's metadata
         atomic_write_bytes(tmp / "model.safetensors", save(tensors, metadata={"format": "pt"}))
         atomic_write_bytes(tmp / "tokenizer.json",
-                           char_tokenizer(run.tokenizer.itos).to_str(pretty=True).encode("utf-8"))
+                           tokenizer.to_str(pretty=True).encode("utf-8"))
         _write_json(tmp / "tokenizer_config.json", tokenizer_config)
         _write_json(tmp / "special_tokens_map.json", special)
         error = _check_hf(run, tmp)
@@ -313,12 +366,13 @@ def _check_hf(run: runs.Run, path: Path) -> float:
     torch = pytorch.load()
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    text = "".join(run.tokenizer.itos)
+    # every token's text (a character run's: every id once, in order), and some of the data
+    text = "".join(run.tokenizer.itos) + (run.path / "train.txt").read_text("utf-8")[:CHECK_TEXT]
     with _quiet(hf=True):
         hf = AutoModelForCausalLM.from_pretrained(path).eval()
         tokenizer = AutoTokenizer.from_pretrained(path)
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    if ids != list(range(len(text))):
+    if ids != run.tokenizer.encode(text):
         raise ExportError("the exported tokenizer does not give tinylm's ids: nothing was written")
     idx = torch.from_numpy(check_ids(run.model_config.vocab_size, 2, run.model_config.block_size))
     with torch.no_grad():
@@ -387,8 +441,11 @@ def _export_onnx(run: runs.Run, out: Path) -> Exported:
         short = idx[:, : T // 2]
         error = max(error, _check("ONNX model", session.run(None, {"idx": short})[0],
                                   reference_logits(run.model, short)))
+    # the tokenizer as the run keeps it: a char run's vocabulary, a BPE's settings and merges
+    entry, files = run.tokenizer.to_run()
     meta = {"tinylm.format": FORMAT, "tinylm.export": dumps(_provenance(run, "onnx", error)),
-            "tinylm.vocab": dumps(list(run.tokenizer.itos), ensure_ascii=False),
+            **{f"tinylm.{key}": dumps(value, ensure_ascii=False) for key, value in entry.items()},
+            **{f"tinylm.{name}": blob.decode("utf-8") for name, blob in files.items()},
             "tinylm.input": ("idx (batch, T) int64 token ids, 1 <= T <= " if dynamic_T
                              else "idx (batch, T) int64 token ids, T = ") + str(T)
                             + (", logits (batch, T, vocab) at every position" if sequence

@@ -22,14 +22,15 @@ import numpy as np
 
 from tinylm import (
     data, devices, diagnostics, distributed, memory, plotting, runs, settings, text, threads,
+    tokenizer as tokenizers,
 )
 from tinylm.batches import eval_rows, split_for, text_split_for
 from tinylm.errors import ConfigError, TinylmError
 from tinylm.io import atomic_write_text, check_out_dir
 from tinylm.models import ModelConfig, build_model
 from tinylm.output import (
-    SILENT, TEXT_PASSAGE, Output, format_loss, format_perplexity, progress_bar, sample_and_save,
-    say_loss, write_passage,
+    SILENT, TEXT_PASSAGE, Output, format_loss, progress_bar, sample_and_save, say_loss,
+    write_passage,
 )
 from tinylm.rng import RNG
 from tinylm.sample import sample_tokens
@@ -50,8 +51,10 @@ LONG_ITEM = 1000
 def train(out_dir: str | None, num_samples: int, lines3, source: str,
           inputs: list[str], model_name: str | None, explicit: dict[str, Any],
           world: distributed.World = distributed.World(),
-          gate: distributed.Gate | None = None, output: Output = SILENT) -> Path:
-    """A new neural run: settings resolved, everything checked, then the run directory written.
+          gate: distributed.Gate | None = None, output: Output = SILENT,
+          chosen: tokenizers.TokenizerSettings = tokenizers.TokenizerSettings()) -> Path:
+    """A new neural run: settings resolved, everything checked, the tokenizer ``chosen``
+    made, then the run directory written.
 
     Of several processes (tinylm.distributed) each sets the run up; past the ``gate``,
     process 0 alone writes the directory."""
@@ -59,10 +62,9 @@ def train(out_dir: str | None, num_samples: int, lines3, source: str,
     out = runs.check_new_run_dir(out_dir, inputs) if world.main else Path(out_dir or ".")
     text_run = explicit.get("format") == "text"
     longest = None  # the longest item, where it set the block size
-    if text_run:
-        tokenizer = text.tokenizer_of(lines3)
-    else:
-        tokenizer = data.Tokenizer.from_lines([line for lines in lines3 for line in lines])
+    # the settings are checked before a tokenizer is learned; its size is the model's
+    runs.resolve_configs(model_name, explicit.get("recipe"), explicit)
+    tokenizer = tokenizers.build(chosen, lines3, text_run, output if world.main else SILENT)
     mconfig, config = runs.resolve_configs(model_name, explicit.get("recipe"), explicit,
                                            tokenizer.vocab_size)
     threads.check(config.threads)
@@ -74,21 +76,23 @@ def train(out_dir: str | None, num_samples: int, lines3, source: str,
         if mconfig.block_size == 0 and text_run:
             mconfig = dataclasses.replace(mconfig, block_size=text.DEFAULT_BLOCK)
         elif mconfig.block_size == 0:  # the fewest positions that hold every item and its end
-            longest = max(len(line) for lines in lines3 for line in lines)
+            longest = max(int(data.item_tokens(lines, tokenizer)[1].max(initial=1)) - 1
+                          for lines in lines3)
             mconfig = dataclasses.replace(mconfig, block_size=longest + 1)
         if config.diagnose_every:
             raise ConfigError(f"--diagnose-every is not available for the {mconfig.model} "
                               "model yet: its statistics are made for layer stacks")
     _check_memory(mconfig, config, lines3, text_run, longest)
-    tokens, lengths = None, []
+    tokens, lengths, characters = None, [], []
     if text_run:
         with progress_bar(output, "encoding", sum(map(len, lines3)), "byte") as bar:
             tokens, lengths = text.encode_splits(lines3, tokenizer, bar)
+        characters = [text.count_characters(part) for part in lines3]
     rng = RNG(config.seed)
     model = build_model(mconfig, config.backend, rng)
     trainer = _trainer(model, mconfig, config,
                        text.split_tokens(tokens, lengths) if text_run else lines3, tokenizer, rng,
-                       world)
+                       world, characters)
     gate.passed()
     if not world.main:
         with distributed.together(world):  # process 0 writes the run's step 0
@@ -97,7 +101,7 @@ def train(out_dir: str | None, num_samples: int, lines3, source: str,
     # everything is checked: from here on the run directory is written
     with distributed.together(world):
         store = runs.RunWriter.create(out, inputs, runs.neural_settings(mconfig, config),
-                                      tokenizer, source, lines3, tokens, lengths)
+                                      tokenizer, source, lines3, tokens, lengths, characters)
         if tokens is not None:  # from here on the splits are read from the run's tokens.npy
             mapped = text.split_tokens(runs.map_tokens(out), lengths)
             trainer.splits = {name: dataclasses.replace(split, tokens=view) for (name, split), view
@@ -117,11 +121,13 @@ def train(out_dir: str | None, num_samples: int, lines3, source: str,
               + (f", recipe {config.recipe}" if config.recipe else ""))
         if text_run:
             sizes = " / ".join(f"{name} {s.n_tokens:,}" for name, s in trainer.splits.items())
-            output.say(f"data: {source}: characters {sizes}; vocabulary {tokenizer.vocab_size}; "
-                  f"format text, block {trainer.splits['train'].width}")
+            output.say(f"data: {source}: {tokenizer.unit}s {sizes}{_per_char(trainer)}; "
+                       f"vocabulary {tokenizer.vocab_size}{tokenizer.note}; format text, block "
+                       f"{trainer.splits['train'].width}")
         else:
             sizes = " / ".join(f"{name} {len(s):,}" for name, s in trainer.splits.items())
-            output.say(f"data: {source}: examples {sizes}; vocabulary {tokenizer.vocab_size}")
+            output.say(f"data: {source}: examples {sizes}{_per_char(trainer)}; vocabulary "
+                       f"{tokenizer.vocab_size}{tokenizer.note}")
         return _run(trainer, model, mconfig, config, tokenizer, lines3, out, num_samples, output)
     finally:
         store.close()
@@ -147,7 +153,8 @@ def resume(out_dir: str, num_samples: int, explicit: dict[str, Any],
         if model is not None and model != run.model_config.model:
             raise ConfigError(f"--model {model} differs from the run being resumed "
                               f"({run.model_config.model})")
-        mconfig, config = settings.merge_resumed([run.model_config, run.config], explicit)
+        mconfig, config, _ = settings.merge_resumed(
+            [run.model_config, run.config, run.tokenizer_settings], explicit)
         if "threads" in explicit:
             threads.check(config.threads)
         changed_threads = (run.config.threads and "threads" in explicit
@@ -162,7 +169,8 @@ def resume(out_dir: str, num_samples: int, explicit: dict[str, Any],
                               "run has done; give more steps to extend it")
         model, tokenizer = run.model, run.tokenizer
         rng = RNG(config.seed)
-        trainer = _trainer(model, mconfig, config, run.tokens or run.lines3, tokenizer, rng, world)
+        trainer = _trainer(model, mconfig, config, run.tokens or run.lines3, tokenizer, rng, world,
+                           run.characters)
         trainer.restore(run.manifest["state"], run.arrays, run.metrics)
         gate.passed()
         with distributed.together(world):  # process 0 reopens the run for writing
@@ -233,25 +241,37 @@ def _what(trainer: Trainer, mconfig: ModelConfig, config: TrainConfig) -> str:
     return f"{mconfig.model} ({', '.join(where)}, {model.num_params():,} parameters)"
 
 
-def _trainer(model, mconfig: ModelConfig, config: TrainConfig, lines3, tokenizer: data.Tokenizer,
-             rng: RNG, world: distributed.World) -> Trainer:
-    """The trainer of a run whose splits ``lines3`` are lists of lines, or token arrays."""
-    splits = _splits(lines3, tokenizer, mconfig, config)
+def _trainer(model, mconfig: ModelConfig, config: TrainConfig, lines3,
+             tokenizer: tokenizers.Tokenizer, rng: RNG, world: distributed.World,
+             characters=()) -> Trainer:
+    """The trainer of a run whose splits ``lines3`` are lists of lines, or token arrays
+    (standing for ``characters`` characters each)."""
+    splits = _splits(lines3, tokenizer, mconfig, config, characters)
     if config.sample_tokens:
         tokenizer.encode(config.sample_prompt)  # refuse a prompt the vocabulary cannot spell, now
     return Trainer(config, model, splits, rng, world=world)
 
 
-def _splits(lines3, tokenizer: data.Tokenizer, mconfig: ModelConfig, config: TrainConfig) -> dict:
+def _splits(lines3, tokenizer: tokenizers.Tokenizer, mconfig: ModelConfig, config: TrainConfig,
+            characters=()) -> dict:
     if isinstance(lines3[0], np.ndarray):
-        return {name: text_split_for(name, tokens, mconfig)
-                for name, tokens in zip(data.SPLIT_NAMES, lines3)}
+        return {name: text_split_for(name, tokens, mconfig, tokenizer.eot, chars)
+                for name, tokens, chars in zip(data.SPLIT_NAMES, lines3,
+                                               characters or (None,) * 3)}
     return {name: split_for(name, lines, tokenizer, mconfig, config.loader)
             for name, lines in zip(data.SPLIT_NAMES, lines3)}
 
 
+def _per_char(trainer: Trainer) -> str:
+    """What a vocabulary line says of a tokenizer whose token is not one character: the
+    characters a token of train stands for."""
+    ratio = trainer.splits["train"].tokens_per_char
+    return "" if ratio == 1.0 else f" ({1 / ratio:.2f} characters a token in train)"
+
+
 def _run(trainer: Trainer, model, mconfig: ModelConfig, config: TrainConfig,
-         tokenizer: data.Tokenizer, lines3, out: Path, num_samples: int, output: Output) -> Path:
+         tokenizer: tokenizers.Tokenizer, lines3, out: Path, num_samples: int,
+         output: Output) -> Path:
     if not trainer.world.main:  # computes its share; process 0 reports and writes
         try:
             with threads.limited(config.threads):
@@ -263,7 +283,7 @@ def _run(trainer: Trainer, model, mconfig: ModelConfig, config: TrainConfig,
         except TinylmError:  # a divergence is found by every process alike: process 0 says it
             raise SystemExit(2) from None
         return out
-    reporter = _Reporter(config.steps, trainer.state.step, output, text=config.format == "text")
+    reporter = _Reporter(config.steps, trainer.state.step, output)
     trainer.progress = _watched(reporter, config, trainer, out, tokenizer.vocab_size)
     try:
         with threads.limited(config.threads):
@@ -283,17 +303,14 @@ def _run(trainer: Trainer, model, mconfig: ModelConfig, config: TrainConfig,
     test = result.last("test_loss")
     trainer.keep_weights()  # the samples come from the weights the run keeps
     final = result.metrics[-1]
+    tested = format_loss(test, final.get("test_loss_se"), trainer.splits["test"].tokens_per_char,
+                         perplexity=config.format == "lines")
     if "best_step" in final:
         last = "" if final["best_val_loss"] == val else f"; at the last evaluation {val:.4f}"
         output.say(f"done in {result.seconds:.1f} s: kept the weights of step {final['best_step']} "
-              f"(val loss {final['best_val_loss']:.4f}{last}): test loss "
-              f"{test:.4f} (perplexity {format_perplexity(test)})")
-    elif config.format == "text":
-        output.say(f"done in {result.seconds:.1f} s: val loss {val:.4f}, test loss "
-              f"{format_loss(test, final.get('test_loss_se'))}")
+              f"(val loss {final['best_val_loss']:.4f}{last}): test loss {tested}")
     else:
-        output.say(f"done in {result.seconds:.1f} s: val loss {val:.4f}, test loss {test:.4f} "
-              f"(perplexity {format_perplexity(test)})")
+        output.say(f"done in {result.seconds:.1f} s: val loss {val:.4f}, test loss {tested}")
     _finish(model, tokenizer, config, None if config.format == "text" else lines3[0], out,
             num_samples, result.metrics, output)
     return out
@@ -307,9 +324,8 @@ class _Reporter:
     written to a log always shows that it is alive.
     """
 
-    def __init__(self, total: int, start: int, output: Output, text: bool = False) -> None:
+    def __init__(self, total: int, start: int, output: Output) -> None:
         self.total = total
-        self.text = text  # a text run: losses in bits per character too, estimates with their error
         self.output = output
         self.t0, self.n0 = time.perf_counter(), start
         self.last_line = self.t0
@@ -325,15 +341,10 @@ class _Reporter:
                     self.bar.set_postfix(loss=f"{record['loss']:.4f}", refresh=False)
             elif time.perf_counter() - self.last_line >= QUIET_SECONDS:
                 self.write(self._position(record["step"] + 1) + self._rate(record["step"] + 1))
-        elif "val_loss" in record and self.text:
-            self.write(self._position(record["step"])
-                       + f" | train {self._loss(record, 'train')} | val {self._loss(record, 'val')}"
-                       + f" = {text.bits(record['val_loss']):.4f} bits/char"
-                       + self._rate(record["step"]))
         elif "val_loss" in record:
             self.write(self._position(record["step"])
-                       + f" | train {record['train_loss']:.4f} | val {record['val_loss']:.4f}"
-                       + self._rate(record["step"]))
+                       + f" | train {self._loss(record, 'train')} | val {self._loss(record, 'val')}"
+                       + f" = {record['val_bpc']:.4f} bits/char" + self._rate(record["step"]))
         elif "test_loss" in record:
             self.close()
 
@@ -400,11 +411,13 @@ def _watched(reporter: _Reporter, config: TrainConfig, trainer: Trainer, out: Pa
     return progress
 
 
-def _finish(model, tokenizer: data.Tokenizer, config: TrainConfig, train_lines: list[str] | None,
+def _finish(model, tokenizer: tokenizers.Tokenizer, config: TrainConfig,
+            train_lines: list[str] | None,
             out: Path, n: int, metrics: list[dict], output: Output) -> None:
     """Samples at the end of training (the ones ``tinylm sample -n N`` prints; a text run's,
     None for ``train_lines``: the passage ``tinylm sample`` prints) and loss.png."""
-    written = ["manifest.json", "config.json", "weights", "metrics.jsonl", "train/val/test.txt"]
+    written = ["manifest.json", "config.json", "weights", "metrics.jsonl", "train/val/test.txt",
+               *tokenizer.to_run()[1]]
     if config.sample_tokens:
         text = sample_tokens(model, tokenizer, config.sample_prompt, config.sample_tokens,
                              RNG(config.sample_seed))
@@ -431,11 +444,13 @@ def _finish(model, tokenizer: data.Tokenizer, config: TrainConfig, train_lines: 
 # --- sample and eval -----------------------------------------------------------------
 
 def evaluate(run: runs.Run, output: Output = SILENT) -> dict[str, dict]:
-    """The loss of a committed run's model on each split: ``{split: {"loss", "se"}}`` (``se``
-    None but for a text run's estimate), said through ``output`` as ``tinylm eval`` prints it."""
+    """The loss of a committed run's model on each split: ``{split: {"loss", "se", "bpc"}}``
+    (nats per token; ``se`` None but for a text run's estimate; bits per character), said
+    through ``output`` as ``tinylm eval`` prints it."""
     config = run.config
     losses = {}
-    splits = _splits(run.tokens or run.lines3, run.tokenizer, run.model_config, config)
+    splits = _splits(run.tokens or run.lines3, run.tokenizer, run.model_config, config,
+                     run.characters)
     batch = config.batch_size or len(splits["train"])
     kept = run.manifest["state"].get("best")
     output.say(f"{run.model_config.model} ({config.backend}) at step {run.step}"
@@ -446,12 +461,13 @@ def evaluate(run: runs.Run, output: Output = SILENT) -> dict[str, dict]:
             if run.format == "text":
                 measured = measure(run.model, split, config.eval_tokens, config.seed)
                 losses[name] = {"loss": measured.loss, "se": measured.se}
-                say_loss(output, name, measured.loss, measured.se, text=True)
             else:
                 limit = train_batches(config, split) if name == "train" else None
                 losses[name] = {"loss": split_loss(run.model, split, batch, limit), "se": None}
-                say_loss(output, name, losses[name]["loss"])
-                if limit is not None and limit * batch < len(split):
-                    output.say(f"       (its first {limit * batch:,} of {len(split):,} examples, "
-                          "a fixed sample: --eval-train-batches in training)")
+            losses[name]["bpc"] = text.bits(losses[name]["loss"], split.tokens_per_char)
+            say_loss(output, name, losses[name]["loss"], losses[name]["se"], split.tokens_per_char,
+                     run.format == "lines")
+            if run.format == "lines" and limit is not None and limit * batch < len(split):
+                output.say(f"       (its first {limit * batch:,} of {len(split):,} examples, "
+                           "a fixed sample: --eval-train-batches in training)")
     return losses

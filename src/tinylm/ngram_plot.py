@@ -23,8 +23,15 @@ from tinylm.errors import ConfigError
 MAX_CHARS = 32  # rows and columns drawn at the most: every cell stays labelled and readable
 
 
+# characters of a token's label at the most: a BPE token can be a whole line of code
+LABEL = 4
+
+
 def _label(ch: str) -> str:
-    return "." if ch == "\n" else ch
+    if ch == "\n":
+        return "."
+    shown = ch.replace("\n", "⏎").replace("\t", "⇥")
+    return shown if len(shown) <= LABEL else shown[:LABEL - 1] + "…"
 
 
 def most_frequent(counts: np.ndarray, itos: Sequence[str], k: int

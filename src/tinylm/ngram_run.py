@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from tinylm import data, memory, runs, text
+from tinylm import data, memory, runs, text, tokenizer as tokenizers
 from tinylm.output import (
     SILENT, TEXT_PASSAGE, Output, format_loss, format_perplexity, progress_bar, sample_and_save,
     say_loss, write_passage,
@@ -24,11 +24,12 @@ from tinylm.output import (
 from tinylm.errors import ConfigError
 from tinylm.io import atomic_write_bytes, write_jsonl
 from tinylm.ngram import (
-    ORDERS, GridPoint, NgramConfig, NgramModel, NgramSettings, best, bigram_counts, grid_search,
+    ORDERS, GridPoint, NgramConfig, NgramModel, NgramSettings, best, grid_search,
     grid_search_stream, nll, nll_stream,
 )
 from tinylm.ngram_plot import bigram_heatmap_png, frequent_bigrams
 from tinylm.losses import perplexity
+from tinylm.text import bits
 from tinylm.train_config import TrainConfig
 
 MODEL_FILE = "model.npz"
@@ -72,15 +73,14 @@ def _format_grid(points: list[GridPoint]) -> list[str]:
 
 def train(out_dir: str | None, num_samples: int, splits, source: str,
           inputs: list[str], search: NgramSettings, config: TrainConfig,
-          output: Output = SILENT) -> Path:
-    """Search, fit and save a count model; ``splits`` are the run's train/val/test lines (or,
-    for a text, their bytes). Returns the run directory."""
+          output: Output = SILENT,
+          chosen: tokenizers.TokenizerSettings = tokenizers.TokenizerSettings()) -> Path:
+    """Search, fit and save a count model on the tokens of the tokenizer ``chosen``;
+    ``splits`` are the run's train/val/test lines (or, for a text, their bytes). Returns the
+    run directory."""
     out = runs.check_new_run_dir(out_dir, inputs)
     text_run = config.format == "text"
-    if text_run:
-        tokenizer = text.tokenizer_of(splits)
-    else:
-        tokenizer = data.Tokenizer.from_lines([line for lines in splits for line in lines])
+    tokenizer = tokenizers.build(chosen, splits, text_run, output)
     loader = config.loader
     V = tokenizer.vocab_size
     orders = search.orders
@@ -89,8 +89,8 @@ def train(out_dir: str | None, num_samples: int, splits, source: str,
         if orders != ORDERS:
             left = [str(o) for o in ORDERS if o not in orders]
             output.say(f"note: order{'s' if len(left) > 1 else ''} {', '.join(left)} "
-                  f"{'are' if len(left) > 1 else 'is'} left out of the search: {V:,} characters "
-                  "have too many possible n-grams of that length")
+                  f"{'are' if len(left) > 1 else 'is'} left out of the search: {V:,} "
+                  f"{tokenizer.unit}s have too many possible n-grams of that length")
     for order in orders:
         NgramConfig(order, V)  # refuse an impossible order before any work
     # every training n-gram of the largest order distinct at worst; Kneser-Ney's lower orders
@@ -100,19 +100,22 @@ def train(out_dir: str | None, num_samples: int, splits, source: str,
     memory.check(memory.Estimate({"the n-gram counts": NGRAM_BYTES * n * tables,
                                   "the data": n * (2 if text_run else 8 * max(orders))}),
                  "choose a smaller --order, or a smaller input")
-    tokens, lengths = None, []
+    tokens, lengths, characters = None, [], []
     if text_run:
         with progress_bar(output, "encoding", sum(map(len, splits)), "byte") as bar:
             tokens, lengths = text.encode_splits(splits, tokenizer, bar)
+        characters = [text.count_characters(part) for part in splits]
     started = time.perf_counter()
     # the directory is taken now, before the work: an unwritable -o fails at once
     settings = {"kind": "ngram", "model": "ngram", "loader": loader}
-    store = runs.RunWriter.create(out, inputs, settings, tokenizer, source, splits, tokens, lengths)
+    store = runs.RunWriter.create(out, inputs, settings, tokenizer, source, splits, tokens, lengths,
+                                  characters)
     try:
         if text_run:
             mapped = text.split_tokens(runs.map_tokens(out), lengths)
             del tokens
-            line = _search_and_save_text(store, num_samples, config.seed, mapped, source,
+            ratios = [text.tokens_per_char(len(t), c) for t, c in zip(mapped, characters)]
+            line = _search_and_save_text(store, num_samples, config.seed, mapped, ratios, source,
                                          tokenizer, search, orders, output)
         else:
             line = _search_and_save(store, num_samples, config.seed, splits, source, tokenizer,
@@ -132,14 +135,15 @@ def _countable(order: int, V: int) -> bool:
 
 
 def _search_and_save_text(store: runs.RunWriter, num_samples: int, seed: int, tokens3,
-                          source: str, tokenizer: data.Tokenizer, search: NgramSettings,
-                          orders: tuple[int, ...], output: Output) -> str:
+                          ratios: list[float], source: str, tokenizer: tokenizers.Tokenizer,
+                          search: NgramSettings, orders: tuple[int, ...], output: Output) -> str:
     """The grid search, the chosen model and its files for a text run: every count and every
-    loss made from the token arrays a piece at a time (tinylm.ngram's stream functions)."""
+    loss made from the token arrays a piece at a time (tinylm.ngram's stream functions);
+    ``ratios`` each split's tokens per character."""
     V, pad = tokenizer.vocab_size, tokenizer.eot
     train, val, test = tokens3
-    output.say(f"data: {source}: characters train {len(train):,} / val {len(val):,} / test "
-          f"{len(test):,}; vocabulary {V} characters; format text")
+    output.say(f"data: {source}: {tokenizer.unit}s train {len(train):,} / val {len(val):,} / "
+               f"test {len(test):,}; vocabulary {V} {tokenizer.unit}s{tokenizer.note}; format text")
     points = grid_search_stream(train, val, pad, V, orders, search.smoothings, search.method)
     _say_grid(points, search, output)
     chosen = best(points)
@@ -147,17 +151,18 @@ def _search_and_save_text(store: runs.RunWriter, num_samples: int, seed: int, to
     fitted = NgramConfig(chosen.order, V, search.method, chosen.smoothing or 0.0)
     model = NgramModel(fitted).fit_stream(train, pad)
     test_loss = nll_stream(model, test, pad)
-    knob = "" if chosen.smoothing is None else f", smoothing {chosen.smoothing:g}"
-    output.say(f"best: order {chosen.order}{knob}: train {chosen.train_loss:.4f}, val "
-          f"{chosen.val_loss:.4f} nats per character")
-    output.say(f"test loss {format_loss(test_loss)}, perplexity {format_perplexity(test_loss)}")
-    final = {"step": 1, "test_loss": test_loss, "test_perplexity": perplexity(test_loss)}
+    _say_best(chosen, ratios, tokenizer.unit, output)
+    output.say(f"test loss {format_loss(test_loss, None, ratios[2])}, perplexity "
+               f"{format_perplexity(test_loss)}")
+    final = {"step": 1, "test_loss": test_loss, "test_perplexity": perplexity(test_loss),
+             "test_bpc": bits(test_loss, ratios[2])}
 
     def picture() -> bytes:
         counts, itos = frequent_bigrams(train, pad, tokenizer.itos)
         return bigram_heatmap_png(counts, itos, of=V, title="bigram counts")
 
-    written = _commit(store, fitted, model, chosen, final, points, picture, output, runs.TOKENS)
+    written = _commit(store, fitted, model, chosen, final, points, picture, output, ratios,
+                      runs.TOKENS)
     if num_samples:
         write_passage(output, model, tokenizer, TEXT_PASSAGE, seed, store.out / "samples.txt")
         written.append("samples.txt")
@@ -166,16 +171,19 @@ def _search_and_save_text(store: runs.RunWriter, num_samples: int, seed: int, to
 
 def _commit(store: runs.RunWriter, fitted: NgramConfig, model: NgramModel, chosen: GridPoint,
             final: dict, points: list[GridPoint], picture: Callable[[], bytes],
-            output: Output, *data_files: str) -> list[str]:
-    """Commit the chosen model and its records, then write grid.jsonl and bigram.png (drawn
-    by ``picture``; skipped with a note without matplotlib); returns the files the run holds,
-    ``data_files`` (a text's tokens.npy) among them."""
+            output: Output, ratios: list[float], *data_files: str) -> list[str]:
+    """Commit the chosen model and its records (``ratios``: each split's tokens per
+    character), then write grid.jsonl and bigram.png (drawn by ``picture``; skipped with a
+    note without matplotlib); returns the files the run holds, ``data_files`` (a text's
+    tokens.npy) among them."""
     store.update_settings({"ngram": fitted.to_dict()})
-    store.log({"step": 1, "train_loss": chosen.train_loss, "val_loss": chosen.val_loss})
+    store.log({"step": 1, "train_loss": chosen.train_loss, "val_loss": chosen.val_loss,
+               "train_bpc": bits(chosen.train_loss, ratios[0]),
+               "val_bpc": bits(chosen.val_loss, ratios[1])})
     store.log(final)
     store.commit({"step": 1}, model.to_arrays(), MODEL_FILE)
     written = ["manifest.json", "config.json", MODEL_FILE, "metrics.jsonl", "train/val/test.txt",
-               *data_files]
+               *store.tokenizer_files, *data_files]
     write_jsonl(store.out / "grid.jsonl", [vars(p) for p in points])
     written.append("grid.jsonl")
     try:
@@ -201,6 +209,13 @@ def _note_edge(chosen: GridPoint, points: list[GridPoint], output: Output) -> No
                    "one beyond it may do better (--smoothing A)")
 
 
+def _say_best(chosen: GridPoint, ratios: list[float], unit: str, output: Output) -> None:
+    knob = "" if chosen.smoothing is None else f", smoothing {chosen.smoothing:g}"
+    output.say(f"best: order {chosen.order}{knob}: train {chosen.train_loss:.4f}, val "
+               f"{chosen.val_loss:.4f} nats per {unit} = {bits(chosen.val_loss, ratios[1]):.4f} "
+               "bits/char")
+
+
 def _say_grid(points: list[GridPoint], search: NgramSettings, output: Output) -> None:
     if len(points) > 1:
         label = "Kneser-Ney" if search.method == "kneser-ney" else "additive smoothing"
@@ -210,12 +225,13 @@ def _say_grid(points: list[GridPoint], search: NgramSettings, output: Output) ->
 
 
 def _search_and_save(store: runs.RunWriter, num_samples: int, seed: int, splits, source: str,
-                     tokenizer: data.Tokenizer, search: NgramSettings, loader: str,
+                     tokenizer: tokenizers.Tokenizer, search: NgramSettings, loader: str,
                      orders: tuple[int, ...], output: Output) -> str:
     V = tokenizer.vocab_size
     output.say(f"data: {source}: {sum(map(len, splits)):,} items -> train {len(splits[0]):,} / "
-          f"val {len(splits[1]):,} / test {len(splits[2]):,}; vocabulary {V} characters; "
-          f"loader {loader}")
+          f"val {len(splits[1]):,} / test {len(splits[2]):,}; vocabulary {V} {tokenizer.unit}s"
+          f"{tokenizer.note}; loader {loader}")
+    ratios = [_items_per_char(lines, tokenizer) for lines in splits]
     examples = _examples(splits, tokenizer, orders, loader)
     points = grid_search(examples, V, orders, search.smoothings, search.method)
     _say_grid(points, search, output)
@@ -224,10 +240,10 @@ def _search_and_save(store: runs.RunWriter, num_samples: int, seed: int, splits,
     fitted = NgramConfig(chosen.order, V, search.method, chosen.smoothing or 0.0)
     model = NgramModel(fitted).fit(*examples[chosen.order]["train"])
     test_loss = nll(model, *examples[chosen.order]["test"])
-    knob = "" if chosen.smoothing is None else f", smoothing {chosen.smoothing:g}"
-    output.say(f"best: order {chosen.order}{knob}: train {chosen.train_loss:.4f}, val {chosen.val_loss:.4f}")
-    final = {"step": 1, "test_loss": test_loss, "test_perplexity": perplexity(test_loss)}
-    output.say(f"test loss {test_loss:.4f}, perplexity {format_perplexity(test_loss)}")
+    _say_best(chosen, ratios, tokenizer.unit, output)
+    final = {"step": 1, "test_loss": test_loss, "test_perplexity": perplexity(test_loss),
+             "test_bpc": bits(test_loss, ratios[2])}
+    output.say(f"test loss {format_loss(test_loss, None, ratios[2], perplexity=True)}")
     if search.method == "kneser-ney":
         every = examples if orders == ORDERS else _examples(splits, tokenizer, ORDERS, loader)
         additive = best(grid_search(every, V, tuple(o for o in ORDERS if _countable(o, V))))
@@ -237,14 +253,17 @@ def _search_and_save(store: runs.RunWriter, num_samples: int, seed: int, splits,
                       "additive_test_loss": add_test})
         output.say(f"Kneser-Ney beats the best additive model (order {additive.order}, smoothing "
               f"{additive.smoothing:g}, test {add_test:.4f}) by {add_test - test_loss:.4f} nats "
-              "per character")
+              f"per {tokenizer.unit}")
 
 
     def picture() -> bytes:
-        X2, Y2 = data.make_examples(splits[0], tokenizer, 1, loader)
-        return bigram_heatmap_png(bigram_counts(X2, Y2, V), tokenizer.itos)
+        # the items' bigrams, each item's first token after the end token before it: those
+        # of the words loader; among the most frequent tokens only, so no V x V matrix
+        counts, itos = frequent_bigrams(data.stream_tokens(splits[0], tokenizer), tokenizer.eot,
+                                        tokenizer.itos)
+        return bigram_heatmap_png(counts, itos, of=V)
 
-    written = _commit(store, fitted, model, chosen, final, points, picture, output)
+    written = _commit(store, fitted, model, chosen, final, points, picture, output, ratios)
     sample_and_save(output, model, tokenizer, num_samples, seed, splits[0], loader == "stream",
                     store.out / "samples.txt")
     written.append("samples.txt")
@@ -258,13 +277,22 @@ def evaluate(run: runs.Run, output: Output = SILENT) -> dict[str, dict]:
     losses = {}
     if run.format == "text":
         output.say(f"order {model.config.order} {model.config.method} model, format text")
-        for name, tokens in zip(SPLITS, run.tokens):
-            losses[name] = {"loss": nll_stream(model, tokens, run.tokenizer.eot), "se": None}
-            say_loss(output, name, losses[name]["loss"], text=True)
+        for name, tokens, characters in zip(SPLITS, run.tokens, run.characters):
+            loss, ratio = nll_stream(model, tokens, run.tokenizer.eot), \
+                text.tokens_per_char(len(tokens), characters)
+            losses[name] = {"loss": loss, "se": None, "bpc": bits(loss, ratio)}
+            say_loss(output, name, loss, None, ratio)
         return losses
     output.say(f"order {model.config.order} {model.config.method} model, loader {loader}")
     for name, lines in zip(SPLITS, run.lines3):
         X, Y = data.make_examples(lines, run.tokenizer, model.context, loader)
-        losses[name] = {"loss": nll(model, X, Y), "se": None}
-        say_loss(output, name, losses[name]["loss"])
+        loss, ratio = nll(model, X, Y), _items_per_char(lines, run.tokenizer)
+        losses[name] = {"loss": loss, "se": None, "bpc": bits(loss, ratio)}
+        say_loss(output, name, loss, None, ratio, perplexity=True)
     return losses
+
+
+def _items_per_char(lines: list[str], tokenizer: tokenizers.Tokenizer) -> float:
+    """Tokens per character of a split of items, each with its end (tinylm.text.bits)."""
+    return text.tokens_per_char(len(data.stream_tokens(lines, tokenizer)),
+                                data.item_characters(lines))

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
-from tinylm.data import Tokenizer
+from tinylm.data import Tokenizer  # or a BPE: tinylm.tokenizer's interface
 from tinylm.io import atomic_write_text
 from tinylm.rng import RNG
 from tinylm.sample import MAX_ITEM_TOKENS, mark_known, sample_items, sample_tokens
@@ -104,18 +104,20 @@ def say_samples(out: "Output", marked: Sequence[tuple[str, bool]], prompt: str =
 
 def write_passage(out: "Output", model, tokenizer: Tokenizer, n: int, seed: int, path: Path | None,
                   prompt: str = "", temperature: float = 1.0, top_k: int | None = None) -> str:
-    """A continuous passage of ``n`` characters after ``prompt`` (a text run's samples),
+    """A continuous passage of ``n`` tokens after ``prompt`` (a text run's samples),
     printed as it is and saved to ``path``; what ``tinylm sample --tokens N`` prints."""
     passage = sample_tokens(model, tokenizer, prompt, n, RNG(seed), temperature, top_k)
-    say_passage(out, passage, n, prompt)
+    say_passage(out, passage, n, prompt, tokenizer.unit)
     if path is not None:
         atomic_write_text(path, passage)
     return passage
 
 
-def say_passage(out: "Output", passage: str, n: int, prompt: str = "") -> None:
-    """A sampled passage as it is, after a line saying what it is."""
-    out.say(f"sample ({n:,} characters after {'the start of a line' if not prompt else repr(prompt)}):")
+def say_passage(out: "Output", passage: str, n: int, prompt: str = "",
+                unit: str = "character") -> None:
+    """A sampled passage as it is, after a line saying what it is (``n`` ``unit``s)."""
+    after = "the start of a line" if not prompt else repr(prompt)
+    out.say(f"sample ({n:,} {unit}s after {after}):")
     out.say(passage)
 
 
@@ -157,18 +159,26 @@ def format_perplexity(loss: float) -> str:
     return "over 1e300" if ppl is None else f"{ppl:.3f}"
 
 
-def say_loss(out: "Output", name: str, loss: float, se: float | None = None, text: bool = False) -> None:
-    """One split's line of ``tinylm eval``; a text run's in bits per character too, and an
-    estimate with its standard error."""
-    if not text and se is None:
-        out.say(f"{name:>5}: loss {loss:.4f}, perplexity {format_perplexity(loss)}")
-        return
-    out.say(f"{name:>5}: loss {format_loss(loss, se)}")
+def say_loss(out: "Output", name: str, loss: float, se: float | None = None,
+             tokens_per_char: float = 1.0, perplexity: bool = False) -> None:
+    """One split's line of ``tinylm eval`` (``format_loss``)."""
+    out.say(f"{name:>5}: loss {format_loss(loss, se, tokens_per_char, perplexity)}")
 
 
-def format_loss(loss: float, se: float | None = None) -> str:
-    """"1.2345 nats (1.7810 bits) per character", with "± se" for an estimate."""
+def format_loss(loss: float, se: float | None = None, tokens_per_char: float = 1.0,
+                perplexity: bool = False) -> str:
+    """A loss in nats per token and in bits per character over the same text (``bits``):
+    "1.2345 nats (1.7810 bits) per character" where a token is a character
+    (``tokens_per_char`` 1), else "3.4567 nats per token (1.2345 bits per character)", with
+    "± se" for an estimate; with the perplexity (per token, a list of items' figure) "2.0831,
+    perplexity 8.029, 3.0052 bits per character" (a BPE's: "... nats per token, ...")."""
+    per_char = f"{bits(loss, tokens_per_char):.4f}"
+    per_token = "" if tokens_per_char == 1.0 else " nats per token"
+    if perplexity:
+        return (f"{loss:.4f}{per_token}, perplexity {format_perplexity(loss)}, {per_char} bits "
+                "per character")
     spread = "" if se is None else f" ± {se:.4f}"
-    bits_spread = "" if se is None else f" ± {bits(se):.4f}"
-    return (f"{loss:.4f}{spread} nats ({bits(loss):.4f}{bits_spread} bits) per character"
-            + ("" if se is None else " (estimated from a sample)"))
+    per_char += "" if se is None else f" ± {bits(se, tokens_per_char):.4f}"
+    said = (f"{loss:.4f}{spread} nats ({per_char} bits) per character" if not per_token
+            else f"{loss:.4f}{spread} nats per token ({per_char} bits per character)")
+    return said + ("" if se is None else " (estimated from a sample)")

@@ -60,7 +60,7 @@ MAX_SAMPLES = 40
 MAX_POINTS = 2000  # per curve: more than a plot's width shows, and the page stays small
 CURVES = ("val_loss", "train_loss", "loss")  # the keys drawn over the steps
 # the keys whose last number is kept (``RunView.last``): the results table's, and the curves'
-RESULTS = ("step", *CURVES, "test_loss", "test_perplexity", "test_accuracy")
+RESULTS = ("step", *CURVES, "test_loss", "test_perplexity", "test_accuracy", "val_bpc", "test_bpc")
 MAX_LINE = 1 << 20  # a record tinylm writes is a few hundred bytes; a longer line is read cut
 MAX_FILE = 64 << 20  # config.json, manifest.json: the vocabulary of a large alphabet is ~1 MB
 MAX_PICTURE = 16 << 20
@@ -370,6 +370,11 @@ def _flat_settings(config: dict) -> dict[str, Any]:
             out[key] = config[key]
     if isinstance(config.get("vocab"), list):
         out["vocab_size"] = len(config["vocab"])
+    if isinstance(config.get("tokenizer"), dict):  # a BPE run: the tokenizer it learned
+        out.update({k: v for k, v in config["tokenizer"].items() if k != "file"})
+        for key in ("model_config", "ngram"):  # the vocabulary it has (a short text: fewer)
+            if isinstance(config.get(key), dict) and "vocab_size" in config[key]:
+                out["vocab_size"] = config[key]["vocab_size"]
     return {k: _bounded(v) for k, v in out.items()}
 
 
@@ -628,12 +633,15 @@ def _results_table(views: Sequence[RunView]) -> str:
         if perplexity is None and test is not None and test < 700:
             perplexity = math.exp(test)
         cells = [_fmt(val), _fmt(test), _fmt(perplexity, 3), _fmt(v.last("test_accuracy"), 3),
-                 _fmt(v.last("step"), 0)]
+                 _fmt(v.last("step"), 0), _fmt(v.last("val_bpc")), _fmt(v.last("test_bpc"))]
         rows.append(f"<tr data-run='{_esc(v.name)}'><th>{_esc(v.name)}</th>"
                     + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     return ("<section><h2>Results</h2><table class='results'><tr><th>run</th><th>last val loss</th>"
-            "<th>test loss</th><th>test perplexity</th><th>test accuracy</th><th>last step</th></tr>"
-            + "".join(rows) + "</table></section>")
+            "<th>test loss</th><th>test perplexity</th><th>test accuracy</th><th>last step</th>"
+            "<th>last val bits/char</th><th>test bits/char</th></tr>"
+            + "".join(rows) + "</table><p class='legend'>Losses are in nats per token (a "
+            "character, or a BPE token); bits per character are over the same text whatever "
+            "the tokenizer, so runs of both compare.</p></section>")
 
 
 def _fmt(value: Any, digits: int = 4) -> str:

@@ -6,7 +6,9 @@ instead of weights files)::
     manifest.json        the commit point: binds every part below by SHA-256
     config.json          the run's settings and vocabulary, for people (checked against the manifest)
     train.txt val.txt test.txt     the run's own copy of its splits
-    tokens.npy           a text run's document encoded, one token per character (memory-mapped)
+    merges.json          a BPE run's tokenizer (tinylm.tokenizer; a char run's vocabulary is
+                         in the manifest)
+    tokens.npy           a text run's document encoded (memory-mapped)
     weights-000000500.safetensors   model and optimizer arrays at the committed step (runs
                          written before: weights-000000500.npz, still read; see tinylm.checkpoint)
     metrics.jsonl        an append-only log; the manifest says how many bytes of it are committed
@@ -43,8 +45,8 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
-from tinylm import checkpoint, settings
-from tinylm.data import EOT, SPLIT_NAMES, Tokenizer
+from tinylm import checkpoint, settings, tokenizer as tokenizers
+from tinylm.data import EOT, SPLIT_NAMES
 from tinylm.errors import CheckpointError, ConfigError, TinylmError
 from tinylm.io import (
     atomic_write_bytes, atomic_write_with, check_out_dir, dumps, parse_jsonl, write_json,
@@ -67,8 +69,9 @@ TOKENS = "tokens.npy"
 WEIGHTS_SUFFIX = ".safetensors"  # what new commits write
 WEIGHTS_SUFFIXES = (".safetensors", ".npz")  # what a run directory may hold (.npz: older runs)
 # every name a run writes: a directory holding one of them, and no run, is not ours to write
-OWN_NAMES = {MANIFEST, CONFIG, METRICS, *SPLIT_FILES, TOKENS, "model.npz", "grid.jsonl", "samples.txt",
-             "sample.txt", "loss.png", "bigram.png", "diagnostics.jsonl"}
+OWN_NAMES = {MANIFEST, CONFIG, METRICS, *SPLIT_FILES, TOKENS, tokenizers.MERGES_FILE, "model.npz",
+             "grid.jsonl", "samples.txt", "sample.txt", "loss.png", "bigram.png",
+             "diagnostics.jsonl"}
 
 
 # --- settings of a new run ------------------------------------------------------------------
@@ -208,15 +211,17 @@ class RunWriter:
 
     @classmethod
     def create(cls, out: str | os.PathLike, inputs: Sequence[str | os.PathLike],
-               base: dict[str, Any], tokenizer: Tokenizer, source: str | None,
+               base: dict[str, Any], tokenizer: tokenizers.Tokenizer, source: str | None,
                lines3: Sequence[Sequence[str] | bytes | memoryview],
-               tokens: np.ndarray | None = None, lengths: Sequence[int] = ()) -> "RunWriter":
-        """A new run in ``out``: the lock taken, the splits and config.json written.
+               tokens: np.ndarray | None = None, lengths: Sequence[int] = (),
+               characters: Sequence[int] = ()) -> "RunWriter":
+        """A new run in ``out``: the lock taken, the splits, the tokenizer and config.json
+        written.
 
         A split is a list of lines (each written with its end) or, for a text run, the
         text's UTF-8 bytes, written as they are; a text run's ``tokens`` (the three splits
-        encoded one after the other, ``lengths`` tokens each) go to tokens.npy, their split
-        points to the settings."""
+        encoded one after the other, ``lengths`` tokens each, standing for ``characters``
+        characters each) go to tokens.npy, their split points to the settings."""
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         lock = RunLock(out)
@@ -225,10 +230,12 @@ class RunWriter:
             for name in os.listdir(out):  # an unfinished run's leftovers (checked: ours)
                 if name == METRICS or _is_weights(name) or _is_temp(name):
                     os.unlink(out / name)
-            base = {**base, "vocab": tokenizer.to_list(), "input": source}
+            entry, tokenizer_files = tokenizer.to_run()
+            base = {**base, **entry, "input": source}
             if tokens is not None:
                 base["tokens"] = {"file": TOKENS, "dtype": str(tokens.dtype),
-                                  "bounds": [0, lengths[0], lengths[0] + lengths[1], len(tokens)]}
+                                  "bounds": [0, lengths[0], lengths[0] + lengths[1], len(tokens)],
+                                  "characters": [int(c) for c in characters]}
             # first: it marks the directory as this run's, so that a kill from here on
             # leaves files a new run into it takes over, not ones it must refuse
             write_json(out / CONFIG, {"format": FORMAT, **base})
@@ -236,6 +243,9 @@ class RunWriter:
             for name, lines in zip(SPLIT_FILES, lines3):
                 data = lines if isinstance(lines, (bytes, memoryview)) else \
                     "".join(line + EOT for line in lines).encode("utf-8")
+                atomic_write_bytes(out / name, data)
+                files[name] = checkpoint.sha256(data)
+            for name, data in tokenizer_files.items():
                 atomic_write_bytes(out / name, data)
                 files[name] = checkpoint.sha256(data)
             if tokens is not None:
@@ -257,7 +267,7 @@ class RunWriter:
         kill in between leaves a valid directory.
         """
         out = run.path
-        base = {**base, "vocab": run.manifest["vocab"], "input": run.manifest["input"]}
+        base = {**base, **tokenizers.run_entry(run.manifest), "input": run.manifest["input"]}
         if "tokens" in run.manifest:
             base["tokens"] = run.manifest["tokens"]
         for name in os.listdir(out):  # weights no manifest names any more, a killed write's rest
@@ -274,6 +284,11 @@ class RunWriter:
         writer.commit(run.manifest["state"], {}, writer.arrays)
         os.truncate(out / METRICS, len(kept))
         return writer
+
+    @property
+    def tokenizer_files(self) -> list[str]:
+        """The files the run keeps its tokenizer in (a BPE's merges; a char run has none)."""
+        return [name for name in self.files if name == tokenizers.MERGES_FILE]
 
     def update_settings(self, changes: dict[str, Any]) -> None:
         """New or changed settings (an n-gram run's chosen model); config.json follows at once."""
@@ -397,7 +412,7 @@ class Run:
 
     path: Path
     manifest: dict
-    tokenizer: Tokenizer
+    tokenizer: tokenizers.Tokenizer
     lines3: tuple[list[str], list[str], list[str]] | None  # a lines run's splits
     arrays: dict
     metrics: list[dict]
@@ -415,6 +430,16 @@ class Run:
     @property
     def kind(self) -> str:
         return self.manifest["kind"]
+
+    @property
+    def characters(self) -> tuple[int | None, ...]:
+        """A text run's characters per split (None: one a token, as runs made before BPE)."""
+        said = self.manifest.get("tokens", {}).get("characters")
+        return tuple(int(c) for c in said) if said else (None, None, None)
+
+    @property
+    def tokenizer_settings(self) -> tokenizers.TokenizerSettings:
+        return tokenizers.settings_of(self.manifest)
 
     @property
     def step(self) -> int:
@@ -459,7 +484,8 @@ def open_run(out: str | os.PathLike, backend: str | None = None, weights: str = 
     try:
         files, arrays_entry, committed = (manifest["files"], manifest["arrays"],
                                           manifest["metrics"])
-        tokenizer = Tokenizer.from_list(manifest["vocab"])
+        tokenizer = tokenizers.from_run(manifest, lambda name: _read_checked(out, name,
+                                                                             files[name]))
         lines3 = tokens = None
         if "tokens" in manifest:
             for name in SPLIT_FILES:
@@ -511,6 +537,14 @@ def _read_split(out: Path, name: str, expected: str) -> list[str]:
     if checkpoint.sha256(data) != expected:
         raise CheckpointError(f"{name} is not the split the run was trained on (modified?)")
     return [line for line in data.decode("utf-8").split(EOT) if line]
+
+
+def _read_checked(out: Path, name: str, expected: str) -> bytes:
+    """A small run file's bytes, refused unless its SHA-256 is the committed one."""
+    data = _read(out / name)
+    if checkpoint.sha256(data) != expected:
+        raise CheckpointError(f"{name} is not the one the run was trained on (modified?)")
+    return data
 
 
 def _check_file(out: Path, name: str, expected: str) -> None:

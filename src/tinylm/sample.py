@@ -129,12 +129,14 @@ def next_token(model, tape: list[int], rng: RNG, temperature: float = 1.0,
 def sample_tokens(model, tokenizer: Tokenizer, prompt: str, n: int, rng: RNG,
                   temperature: float = 1.0, top_k: int | None = None,
                   cache: bool = True) -> str:
-    """The prompt followed by ``n`` sampled characters (the tape is never reset).
+    """The prompt followed by ``n`` sampled tokens (the tape is never reset).
 
     The prompt is padded on the left with end-of-text tokens if it is shorter
-    than the model's context.
+    than the model's context. The text is the prompt's tokens and the sampled ones decoded
+    together, so that a character whose bytes two tokens share (a BPE's) reads whole.
     """
-    tape = _start_tape(model, tokenizer) + tokenizer.encode(prompt)
+    prompt_ids = tokenizer.encode(prompt)
+    tape = _start_tape(model, tokenizer) + prompt_ids
     out = []
     reader = Reader(model, cache)
     with eval_mode(model):
@@ -142,13 +144,13 @@ def sample_tokens(model, tokenizer: Tokenizer, prompt: str, n: int, rng: RNG,
             token = next_token(model, tape, rng, temperature, top_k, reader)
             tape.append(token)
             out.append(token)
-    return prompt + tokenizer.decode(out)
+    return tokenizer.decode(prompt_ids + out)
 
 
 def sample_items(model, tokenizer: Tokenizer, n: int, rng: RNG, *, prompt: str = "",
                  temperature: float = 1.0, top_k: int | None = None,
                  continuous: bool = False, cache: bool = True) -> list[str]:
-    """``n`` items, each the prompt plus characters sampled up to end-of-text.
+    """``n`` items, each the prompt plus tokens sampled up to end-of-text.
 
     ``continuous`` keeps one tape across items (for models trained on the
     stream loader); otherwise every item starts from end-of-text padding.
@@ -172,7 +174,7 @@ def sample_items(model, tokenizer: Tokenizer, n: int, rng: RNG, *, prompt: str =
                 chars.append(token)
             else:
                 tape.append(tokenizer.eot)
-            items.append(prompt + tokenizer.decode(chars))
+            items.append(tokenizer.decode(prompt_ids + chars))
     return items
 
 
@@ -186,7 +188,7 @@ def next_probabilities(model, tokenizer: Tokenizer, prompt: str = "", temperatur
 
 
 def _item_prompt(tokenizer: Tokenizer, prompt: str) -> list[int]:
-    """The ids of an item's prompt, which cannot hold the end-of-text token that ends items."""
+    """The ids of an item's prompt, which cannot hold the newline that ends items."""
     if EOT in prompt:
         raise ConfigError("the prompt of an item cannot contain a newline")
     return tokenizer.encode(prompt)

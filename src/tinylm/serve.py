@@ -49,7 +49,7 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from tinylm.data import EOT
-from tinylm.errors import ConfigError, TinylmError
+from tinylm.errors import ConfigError, DataError, TinylmError
 from tinylm.rng import RNG
 from tinylm.sample import mark_known, next_probabilities, sample_items
 
@@ -183,6 +183,8 @@ class Playground:
                 "kind": self.run.kind, "vocab": list(self.tokenizer.itos)}
 
     def probs(self, body: Any) -> dict:
+        """The probability of every token next; ``char`` is the token's text (a BPE token
+        that holds part of a character shows it as U+FFFD)."""
         prompt, temperature, top_k = self._common(body, {"prompt", "temperature", "top_k"})
         p = next_probabilities(_Metered(self.run.model, self.turns), self.tokenizer, prompt,
                                temperature, top_k)
@@ -212,10 +214,13 @@ class Playground:
             raise BadRequest("prompt must be text")
         if len(prompt) > MAX_PROMPT:
             raise BadRequest(f"the prompt is {len(prompt)} characters; at most {MAX_PROMPT}")
-        vocab = set(self.tokenizer.itos) - {EOT}
-        for ch in prompt:
-            if ch not in vocab:
-                raise BadRequest(f"the character {ch!r} is not in this model's vocabulary")
+        if EOT in prompt:
+            raise BadRequest(f"the character {EOT!r} is not in this model's vocabulary")
+        try:
+            self.tokenizer.encode(prompt)  # a byte-level BPE spells any character
+        except DataError as e:  # "character 'é' is not in the vocabulary"
+            raise BadRequest("the " + str(e).replace("the vocabulary", "this model's vocabulary")
+                             ) from None
         temperature = body.get("temperature", 1.0)
         lo, hi = TEMPERATURES
         if not _is_number(temperature) or not lo <= temperature <= hi:

@@ -281,7 +281,9 @@ def refuse_unread(explicit: Mapping[str, Any], classes: Iterable[type], model: s
     """``ConfigError`` for the first given setting that ``model`` does not read."""
     for cls in classes:
         for f in setting_fields(cls):
-            if f.name in explicit and not reads(f, model, neural_models):
+            # a setting no flag gives (a vocabulary size from the data) is never explicit,
+            # whatever flag of another class shares its name
+            if f.name in explicit and spec(f)["flag"] and not reads(f, model, neural_models):
                 who = readers(f, neural_models)
                 raise ConfigError(f"{flag_of(f.name)} does not apply to --model {model}"
                                   + (f" (it is read by {', '.join(who)})" if who else ""))
@@ -298,7 +300,7 @@ def merge_resumed(saved: Sequence[Any], explicit: Mapping[str, Any]) -> list[Any
     for config in saved:
         changes = {}
         for f in setting_fields(type(config)):
-            if f.name not in explicit:
+            if f.name not in explicit or not spec(f)["flag"]:  # as in refuse_unread
                 continue
             value, before = explicit[f.name], getattr(config, f.name)
             if spec(f)["resume"]:

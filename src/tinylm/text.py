@@ -6,7 +6,8 @@ The data flow of a text run::
     read_text(path)             -> text      (UTF-8, line ends normalised to "\\n", nothing else changed)
     split_text(text)            -> train, val, test   (the first 90%, the next 5%, the last 5%,
                                                         cut at line ends: train + val + test == text)
-    encode(text, tokenizer)     -> tokens    (uint8/16/32 by vocabulary size, one per character)
+    encode(text, tokenizer)     -> tokens    (uint8/16/32 by vocabulary size, one per character;
+                                              a BPE's: tokenizer.encode_bytes, tinylm.tokenizer)
     TextSplit(tokens[a:b], ...) -> training windows drawn on the fly; evaluation units
 
 Nothing of size (N, block_size) is ever made: a batch gathers its B windows
@@ -229,6 +230,7 @@ class TextSplit:
     block_size: int | None = None  # sequence models: positions of a window
     pad: int = 0  # the token before a split's first character: "\n"
     loader: str = "text"
+    characters: int | None = None  # the characters its tokens stand for (None: one each)
 
     @property
     def per_position(self) -> bool:
@@ -236,8 +238,12 @@ class TextSplit:
 
     @property
     def n_tokens(self) -> int:
-        """Targets of the split: every character."""
+        """Targets of the split: every token."""
         return len(self.tokens)
+
+    @property
+    def tokens_per_char(self) -> float:
+        return tokens_per_char(self.n_tokens, self.characters)
 
     @property
     def width(self) -> int:
@@ -330,25 +336,45 @@ def _split_seed(seed: int, name: str) -> int:
 def encode_splits(texts: Sequence[str | bytes | memoryview], tokenizer: Tokenizer,
                   progress: Progress | None = None) -> tuple[np.ndarray, list[int]]:
     """The splits encoded one after the other into one token array (what tokens.npy holds),
-    and each split's length in characters; ``progress(done, total)`` over all their bytes."""
+    and each split's length in tokens; ``progress(done, total)`` over all their bytes. Each
+    split is encoded on its own (no token spans two), by the tokenizer's ``encode_bytes``."""
     total = sum(len(t) for t in texts)
+    # a token holds at least a byte: room for any tokenizer's ids
     room = np.empty(total, dtype=token_dtype(tokenizer.vocab_size))
     lengths, lo = [], 0
     for t in texts:
         done = lo
-        part = encode(t, tokenizer, room[sum(lengths):],
-                      None if progress is None else (lambda d, n, done=done: progress(done + d, total)))
+        part = tokenizer.encode_bytes(
+            t, room[sum(lengths):],
+            None if progress is None else (lambda d, n, done=done: progress(done + d, total)))
         lengths.append(len(part))
         lo += len(t)
     return room[:sum(lengths)], lengths
 
 
 def split_tokens(tokens: np.ndarray, lengths: Sequence[int]) -> tuple[np.ndarray, ...]:
-    """The three splits' views of ``tokens``, by their lengths in characters."""
+    """The three splits' views of ``tokens``, by their lengths in tokens."""
     bounds = np.cumsum([0, *lengths])
     return tuple(tokens[lo:hi] for lo, hi in zip(bounds, bounds[1:]))
 
 
-def bits(nats: float) -> float:
-    """A loss in bits (per character) from nats."""
-    return nats / math.log(2)
+def count_characters(data: bytes | memoryview) -> int:
+    """The characters of UTF-8 ``data``: its bytes that begin one (not 10xxxxxx)."""
+    n = 0
+    for lo in range(0, len(data), ENCODE_CHUNK):
+        piece = np.frombuffer(data[lo:lo + ENCODE_CHUNK], np.uint8)
+        n += len(piece) - int(np.count_nonzero((piece & 0xC0) == 0x80))
+    return n
+
+
+def tokens_per_char(tokens: int, characters: int | None) -> float:
+    """Tokens over the characters they stand for (None: one each), what turns nats per token
+    into bits per character (``bits``): exactly 1 where every token is a character."""
+    return 1.0 if characters is None else tokens / max(1, characters)
+
+
+def bits(nats: float, tokens_per_char: float = 1.0) -> float:
+    """A loss in bits per character from nats per token: nats x tokens / characters / ln 2,
+    ``tokens_per_char`` the split's tokens over its characters (1 where a token is a
+    character, and then exactly the nats in bits)."""
+    return nats * tokens_per_char / math.log(2)

@@ -46,7 +46,7 @@ from tinylm.optim import lr_at, make_optimizer
 from tinylm.rng import RNG
 from tinylm.sample import eval_mode
 from tinylm.signals import Deferred
-from tinylm.text import TextSplit, units
+from tinylm.text import TextSplit, bits, units
 from tinylm.train_config import TRAIN_EVAL_TARGETS, TrainConfig
 from tinylm.train_state import Best, Checkpoint, TrainState, decode, ordered
 
@@ -145,13 +145,13 @@ class Measured:
 
     loss: float
     se: float | None
-    targets: int  # characters scored
+    targets: int  # tokens scored
 
 
 def measure(model, split: TextSplit, budget: int, seed: int,
             world: distributed.World = distributed.World(),
             stop: Callable[[], bool] | None = None) -> Measured:
-    """The loss of ``model`` on a text split in nats per character (``tinylm.text.units``):
+    """The loss of ``model`` on a text split in nats per token (``tinylm.text.units``):
     every target once if the split fits ``budget``, else an estimate from a fixed sample of
     units with its standard error. ``stop()`` is asked between chunks; True raises
     ``KeyboardInterrupt`` (a signal during an evaluation is answered within a chunk)."""
@@ -467,35 +467,37 @@ class Trainer:
 
     def _evaluate(self, step: int, split: str, batch_size: int, limit: int | None = None
                   ) -> tuple[float, dict]:
-        """The loss on ``split``, and for an estimate on a text its standard error as
-        ``{"<split>_loss_se": se}`` for the record."""
-        data, extra = self.splits[split], {}
+        """The loss on ``split`` (nats per token), and for the record the same in bits per
+        character, ``{"<split>_bpc": bits}``, and for an estimate on a text its standard
+        error, ``{"<split>_loss_se": se}``."""
+        data = self.splits[split]
         if isinstance(data, TextSplit):
             measured = measure(self.model, data, self.config.eval_tokens, self.config.seed,
                                self.world, stop=lambda: self._stop.received)
-            value = measured.loss
-            if measured.se is not None:
-                extra[f"{split}_loss_se"] = measured.se
+            value, se = measured.loss, measured.se
         else:
-            value = evaluate(self.model, data, batch_size, limit, self.world)
+            value, se = evaluate(self.model, data, batch_size, limit, self.world), None
         if not math.isfinite(value):
             raise TrainingDiverged(f"the {split} loss became {value} at step {step}; the run "
                                    "keeps its last checkpoint")
+        extra = {f"{split}_bpc": bits(value, data.tokens_per_char)}
+        if se is not None:
+            extra[f"{split}_loss_se"] = se
         return value, extra
 
     def _test(self, batch_size: int) -> dict:
         """The test record, measured once, at the end, on the weights the run keeps."""
         steps = self.config.steps
         if self.best is None:
-            loss, se = self._evaluate(steps, "test", batch_size)
-            return {"step": steps, "test_loss": loss, "test_perplexity": perplexity(loss), **se}
+            loss, extra = self._evaluate(steps, "test", batch_size)
+            return {"step": steps, "test_loss": loss, "test_perplexity": perplexity(loss), **extra}
         last = self.model.state_dict()
         self.model.load_state_dict(self.best.weights)
         try:
-            loss, se = self._evaluate(steps, "test", batch_size)
+            loss, extra = self._evaluate(steps, "test", batch_size)
         finally:
             self.model.load_state_dict(last)  # the checkpoint must resume from the last step
-        return {"step": steps, "test_loss": loss, "test_perplexity": perplexity(loss), **se,
+        return {"step": steps, "test_loss": loss, "test_perplexity": perplexity(loss), **extra,
                 "best_step": self.best.step, "best_val_loss": self.best.val_loss}
 
     def keep_weights(self) -> None:

@@ -78,10 +78,11 @@ class TrainConfig(settings.Settings):
         None, "--format lines: batches of the train split to estimate its loss on (default: "
         f"all of it up to {TRAIN_EVAL_TARGETS:,} targets, else its first batches that hold "
         "that many, a fixed sample since the lines are shuffled; 0: all)", ALL_OR_POSITIVE)
-    eval_tokens: int = setting(32_768, "--format text: a split of at most this many characters "
-                               "is scored whole, each character once; a larger one (train, "
-                               "usually) is estimated from a fixed sample of about this many, "
-                               "with its standard error", POSITIVE_INT, resume=True)
+    eval_tokens: int = setting(32_768, "--format text: a split of at most this many tokens "
+                               "(characters, or BPE tokens) is scored whole, each once; a "
+                               "larger one (train, usually) is estimated from a fixed sample "
+                               "of about this many, with its standard error", POSITIVE_INT,
+                               resume=True)
     sample_prompt: str = setting("\n", "prompt of sample.txt", TEXT)
     sample_tokens: int = setting(0, "write sample.txt: this many tokens after the prompt "
                                  "(0: none)", NONNEG_INT)

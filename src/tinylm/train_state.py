@@ -26,8 +26,8 @@ import numpy as np
 from tinylm.errors import CheckpointError
 
 # the key order of a metrics record, whether just made or read back from sorted JSON
-KEY_ORDER = ("step", "loss", "lr", "train_loss", "val_loss", "test_loss", "test_perplexity",
-             "best_step", "best_val_loss")
+KEY_ORDER = ("step", "loss", "lr", "train_loss", "val_loss", "train_bpc", "val_bpc", "test_loss",
+             "test_perplexity", "test_bpc", "best_step", "best_val_loss")
 
 
 def ordered(record: dict) -> dict:

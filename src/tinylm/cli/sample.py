@@ -27,8 +27,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--prompt", default="", help="start every item (or the passage) with "
                    "this text (default: none)")
     p.add_argument("--tokens", type=settings.POSITIVE_INT.parse, default=None, metavar="N",
-                   help="write one continuous passage of N characters instead of items "
-                   f"(a --format text run's default: {TEXT_PASSAGE})")
+                   help="write one continuous passage of N tokens (characters, for a char "
+                   f"run) instead of items (a --format text run's default: {TEXT_PASSAGE})")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     got = opened.sample(args.num_samples, args.prompt, args.temperature, args.top_k, args.seed,
                         args.tokens)
     if isinstance(got, str):
-        say_passage(CONSOLE, got, args.tokens or TEXT_PASSAGE, args.prompt)
+        say_passage(CONSOLE, got, args.tokens or TEXT_PASSAGE, args.prompt, opened.tokenizer.unit)
     else:
         say_samples(CONSOLE, [(s.text, not s.new) for s in got], args.prompt)
     return 0

@@ -20,6 +20,7 @@ from tinylm.cli.common import CONSOLE, add_command, add_run_dir
 from tinylm.models import MODEL_DEFAULTS, ModelConfig
 from tinylm.ngram import NgramSettings
 from tinylm.recipes import RECIPES, recipe_names
+from tinylm.tokenizer import TokenizerSettings
 from tinylm.train_config import TrainConfig
 
 
@@ -30,7 +31,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Train a model on a text file (--format lines: one item per line, the "
         "default, and the bundled 32,033 names if no file is given; --format text: one "
         "continuous document, kept character for character), write metrics.jsonl, config.json and the model into -o DIR, "
-        "and print samples marked new or copied from the training set. A flag that the "
+        "and print samples marked new or copied from the training set. Every model reads "
+        "characters, or with --tokenizer bpe --vocab-size N the tokens of a byte-level BPE "
+        "learned on the train split (kept in the run as merges.json); losses are printed in "
+        "nats per token and in bits per character, which compare the two. A flag that the "
         "chosen model does not read is refused.",
         epilog="recipes (tinylm recipes NAME lists what each sets): "
         + "; ".join(f"{name}: {RECIPES[name].about}" for name in recipe_names()),
@@ -55,8 +59,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "stopping; it keeps its model and settings (--steps may extend it)")
     inputs.add_argument("--model", default=None, choices=model_names(),
                         help="which model to train (default: the --recipe's model, else ngram)")
-    groups = (("model settings (neural)", ModelConfig), ("training settings", TrainConfig),
-              ("n-gram settings", NgramSettings))
+    groups = (("tokenizer settings", TokenizerSettings), ("model settings (neural)", ModelConfig),
+              ("training settings", TrainConfig), ("n-gram settings", NgramSettings))
     for title, cls in groups:
         settings.add_flags(p.add_argument_group(title), cls, _default_note)
 
