@@ -93,6 +93,24 @@ def test_the_tokenizer_settings_refuse_what_makes_no_sense():
         TokenizerSettings("char", None, "gpt4")
 
 
+
+@pytest.mark.parametrize("flags, message", [
+    (["--model", "transformer", "--backend", "numpy", "--compile"], "--compile needs a torch"),
+    (["--model", "mlp", "--dtype", "bfloat16"], "--dtype bfloat16 needs a torch backend"),
+    (["--model", "mlp", "--device", "cuda"], "--device cuda needs a torch backend"),
+    (["--model", "gru", "--diagnose-every", "5"], "--diagnose-every is not available"),
+])
+def test_settings_are_refused_before_a_bpe_is_learned(tmp_path, names, capsys, monkeypatch,
+                                                      flags, message):
+    # learning a BPE takes minutes on a large text: a setting that cannot run says so first
+    def learned(*args, **kwargs):
+        raise AssertionError("the BPE was learned before the settings were checked")
+    monkeypatch.setattr(bpe, "train", learned)
+    out = tmp_path / "run"
+    assert main(["train", "-i", str(names), "-o", str(out), *BPE, *flags]) == 2
+    assert message in one_line(capsys)
+    assert not out.exists()
+
 @pytest.mark.parametrize("flags, message", [
     (["--vocab-size", "100", "--tokenizer", "bpe"], "--vocab-size 100 is out of range"),
     (["--vocab-size", "300"], "--vocab-size applies to --tokenizer bpe"),

@@ -62,12 +62,12 @@ def train(out_dir: str | None, num_samples: int, lines3, source: str,
     out = runs.check_new_run_dir(out_dir, inputs) if world.main else Path(out_dir or ".")
     text_run = explicit.get("format") == "text"
     longest = None  # the longest item, where it set the block size
-    # the settings are checked before a tokenizer is learned; its size is the model's
-    runs.resolve_configs(model_name, explicit.get("recipe"), explicit)
+    # every setting is checked before a tokenizer is learned (minutes on a large text); the
+    # tokenizer's size is then the model's
+    _check_settings(*runs.resolve_configs(model_name, explicit.get("recipe"), explicit))
     tokenizer = tokenizers.build(chosen, lines3, text_run, output if world.main else SILENT)
     mconfig, config = runs.resolve_configs(model_name, explicit.get("recipe"), explicit,
                                            tokenizer.vocab_size)
-    threads.check(config.threads)
     # the count and the device are part of the arithmetic (tinylm.threads): saved, so a
     # resume keeps them
     config = dataclasses.replace(config, threads=threads.effective(config.threads),
@@ -79,9 +79,6 @@ def train(out_dir: str | None, num_samples: int, lines3, source: str,
             longest = max(int(data.item_tokens(lines, tokenizer)[1].max(initial=1)) - 1
                           for lines in lines3)
             mconfig = dataclasses.replace(mconfig, block_size=longest + 1)
-        if config.diagnose_every:
-            raise ConfigError(f"--diagnose-every is not available for the {mconfig.model} "
-                              "model yet: its statistics are made for layer stacks")
     _check_memory(mconfig, config, lines3, text_run, longest)
     tokens, lengths, characters = None, [], []
     if text_run:
@@ -131,6 +128,19 @@ def train(out_dir: str | None, num_samples: int, lines3, source: str,
         return _run(trainer, model, mconfig, config, tokenizer, lines3, out, num_samples, output)
     finally:
         store.close()
+
+
+def _check_settings(mconfig: ModelConfig, config: TrainConfig) -> None:
+    """``ConfigError`` for settings this machine or model cannot run: the thread count, the
+    device, the precision, ``--compile``, diagnostics of a sequence model."""
+    threads.check(config.threads)
+    device = devices.resolve(config.device, config.backend)
+    devices.check_dtype(config.dtype, config.backend, device)
+    if config.compile:
+        devices.check_compile(config.backend, device)
+    if mconfig.per_position and config.diagnose_every:
+        raise ConfigError(f"--diagnose-every is not available for the {mconfig.model} "
+                          "model yet: its statistics are made for layer stacks")
 
 
 def resume(out_dir: str, num_samples: int, explicit: dict[str, Any],
