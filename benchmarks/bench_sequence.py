@@ -97,6 +97,8 @@ from tinylm.optim import make_optimizer  # noqa: E402
 from tinylm.rng import RNG  # noqa: E402
 from tinylm.sample import sample_tokens  # noqa: E402
 
+import windows  # noqa: E402
+
 try:
     import torch
 
@@ -219,7 +221,7 @@ def tinylm_step(cfg: ModelConfig, backend: str, data, batch: int, lr: float,
     g = np.random.default_rng(1)
 
     def step() -> None:
-        X, Y = plain_loop.batch(data, g, len(data), cfg.block_size, batch)
+        X, Y = windows.batch(data, g, len(data), cfg.block_size, batch)
         model.train()
         model.forward(X, Y)
         model.backward()
@@ -232,7 +234,7 @@ def plain_step(s: Shape, data):
     g = np.random.default_rng(1)
 
     def step() -> None:
-        x, y = plain_loop.batch(data, g, len(data), s.block, s.batch)
+        x, y = windows.batch(data, g, len(data), s.block, s.batch)
         plain_loop.train_step(model, opt, torch.from_numpy(x), torch.from_numpy(y))
     return step
 

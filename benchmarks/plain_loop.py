@@ -16,8 +16,8 @@ targets scored]``. It trains for STEPS steps, evaluates train and val every
 EVAL_EVERY steps and at the last, and prints the final val and test losses.
 
 As a module (what ``bench_sequence.py`` times beside tinylm's steps):
-``make`` builds the model and its optimizer, ``batch`` draws a batch of
-windows, ``train_step`` takes one step.
+``make`` builds the model and its optimizer, ``train_step`` takes one step
+(the windows come from ``windows.batch``).
 """
 
 from __future__ import annotations
@@ -28,6 +28,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from windows import batch
 
 
 class Block(nn.Module):
@@ -71,15 +73,6 @@ def make(V: int, T: int, C: int, H: int, L: int, lr: float, seed: int = 42):
     torch.manual_seed(seed)
     model = GPT(V, T, C, H, L)
     return model, torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
-
-
-def batch(data, g: np.random.Generator, end: int, T: int, B: int) -> tuple[np.ndarray, np.ndarray]:
-    """B windows of T tokens with their targets (the window shifted by one), the starts drawn
-    uniformly from ``g`` among those whose targets end before ``end``; int64 arrays (B, T)."""
-    starts = g.integers(1, end - T, B)
-    x = np.stack([data[s - 1:s - 1 + T] for s in starts]).astype(np.int64)
-    y = np.stack([data[s:s + T] for s in starts]).astype(np.int64)
-    return x, y
 
 
 def train_step(model: GPT, opt: torch.optim.Optimizer, x: torch.Tensor,
