@@ -202,6 +202,16 @@ MUTATIONS = [
              "n_batches = max(1, len(split) // batch_size)",
              "stream evaluation makes fewer batches than the protocol's len(tokens) // B"),
     # --- the count models -----------------------------------------------------------------
+    # --- sampling ------------------------------------------------------------------------------
+    Mutation("top-k-keeps-one-fewer", "src/tinylm/sample.py",
+             "z[z < kth] = -np.inf", "z[z <= kth] = -np.inf",
+             "top-k sampling drops the k-th most likely token too"),
+    Mutation("temperature-ignored", "src/tinylm/sample.py",
+             "            z /= temperature", "            z /= 1.0",
+             "sampling at any temperature samples at 1"),
+    Mutation("pick-first-index-at-or-above", "src/tinylm/sample.py",
+             'side="right"', 'side="left"',
+             "a coin equal to a running sum takes the token whose sum it is, not the next"),
     Mutation("additive-smoothing-denominator", "src/tinylm/ngram.py",
              "return (c.count + a) / (c.total + a * V)", "return (c.count + a) / (c.total + a)",
              "additive smoothing's probabilities no longer sum to 1"),

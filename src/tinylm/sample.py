@@ -46,19 +46,24 @@ def probabilities(logits: np.ndarray, temperature: float = 1.0, top_k: int | Non
     """Softmax of one row of logits in float64, after temperature and top-k."""
     if not temperature > 0:
         raise ConfigError(f"temperature must be positive, got {temperature}")
-    z = np.asarray(logits, dtype=np.float64).reshape(-1)  # (vocab_size,)
+    # a float64 copy, worked on in place: this runs once a sampled token, and every numpy
+    # call is a microsecond or more, several once a network has run between tokens
+    z = np.array(logits, dtype=np.float64).reshape(-1)  # (vocab_size,)
     # Shift before dividing: every value is then <= 0 and the largest exactly 0, so a
     # tiny temperature sends the others to -inf (greedy in the limit) instead of
-    # overflowing to inf and making the probabilities nan.
-    with np.errstate(over="ignore"):
-        z = (z - z.max()) / temperature
+    # overflowing to inf and making the probabilities nan. Dividing by 1 changes nothing.
+    z -= z.max()
+    if temperature != 1.0:
+        with np.errstate(over="ignore"):
+            z /= temperature
     if top_k is not None and top_k < len(z):
         if top_k <= 0:
             raise ConfigError(f"top-k must be positive, got {top_k}")
-        kth = np.sort(z)[-top_k]
-        z = np.where(z >= kth, z, -np.inf)
-    e = np.exp(z)
-    return e / e.sum()
+        kth = np.partition(z, -top_k)[-top_k]  # the k-th largest, without sorting them all
+        z[z < kth] = -np.inf
+    np.exp(z, out=z)
+    z /= z.sum()
+    return z
 
 
 def pick(probs: np.ndarray, coin: float) -> int:
