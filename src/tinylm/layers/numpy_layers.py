@@ -109,6 +109,16 @@ def ones(n: int, dtype: np.dtype) -> np.ndarray:
     return v
 
 
+@functools.lru_cache(maxsize=64)
+def future_mask(T: int, Tk: int, dtype: np.dtype) -> np.ndarray:
+    """(T, Tk), read-only: -inf where a key lies after its query's own position (the
+    queries are the last T of Tk positions), else 0. Kept, since every attention layer of
+    every step adds the same one."""
+    mask = np.triu(np.full((T, Tk), -np.inf, dtype=dtype), k=Tk - T + 1)
+    mask.flags.writeable = False
+    return mask
+
+
 class Linear(Layer):
     """``x @ weight.T + bias`` on the last axis; weight stored (out, in) as in PyTorch.
 
@@ -428,8 +438,8 @@ class CausalSelfAttention(composite.CausalSelfAttention, Layer):
         self.scale = 1.0 / math.sqrt(hs)
         scores = q @ k.transpose(0, 1, 3, 2)                  # (B, nh, T, Tk)
         scores *= self.scale                                  # in place: one array through the softmax
-        if T > 1:  # -inf where a key lies after the query's own position (the last T of Tk), else 0
-            scores += np.triu(np.full((T, Tk), -np.inf, dtype=scores.dtype), k=Tk - T + 1)
+        if T > 1:
+            scores += future_mask(T, Tk, scores.dtype)
         # stable softmax along the keys; the diagonal is finite. The row maxima over a
         # transposed copy: numpy's max along a short last axis pays a call per row, along
         # the leading axis it is one pass (about 4x faster here, copy included).
