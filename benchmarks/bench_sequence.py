@@ -47,7 +47,10 @@ What it measures:
    (tinylm.sample.sample_tokens), with the cache (keys and values kept per
    attention layer, the hidden state carried) and without it (a forward pass
    over the whole prefix per token). The model is the recipe's, with a block
-   of 256 so that the 200 tokens fit.
+   of 256 so that the 200 tokens fit. Beside tinylm's Transformers, the plain
+   PyTorch model of ``plain_loop.py`` samples as everyday PyTorch code does
+   (``generate``: a key-value cache, ``torch.multinomial``) with and without
+   its cache: the yardstick for what a cached token costs at this size.
 
 The issue's targets are printed next to the figures, with whether the median
 meets them: torch-module tokens/s at least 1.3x the plain loop's (the goal
@@ -393,6 +396,7 @@ def sampling_section(rounds: int, n_tokens: int) -> None:
     tok = Tokenizer(VOCAB)
     print(f"\nsampling {n_tokens} tokens after 'a' (block 256), tokens per second, one call a round"
           + ("" if n_tokens == 200 else " (the 5x target is for 200 tokens: fewer gain less)"))
+    cached: dict[str, list[float]] = {}  # the Transformer's seconds with its cache, by backend
     for name in ("transformer", "gru"):
         for backend in BACKENDS:
             model = trained_like(name, backend, 256)
@@ -405,6 +409,29 @@ def sampling_section(rounds: int, n_tokens: int) -> None:
                   f"   none {n_tokens / median(times[False]):6.0f}"
                   f"   cache {median(r):5.1f}x faster {spread(r, 1):18s}"
                   f"   same tokens: {str(same):5s}   {target(median(r), at_least=5)}")
+            if name == "transformer":
+                cached[backend] = times[True]
+        if name == "transformer" and torch is not None:
+            plain_sampling(rounds, n_tokens, cached)
+
+
+def plain_sampling(rounds: int, n_tokens: int, cached: dict) -> None:
+    """The plain PyTorch model's sampling (``plain_loop.generate``) with and without its
+    cache, and each tinylm backend's cached tokens/s over its cached ones."""
+    s = sampling_config("transformer", 256)
+    torch.manual_seed(7)
+    model = plain_loop.GPT(s.vocab_size, s.block_size, s.n_embd, s.n_heads, s.n_layers)
+    runs = {c: (lambda c=c: plain_loop.generate(model, [0, 1], n_tokens, cached=c))
+            for c in (True, False)}
+    same = runs[True]() == runs[False]()
+    times = run_rounds(runs, rounds, 1, warm=False)
+    r = per_round(times[False], times[True])
+    print(f"  {'transformer':11s} {'plain torch':12s} cache {n_tokens / median(times[True]):7.0f}"
+          f"   none {n_tokens / median(times[False]):6.0f}"
+          f"   cache {median(r):5.1f}x faster {spread(r, 1):18s}   same tokens: {same}")
+    for backend, t in cached.items():  # timed in other rounds: a ratio of medians
+        print(f"    {backend + ' cached / plain cached, tokens/s':45s} "
+              f"{median(times[True]) / median(t):5.2f}x")
 
 
 def conditions(requested: list[int]) -> str:

@@ -17,7 +17,8 @@ EVAL_EVERY steps and at the last, and prints the final val and test losses.
 
 As a module (what ``bench_sequence.py`` times beside tinylm's steps):
 ``make`` builds the model and its optimizer, ``train_step`` takes one step
-(the windows come from ``windows.batch``).
+(the windows come from ``windows.batch``), ``generate`` samples with or without
+a key-value cache.
 """
 
 from __future__ import annotations
@@ -43,11 +44,16 @@ class Block(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(C, 4 * C), nn.GELU(approximate="tanh"),
                                  nn.Linear(4 * C, C))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: dict | None = None) -> torch.Tensor:
         b, t, _ = x.shape
         C, H = self.C, self.H
         q, k, v = self.qkv(self.ln1(x)).view(b, t, 3, H, C // H).permute(2, 0, 3, 1, 4)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(b, t, C)
+        if cache is not None:  # sampling: the keys and values of the tokens read before
+            if self in cache:
+                k, v = torch.cat([cache[self][0], k], 2), torch.cat([cache[self][1], v], 2)
+            cache[self] = k, v
+        # after the first call a cache is fed one token, whose query reads every key: no mask
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=t > 1).transpose(1, 2).reshape(b, t, C)
         x = x + self.proj(y)
         return x + self.mlp(self.ln2(x))
 
@@ -62,9 +68,30 @@ class GPT(nn.Module):
         self.ln_f = nn.LayerNorm(C)
         self.head = nn.Linear(C, V, bias=False)
 
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        x = self.wte(idx) + self.wpe(torch.arange(idx.shape[1]))
-        return self.head(self.ln_f(self.blocks(x)))
+    def forward(self, idx: torch.Tensor, cache: dict | None = None) -> torch.Tensor:
+        past = 0 if cache is None else cache.setdefault("length", 0)
+        x = self.wte(idx) + self.wpe(torch.arange(past, past + idx.shape[1]))
+        for block in self.blocks:
+            x = block(x, cache)
+        if cache is not None:
+            cache["length"] += idx.shape[1]
+        return self.head(self.ln_f(x))
+
+
+@torch.inference_mode()
+def generate(model: GPT, idx: list[int], n: int, cached: bool = True, seed: int = 5) -> list[int]:
+    """``idx`` and ``n`` tokens after it, each drawn by ``torch.multinomial`` from the softmax
+    of the last position's logits; with ``cached`` (the usual key-value cache) every new
+    token is fed alone, without it the whole tape is read again."""
+    model.eval()
+    g = torch.Generator().manual_seed(seed)
+    tape = new = torch.tensor([idx])
+    cache: dict | None = {} if cached else None
+    for _ in range(n):
+        logits = model(new if cached else tape, cache)                  # (1, T, V)
+        new = torch.multinomial(torch.softmax(logits[0, -1], -1), 1, generator=g).view(1, 1)
+        tape = torch.cat([tape, new], 1)
+    return tape[0].tolist()
 
 
 def make(V: int, T: int, C: int, H: int, L: int, lr: float, seed: int = 42):
