@@ -46,13 +46,14 @@ def probabilities(logits: np.ndarray, temperature: float = 1.0, top_k: int | Non
     """Softmax of one row of logits in float64, after temperature and top-k."""
     if not temperature > 0:
         raise ConfigError(f"temperature must be positive, got {temperature}")
-    # a float64 copy, worked on in place: this runs once a sampled token, and every numpy
-    # call is a microsecond or more, several once a network has run between tokens
+    # This runs once a sampled token, and every numpy call costs a microsecond or more, several
+    # once a network has run between two tokens: a float64 copy worked on in place, and the
+    # reductions as the ufunc methods that z.max() and z.sum() wrap in Python (the same sums).
     z = np.array(logits, dtype=np.float64).reshape(-1)  # (vocab_size,)
     # Shift before dividing: every value is then <= 0 and the largest exactly 0, so a
     # tiny temperature sends the others to -inf (greedy in the limit) instead of
     # overflowing to inf and making the probabilities nan. Dividing by 1 changes nothing.
-    z -= z.max()
+    z -= np.maximum.reduce(z)
     if temperature != 1.0:
         with np.errstate(over="ignore"):
             z /= temperature
@@ -62,14 +63,14 @@ def probabilities(logits: np.ndarray, temperature: float = 1.0, top_k: int | Non
         kth = np.partition(z, -top_k)[-top_k]  # the k-th largest, without sorting them all
         z[z < kth] = -np.inf
     np.exp(z, out=z)
-    z /= z.sum()
+    z /= np.add.reduce(z)
     return z
 
 
 def pick(probs: np.ndarray, coin: float) -> int:
     """The first index whose running sum of ``probs`` exceeds ``coin``."""
-    cdf = np.cumsum(probs)
-    i = int(np.searchsorted(cdf, coin, side="right"))
+    cdf = np.add.accumulate(probs)  # np.cumsum, without its Python wrapper (see probabilities)
+    i = int(cdf.searchsorted(coin, side="right"))
     if i < len(probs):
         return i
     # rounding left the total at or below the coin: the last token that can occur
