@@ -366,8 +366,10 @@ def _check_hf(run: runs.Run, path: Path) -> float:
     torch = pytorch.load()
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    # every token's text (a character run's: every id once, in order), and some of the data
-    text = "".join(run.tokenizer.itos) + (run.path / "train.txt").read_text("utf-8")[:CHECK_TEXT]
+    # every token's text (a character run's: every id once, in order), and some of the data:
+    # its first characters only, read as such (a large train split is never held whole)
+    with open(run.path / "train.txt", encoding="utf-8") as f:
+        text = "".join(run.tokenizer.itos) + f.read(CHECK_TEXT)
     with _quiet(hf=True):
         hf = AutoModelForCausalLM.from_pretrained(path).eval()
         tokenizer = AutoTokenizer.from_pretrained(path)
