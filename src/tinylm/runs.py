@@ -533,17 +533,17 @@ def _read(path: Path) -> bytes:
 
 
 def _read_split(out: Path, name: str, expected: str) -> list[str]:
-    data = _read(out / name)
-    if checkpoint.sha256(data) != expected:
-        raise CheckpointError(f"{name} is not the split the run was trained on (modified?)")
+    """A lines run's split, refused unless its SHA-256 is the committed one."""
+    data = _read_checked(out, name, expected, "the split")
     return [line for line in data.decode("utf-8").split(EOT) if line]
 
 
-def _read_checked(out: Path, name: str, expected: str) -> bytes:
-    """A small run file's bytes, refused unless its SHA-256 is the committed one."""
+def _read_checked(out: Path, name: str, expected: str, what: str = "the one") -> bytes:
+    """A small run file's bytes, refused unless its SHA-256 is the committed one; the
+    refusal calls the file ``what`` the run was trained on."""
     data = _read(out / name)
     if checkpoint.sha256(data) != expected:
-        raise CheckpointError(f"{name} is not the one the run was trained on (modified?)")
+        raise CheckpointError(f"{name} is not {what} the run was trained on (modified?)")
     return data
 
 
