@@ -127,6 +127,14 @@ def test_bad_tokenizer_flags_are_one_line_and_write_nothing(tmp_path, names, cap
     assert not out.exists()
 
 
+def test_a_tokenizers_files_are_those_it_keeps_in_a_run():
+    bpe_tokenizer = BPETokenizer(bpe.train("".join(n + "\n" for n in NAMES).encode("utf-8"), 260,
+                                           lines=True), TokenizerSettings("bpe", 260))
+    for tokenizer in (data.Tokenizer.from_lines(NAMES), bpe_tokenizer):
+        assert tokenizer.files == tuple(tokenizer.to_run()[1])
+    assert bpe_tokenizer.files == ("merges.json",) and data.Tokenizer.files == ()
+
+
 # --- every model on BPE tokens --------------------------------------------------------------------
 
 @pytest.mark.parametrize("model", sorted(TINY))
@@ -140,6 +148,8 @@ def test_every_model_trains_samples_and_evaluates_on_bpe_tokens(tmp_path, names,
     assert "vocab" not in manifest and manifest["tokenizer"] == {
         "tokenizer": "bpe", "vocab_size": 300, "bpe_split": "none", "file": "merges.json"}
     assert manifest["files"]["merges.json"] and (out / "merges.json").is_file()
+    wrote = next(line for line in said.splitlines() if line.startswith("wrote "))
+    assert ", merges.json" in wrote  # named by the tokenizer's files
     opened = runs.open_run(out)
     merges = bpe.load(out / "merges.json")  # the run's tokenizer is tinylm bpe's format
     assert opened.tokenizer.model == merges and opened.tokenizer.vocab_size == merges.vocab_size

@@ -239,6 +239,7 @@ class Tokenizer:
     # what one id stands for, in the lines a run prints; what the vocabulary line adds
     unit: ClassVar[str] = "character"
     note: ClassVar[str] = ""
+    files: ClassVar[tuple[str, ...]] = ()  # the vocabulary is kept in the manifest
 
     def __post_init__(self) -> None:
         if len(set(self.itos)) != len(self.itos) or EOT not in self.itos:

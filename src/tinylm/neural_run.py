@@ -427,7 +427,7 @@ def _finish(model, tokenizer: tokenizers.Tokenizer, config: TrainConfig,
     """Samples at the end of training (the ones ``tinylm sample -n N`` prints; a text run's,
     None for ``train_lines``: the passage ``tinylm sample`` prints) and loss.png."""
     written = ["manifest.json", "config.json", "weights", "metrics.jsonl", "train/val/test.txt",
-               *tokenizer.to_run()[1]]
+               *tokenizer.files]
     if config.sample_tokens:
         text = sample_tokens(model, tokenizer, config.sample_prompt, config.sample_tokens,
                              RNG(config.sample_seed))

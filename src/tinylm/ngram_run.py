@@ -162,7 +162,7 @@ def _search_and_save_text(store: runs.RunWriter, num_samples: int, seed: int, to
         return bigram_heatmap_png(counts, itos, of=V, title="bigram counts")
 
     written = _commit(store, fitted, model, chosen, final, points, picture, output, ratios,
-                      runs.TOKENS)
+                      *tokenizer.files, runs.TOKENS)
     if num_samples:
         write_passage(output, model, tokenizer, TEXT_PASSAGE, seed, store.out / "samples.txt")
         written.append("samples.txt")
@@ -174,8 +174,8 @@ def _commit(store: runs.RunWriter, fitted: NgramConfig, model: NgramModel, chose
             output: Output, ratios: list[float], *data_files: str) -> list[str]:
     """Commit the chosen model and its records (``ratios``: each split's tokens per
     character), then write grid.jsonl and bigram.png (drawn by ``picture``; skipped with a
-    note without matplotlib); returns the files the run holds, ``data_files`` (a text's
-    tokens.npy) among them."""
+    note without matplotlib); returns the files the run holds, ``data_files`` (the
+    tokenizer's, a text's tokens.npy) among them."""
     store.update_settings({"ngram": fitted.to_dict()})
     store.log({"step": 1, "train_loss": chosen.train_loss, "val_loss": chosen.val_loss,
                "train_bpc": bits(chosen.train_loss, ratios[0]),
@@ -183,7 +183,7 @@ def _commit(store: runs.RunWriter, fitted: NgramConfig, model: NgramModel, chose
     store.log(final)
     store.commit({"step": 1}, model.to_arrays(), MODEL_FILE)
     written = ["manifest.json", "config.json", MODEL_FILE, "metrics.jsonl", "train/val/test.txt",
-               *store.tokenizer_files, *data_files]
+               *data_files]
     write_jsonl(store.out / "grid.jsonl", [vars(p) for p in points])
     written.append("grid.jsonl")
     try:
@@ -263,7 +263,8 @@ def _search_and_save(store: runs.RunWriter, num_samples: int, seed: int, splits,
                                         tokenizer.itos)
         return bigram_heatmap_png(counts, itos, of=V)
 
-    written = _commit(store, fitted, model, chosen, final, points, picture, output, ratios)
+    written = _commit(store, fitted, model, chosen, final, points, picture, output, ratios,
+                      *tokenizer.files)
     sample_and_save(output, model, tokenizer, num_samples, seed, splits[0], loader == "stream",
                     store.out / "samples.txt")
     written.append("samples.txt")

@@ -285,11 +285,6 @@ class RunWriter:
         os.truncate(out / METRICS, len(kept))
         return writer
 
-    @property
-    def tokenizer_files(self) -> list[str]:
-        """The files the run keeps its tokenizer in (a BPE's merges; a char run has none)."""
-        return [name for name in self.files if name == tokenizers.MERGES_FILE]
-
     def update_settings(self, changes: dict[str, Any]) -> None:
         """New or changed settings (an n-gram run's chosen model); config.json follows at once."""
         self.base.update(changes)

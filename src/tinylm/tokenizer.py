@@ -14,7 +14,8 @@ turns text into ids and back goes through what both have:
     encode_bytes(data, out, progress)   a document's UTF-8 bytes as ids (what tokens.npy holds)
     itos                 each id as text, to show (serve's bars, the bigram picture)
     unit, note           "character" or "token", and what a vocabulary line adds
-    to_run()             what the manifest says of it, and the files it keeps in the run
+    files                the names of the files it keeps in a run (none for characters)
+    to_run()             what the manifest says of it, and those files' bytes
 
 **The end token of a BPE** is the newline byte's own id, 10. A BPE for items
 (``--format lines``) is trained on the items as chunks that no merge crosses, every
@@ -59,6 +60,8 @@ class Tokenizer(Protocol):
 
     unit: str  # "character" or "token"
     note: str  # what the vocabulary line of a run adds ("" for characters)
+    # the files it keeps in a run, named without making them (to_run serialises them)
+    files: tuple[str, ...]
 
     @property
     def vocab_size(self) -> int: ...
@@ -127,6 +130,7 @@ class BPETokenizer:
 
     unit = "token"
     eot = bpe.NEWLINE
+    files = (MERGES_FILE,)
 
     def __init__(self, model: bpe.BPE, chosen: TokenizerSettings) -> None:
         self.model = model
