@@ -58,7 +58,7 @@ def worker(model: str, backend: str, steps: int) -> None:
     config = settings.resolve(TrainConfig, [recipe])
     rng = RNG(config.seed)
     net = build_model(mconfig, backend, rng)
-    splits = {name: split_for(name, ls, tokenizer, mconfig, config.loader)
+    splits = {name: split_for(name, data.Items(ls, tokenizer), mconfig, config.loader)
               for name, ls in zip(data.SPLIT_NAMES, lines3)}
     trainer = Trainer(config, net, splits, rng, world=world)
     batches = Batches(splits["train"], config.batch_size, rng)

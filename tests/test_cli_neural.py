@@ -71,10 +71,10 @@ def test_keep_best_tests_and_samples_the_weights_of_the_lowest_val_loss(tmp_path
 
 def opened_split(run, name):
     from tinylm.batches import split_for
-    from tinylm.data import SPLIT_NAMES
+    from tinylm.data import SPLIT_NAMES, Items
 
     lines = dict(zip(SPLIT_NAMES, run.lines3))[name]
-    return split_for(name, lines, run.tokenizer, run.model_config, run.config.loader)
+    return split_for(name, Items(lines, run.tokenizer), run.model_config, run.config.loader)
 
 
 def test_keep_best_resumes_bit_identically(tmp_path, names, monkeypatch):

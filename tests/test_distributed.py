@@ -92,7 +92,7 @@ def trainer_of(values, lines=2000):
     rng = RNG(config.seed)
     model = build_model(mconfig, config.backend, rng)
     lines3 = (SPLIT[0][:lines], SPLIT[1][:200], SPLIT[2][:200])
-    splits = {name: split_for(name, ls, TOKENIZER, mconfig, config.loader)
+    splits = {name: split_for(name, data.Items(ls, TOKENIZER), mconfig, config.loader)
               for name, ls in zip(data.SPLIT_NAMES, lines3)}
     return Trainer(config, model, splits, rng)
 

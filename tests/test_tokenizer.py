@@ -184,6 +184,31 @@ def test_every_model_trains_on_the_bpe_tokens_of_a_text(tmp_path, doc, capsys, m
     assert "sample (20 tokens after 'def ')" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("model, flags", [
+    ("ngram", ["--method", "kneser-ney"]),  # every order of the grid and the additive comparison
+    ("ngram", []),
+    ("transformer", TINY["transformer"]),  # its block size from the longest item
+    ("mlp", TINY["mlp"]),
+])
+def test_each_split_of_items_is_encoded_once(tmp_path, names, monkeypatch, model, flags):
+    """A BPE encodes slowly: a run of items encodes each split once, whatever it makes of it
+    (every order of an n-gram grid, a block size, the examples, bits per character), and so
+    does tinylm eval."""
+    encoded = []
+    for method in ("encode", "encode_bytes"):
+        def counted(self, text, *args, _method=getattr(BPETokenizer, method), **kwargs):
+            encoded.append(text.encode("utf-8") if isinstance(text, str) else bytes(text))
+            return _method(self, text, *args, **kwargs)
+        monkeypatch.setattr(BPETokenizer, method, counted)
+    out = tmp_path / "run"
+    for command in (["train", "-i", str(names), "-o", str(out), "--model", model, *BPE, *flags,
+                     "-n", "0"], ["eval", "-o", str(out)]):
+        encoded.clear()
+        assert main(command) == 0
+        for split in ("train", "val", "test"):
+            assert encoded.count((out / f"{split}.txt").read_bytes()) == 1, (command[0], split)
+
+
 # --- bits per character ---------------------------------------------------------------------------
 
 def test_a_char_runs_bits_per_character_are_its_nats_in_bits(tmp_path, names, doc):

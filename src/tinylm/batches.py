@@ -35,10 +35,10 @@ from typing import TYPE_CHECKING, Iterator, Sequence
 
 import numpy as np
 
-from tinylm.data import IGNORE, Tokenizer, item_characters, make_examples, make_sequences
+from tinylm.data import IGNORE, Items, Tokenizer, examples_of, sequences_of
 from tinylm.errors import DataError
 from tinylm.rng import RNG
-from tinylm.text import DEFAULT_BLOCK, TextSplit, tokens_per_char
+from tinylm.text import DEFAULT_BLOCK, TextSplit
 
 if TYPE_CHECKING:  # the settings of a model, not its registry: batching needs no model
     from tinylm.models import ModelConfig
@@ -85,30 +85,33 @@ def make_split(
     With ``block_size``, the rows of a sequence model (``data.make_sequences``):
     Y is (N, block_size) and ``n_tokens`` counts the targets that are scored.
     """
+    return items_split(name, Items(lines, tokenizer), context, loader, block_size)
+
+
+def items_split(name: str, items: Items, context: int, loader: str,
+                block_size: int | None = None) -> Split:
+    """``make_split`` of items that may be encoded already (``data.Items``)."""
     try:
         if block_size is None:
-            X, Y = make_examples(lines, tokenizer, context, loader)
+            X, Y = examples_of(items, context, loader)
         else:
-            X, Y = make_sequences(lines, tokenizer, block_size, loader)
+            X, Y = sequences_of(items, block_size, loader)
     except DataError as e:
         raise DataError(f"the {name} split: {e}") from None
     if len(Y) == 0:
         raise DataError(f"the {name} split has no examples")
     if block_size is not None:
         n_tokens = int((Y != IGNORE).sum())
-        # stream: every window a row, len(tokens) - block_size of them
-        stream = len(Y) + block_size if loader == "stream" else n_tokens
     else:
         # stream: one window per start position, len(tokens) - context of them
-        n_tokens = stream = len(Y) + context if loader == "stream" else len(Y)
-    return Split(name, loader, X, Y, n_tokens, tokens_per_char(stream, item_characters(lines)))
+        n_tokens = len(Y) + context if loader == "stream" else len(Y)
+    return Split(name, loader, X, Y, n_tokens, items.tokens_per_char)
 
 
-def split_for(name: str, lines: Sequence[str], tokenizer: Tokenizer, config: ModelConfig,
-              loader: str) -> Split:
-    """``make_split`` for the model of ``config``: its context, or its block of positions."""
+def split_for(name: str, items: Items, config: ModelConfig, loader: str) -> Split:
+    """``items_split`` for the model of ``config``: its context, or its block of positions."""
     block = config.block_size if config.per_position else None
-    return make_split(name, lines, tokenizer, config.context, loader, block)
+    return items_split(name, items, config.context, loader, block)
 
 
 def text_split_for(name: str, tokens: np.ndarray, config: ModelConfig, pad: int = 0,

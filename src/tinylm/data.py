@@ -5,6 +5,7 @@ The data flow of every run starts here::
     read_lines(path)          -> lines        (validated, UTF-8 only)
     split_lines(lines)        -> train, val, test
     Tokenizer.from_lines(...) -> stoi / itos  (characters, newline = end of text)
+    Items(lines, tokenizer)   -> a split's tokens, encoded once for every builder below
     word_examples / stream_examples -> X (N, context) int64, Y (N,) int64
 
 Two ways to turn lines into examples:
@@ -29,6 +30,7 @@ quantity for both kinds of model.
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 import unicodedata
@@ -310,13 +312,47 @@ def stream_tokens(lines: Sequence[str], tokenizer: Tokenizer) -> np.ndarray:
     return tokenizer.encode_bytes(joined).astype(np.int64)
 
 
+class Items:
+    """A split's items and their tokens: encoded when first asked for, then kept.
+
+    Every example builder below reads its tokens from here, so a run that makes several
+    kinds of examples of one split (an n-gram grid's orders, a neural run's block size
+    found from the longest item) encodes it once; a slow tokenizer (a BPE) makes that
+    worth it. Nothing is encoded until a builder has checked its own settings."""
+
+    def __init__(self, lines: Sequence[str], tokenizer: Tokenizer) -> None:
+        self.lines = lines
+        self.tokenizer = tokenizer
+
+    def __len__(self) -> int:
+        return len(self.lines)
+
+    @functools.cached_property
+    def tokens(self) -> np.ndarray:
+        """``stream_tokens`` of the items: each item's tokens, then the end token."""
+        return stream_tokens(self.lines, self.tokenizer)
+
+    @functools.cached_property
+    def lengths(self) -> np.ndarray:
+        """Each item's length in tokens with its end token, (N,)."""
+        ends = np.flatnonzero(self.tokens == self.tokenizer.eot)
+        if len(ends) != len(self.lines):
+            raise DataError("the tokenizer made an item's end token inside an item")
+        return np.diff(ends, prepend=-1)
+
+    @property
+    def tokens_per_char(self) -> float:
+        """The items' tokens over their characters, each end with its line end: what turns
+        nats per token into bits per character (``tinylm.text.bits``)."""
+        from tinylm import text  # text builds on this module
+
+        return text.tokens_per_char(len(self.tokens), item_characters(self.lines))
+
+
 def item_tokens(lines: Sequence[str], tokenizer: Tokenizer) -> tuple[np.ndarray, np.ndarray]:
     """``stream_tokens``, and each item's length in tokens with its end token, (N,)."""
-    tokens = stream_tokens(lines, tokenizer)
-    ends = np.flatnonzero(tokens == tokenizer.eot)
-    if len(ends) != len(lines):
-        raise DataError("the tokenizer made an item's end token inside an item")
-    return tokens, np.diff(ends, prepend=-1)
+    items = Items(lines, tokenizer)
+    return items.tokens, items.lengths
 
 
 def item_characters(lines: Sequence[str]) -> int:
@@ -328,35 +364,14 @@ def stream_examples(
     lines: Sequence[str], tokenizer: Tokenizer, context: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Windows of ``context + 1`` tokens over the joined stream, one per start position."""
-    _check_context(context)
-    tokens = stream_tokens(lines, tokenizer)
-    n = len(tokens) - context
-    if n <= 0:
-        raise DataError(f"{len(tokens)} tokens are too few for a context of {context}")
-    windows = np.lib.stride_tricks.sliding_window_view(tokens, context + 1)[:n]
-    # copies: the windows are read-only views of the token stream
-    return windows[:, :context].copy(), windows[:, context].copy()
+    return _stream_examples(Items(lines, tokenizer), context)
 
 
 def word_examples(
     lines: Sequence[str], tokenizer: Tokenizer, context: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Each line an independent item: contexts padded with end-of-text tokens."""
-    _check_context(context)
-    eot = tokenizer.eot
-    if not lines:
-        return np.zeros((0, context), dtype=np.int64), np.zeros(0, dtype=np.int64)
-    # Every token of the joined stream (each line and its end-of-text) is one
-    # target; its context is the `context` tokens before it, with those that
-    # lie before the start of its own item replaced by end-of-text padding.
-    # One pass over the whole stream: a loop over the lines took 0.4 s on the 32k names.
-    tokens, lengths = item_tokens(lines, tokenizer)                           # (N,), (L,)
-    starts = np.repeat(np.cumsum(lengths) - lengths, lengths)                 # (N,) where each item begins
-    padded = np.concatenate([np.full(context, eot, dtype=np.int64), tokens])
-    windows = np.lib.stride_tricks.sliding_window_view(padded, context + 1)  # (N, context + 1)
-    positions = np.arange(len(tokens))[:, None] - context + np.arange(context)  # (N, context)
-    X = np.where(positions >= starts[:, None], windows[:, :context], eot)
-    return X, windows[:, context].copy()  # a writable array of its own, not a view
+    return _word_examples(Items(lines, tokenizer), context)
 
 
 def word_sequences(
@@ -365,23 +380,7 @@ def word_sequences(
     """Each line one row of a sequence model: X (N, T) = EOT + its tokens, padded with EOT;
     Y (N, T) = its tokens + EOT, padded with ``IGNORE``. T is ``block_size``, by default
     the longest line + 1 (the fewest positions that hold every item)."""
-    tokens, lengths = item_tokens(lines, tokenizer)  # lengths count each item's end token
-    longest = int(lengths.max(initial=1)) - 1
-    T = longest + 1 if block_size is None else block_size
-    if not isinstance(T, (int, np.integer)) or T < 1:
-        raise DataError(f"block size must be a whole number >= 1, got {T!r}")
-    if longest + 1 > T:
-        raise DataError(f"an item of {longest} {tokenizer.unit}s needs a block size of at "
-                        f"least {longest + 1}, got {T}")
-    eot = tokenizer.eot
-    X = np.full((len(lines), T), eot, dtype=np.int64)
-    Y = np.full((len(lines), T), IGNORE, dtype=np.int64)
-    row = np.repeat(np.arange(len(lines)), lengths)                       # (N,) each token's item
-    col = np.arange(len(tokens)) - np.repeat(np.cumsum(lengths) - lengths, lengths)  # (N,)
-    Y[row, col] = tokens  # an item's tokens, then its end
-    inside = col + 1 < T  # the end token read as an input would fall past the block: padding anyway
-    X[row[inside], col[inside] + 1] = tokens[inside]
-    return X, Y
+    return _word_sequences(Items(lines, tokenizer), block_size)
 
 
 def stream_sequences(
@@ -389,9 +388,86 @@ def stream_sequences(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Every window of ``block_size`` tokens of the joined text, one per start position:
     X (N, T) the window, Y (N, T) the window shifted by one token."""
-    if not isinstance(block_size, (int, np.integer)) or block_size < 1:
-        raise DataError(f"block size must be a whole number >= 1, got {block_size!r}")
-    tokens = stream_tokens(lines, tokenizer)
+    return _stream_sequences(Items(lines, tokenizer), block_size)
+
+
+def make_examples(
+    lines: Sequence[str], tokenizer: Tokenizer, context: int, loader: str = "words"
+) -> tuple[np.ndarray, np.ndarray]:
+    """(X, Y) for ``lines`` with the named loader ('words' or 'stream')."""
+    return examples_of(Items(lines, tokenizer), context, loader)
+
+
+def make_sequences(
+    lines: Sequence[str], tokenizer: Tokenizer, block_size: int, loader: str = "words"
+) -> tuple[np.ndarray, np.ndarray]:
+    """(X, Y), both (N, block_size), of a sequence model for ``lines`` with the named loader."""
+    return sequences_of(Items(lines, tokenizer), block_size, loader)
+
+
+def examples_of(items: Items, context: int, loader: str = "words"
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """``make_examples`` of items that may be encoded already."""
+    return _by_loader(loader, _word_examples, _stream_examples)(items, context)
+
+
+def sequences_of(items: Items, block_size: int, loader: str = "words"
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """``make_sequences`` of items that may be encoded already."""
+    return _by_loader(loader, _word_sequences, _stream_sequences)(items, block_size)
+
+
+def _stream_examples(items: Items, context: int) -> tuple[np.ndarray, np.ndarray]:
+    _check_context(context)
+    tokens = items.tokens
+    n = len(tokens) - context
+    if n <= 0:
+        raise DataError(f"{len(tokens)} tokens are too few for a context of {context}")
+    windows = np.lib.stride_tricks.sliding_window_view(tokens, context + 1)[:n]
+    # copies: the windows are read-only views of the token stream
+    return windows[:, :context].copy(), windows[:, context].copy()
+
+
+def _word_examples(items: Items, context: int) -> tuple[np.ndarray, np.ndarray]:
+    _check_context(context)
+    eot = items.tokenizer.eot
+    if not len(items):
+        return np.zeros((0, context), dtype=np.int64), np.zeros(0, dtype=np.int64)
+    # Every token of the joined stream (each line and its end-of-text) is one
+    # target; its context is the `context` tokens before it, with those that
+    # lie before the start of its own item replaced by end-of-text padding.
+    # One pass over the whole stream: a loop over the lines took 0.4 s on the 32k names.
+    tokens, lengths = items.tokens, items.lengths                             # (N,), (L,)
+    starts = np.repeat(np.cumsum(lengths) - lengths, lengths)                 # (N,) where each item begins
+    padded = np.concatenate([np.full(context, eot, dtype=np.int64), tokens])
+    windows = np.lib.stride_tricks.sliding_window_view(padded, context + 1)  # (N, context + 1)
+    positions = np.arange(len(tokens))[:, None] - context + np.arange(context)  # (N, context)
+    X = np.where(positions >= starts[:, None], windows[:, :context], eot)
+    return X, windows[:, context].copy()  # a writable array of its own, not a view
+
+
+def _word_sequences(items: Items, block_size: int | None) -> tuple[np.ndarray, np.ndarray]:
+    tokens, lengths = items.tokens, items.lengths  # lengths count each item's end token
+    longest = int(lengths.max(initial=1)) - 1
+    T = longest + 1 if block_size is None else block_size
+    _check_block(T)
+    if longest + 1 > T:
+        raise DataError(f"an item of {longest} {items.tokenizer.unit}s needs a block size of at "
+                        f"least {longest + 1}, got {T}")
+    eot, rows = items.tokenizer.eot, len(items)
+    X = np.full((rows, T), eot, dtype=np.int64)
+    Y = np.full((rows, T), IGNORE, dtype=np.int64)
+    row = np.repeat(np.arange(rows), lengths)                             # (N,) each token's item
+    col = np.arange(len(tokens)) - np.repeat(np.cumsum(lengths) - lengths, lengths)  # (N,)
+    Y[row, col] = tokens  # an item's tokens, then its end
+    inside = col + 1 < T  # the end token read as an input would fall past the block: padding anyway
+    X[row[inside], col[inside] + 1] = tokens[inside]
+    return X, Y
+
+
+def _stream_sequences(items: Items, block_size: int) -> tuple[np.ndarray, np.ndarray]:
+    _check_block(block_size)
+    tokens = items.tokens
     n = len(tokens) - block_size
     if n <= 0:
         raise DataError(f"{len(tokens)} tokens are too few for a block size of {block_size}")
@@ -399,24 +475,15 @@ def stream_sequences(
     return windows[:, :-1].copy(), windows[:, 1:].copy()
 
 
-def make_examples(
-    lines: Sequence[str], tokenizer: Tokenizer, context: int, loader: str = "words"
-) -> tuple[np.ndarray, np.ndarray]:
-    """(X, Y) for ``lines`` with the named loader ('words' or 'stream')."""
-    return _by_loader(loader, word_examples, stream_examples)(lines, tokenizer, context)
-
-
-def make_sequences(
-    lines: Sequence[str], tokenizer: Tokenizer, block_size: int, loader: str = "words"
-) -> tuple[np.ndarray, np.ndarray]:
-    """(X, Y), both (N, block_size), of a sequence model for ``lines`` with the named loader."""
-    return _by_loader(loader, word_sequences, stream_sequences)(lines, tokenizer, block_size)
-
-
 def _by_loader(loader: str, words, stream):
     if loader not in LOADERS:
         raise ConfigError(f"unknown loader {loader!r}; choose one of {', '.join(LOADERS)}")
     return words if loader == "words" else stream
+
+
+def _check_block(block_size: int) -> None:
+    if not isinstance(block_size, (int, np.integer)) or block_size < 1:
+        raise DataError(f"block size must be a whole number >= 1, got {block_size!r}")
 
 
 def _check_context(context: int) -> None:

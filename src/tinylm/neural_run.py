@@ -66,6 +66,8 @@ def train(out_dir: str | None, num_samples: int, lines3, source: str,
     # tokenizer's size is then the model's
     _check_settings(*runs.resolve_configs(model_name, explicit.get("recipe"), explicit))
     tokenizer = tokenizers.build(chosen, lines3, text_run, output if world.main else SILENT)
+    # a lines run's splits, each encoded once: for the block size and for the examples
+    items3 = None if text_run else _items(lines3, tokenizer)
     mconfig, config = runs.resolve_configs(model_name, explicit.get("recipe"), explicit,
                                            tokenizer.vocab_size)
     # the count and the device are part of the arithmetic (tinylm.threads): saved, so a
@@ -76,8 +78,7 @@ def train(out_dir: str | None, num_samples: int, lines3, source: str,
         if mconfig.block_size == 0 and text_run:
             mconfig = dataclasses.replace(mconfig, block_size=text.DEFAULT_BLOCK)
         elif mconfig.block_size == 0:  # the fewest positions that hold every item and its end
-            longest = max(int(data.item_tokens(lines, tokenizer)[1].max(initial=1)) - 1
-                          for lines in lines3)
+            longest = max(int(items.lengths.max(initial=1)) - 1 for items in items3)
             mconfig = dataclasses.replace(mconfig, block_size=longest + 1)
     _check_memory(mconfig, config, lines3, text_run, longest)
     tokens, lengths, characters = None, [], []
@@ -88,8 +89,9 @@ def train(out_dir: str | None, num_samples: int, lines3, source: str,
     rng = RNG(config.seed)
     model = build_model(mconfig, config.backend, rng)
     trainer = _trainer(model, mconfig, config,
-                       text.split_tokens(tokens, lengths) if text_run else lines3, tokenizer, rng,
+                       text.split_tokens(tokens, lengths) if text_run else items3, tokenizer, rng,
                        world, characters)
+    del items3  # the trainer keeps the examples made of the items, not their tokens
     gate.passed()
     if not world.main:
         with distributed.together(world):  # process 0 writes the run's step 0
@@ -179,8 +181,8 @@ def resume(out_dir: str, num_samples: int, explicit: dict[str, Any],
                               "run has done; give more steps to extend it")
         model, tokenizer = run.model, run.tokenizer
         rng = RNG(config.seed)
-        trainer = _trainer(model, mconfig, config, run.tokens or run.lines3, tokenizer, rng, world,
-                           run.characters)
+        trainer = _trainer(model, mconfig, config, run.tokens or _items(run.lines3, tokenizer),
+                           tokenizer, rng, world, run.characters)
         trainer.restore(run.manifest["state"], run.arrays, run.metrics)
         gate.passed()
         with distributed.together(world):  # process 0 reopens the run for writing
@@ -251,25 +253,30 @@ def _what(trainer: Trainer, mconfig: ModelConfig, config: TrainConfig) -> str:
     return f"{mconfig.model} ({', '.join(where)}, {model.num_params():,} parameters)"
 
 
-def _trainer(model, mconfig: ModelConfig, config: TrainConfig, lines3,
+def _trainer(model, mconfig: ModelConfig, config: TrainConfig, splits3,
              tokenizer: tokenizers.Tokenizer, rng: RNG, world: distributed.World,
              characters=()) -> Trainer:
-    """The trainer of a run whose splits ``lines3`` are lists of lines, or token arrays
-    (standing for ``characters`` characters each)."""
-    splits = _splits(lines3, tokenizer, mconfig, config, characters)
+    """The trainer of a run whose splits ``splits3`` are items (``data.Items``), or token
+    arrays (standing for ``characters`` characters each)."""
+    splits = _splits(splits3, tokenizer, mconfig, config, characters)
     if config.sample_tokens:
         tokenizer.encode(config.sample_prompt)  # refuse a prompt the vocabulary cannot spell, now
     return Trainer(config, model, splits, rng, world=world)
 
 
-def _splits(lines3, tokenizer: tokenizers.Tokenizer, mconfig: ModelConfig, config: TrainConfig,
+def _splits(splits3, tokenizer: tokenizers.Tokenizer, mconfig: ModelConfig, config: TrainConfig,
             characters=()) -> dict:
-    if isinstance(lines3[0], np.ndarray):
+    if isinstance(splits3[0], np.ndarray):
         return {name: text_split_for(name, tokens, mconfig, tokenizer.eot, chars)
-                for name, tokens, chars in zip(data.SPLIT_NAMES, lines3,
+                for name, tokens, chars in zip(data.SPLIT_NAMES, splits3,
                                                characters or (None,) * 3)}
-    return {name: split_for(name, lines, tokenizer, mconfig, config.loader)
-            for name, lines in zip(data.SPLIT_NAMES, lines3)}
+    return {name: split_for(name, items, mconfig, config.loader)
+            for name, items in zip(data.SPLIT_NAMES, splits3)}
+
+
+def _items(lines3, tokenizer: tokenizers.Tokenizer) -> tuple[data.Items, ...]:
+    """A lines run's three splits as items, each encoded when first needed and then kept."""
+    return tuple(data.Items(lines, tokenizer) for lines in lines3)
 
 
 def _per_char(trainer: Trainer) -> str:
@@ -459,8 +466,8 @@ def evaluate(run: runs.Run, output: Output = SILENT) -> dict[str, dict]:
     through ``output`` as ``tinylm eval`` prints it."""
     config = run.config
     losses = {}
-    splits = _splits(run.tokens or run.lines3, run.tokenizer, run.model_config, config,
-                     run.characters)
+    splits = _splits(run.tokens or _items(run.lines3, run.tokenizer), run.tokenizer,
+                     run.model_config, config, run.characters)
     batch = config.batch_size or len(splits["train"])
     kept = run.manifest["state"].get("best")
     output.say(f"{run.model_config.model} ({config.backend}) at step {run.step}"

@@ -38,22 +38,20 @@ SPLITS = data.SPLIT_NAMES
 
 class _Examples(dict):
     """``examples[order][split]`` for the grid search, made when first asked for and only
-    the last order's kept: every order at once took 3.6 GB for 2,000,000 lines."""
+    the last order's kept: every order at once took 3.6 GB for 2,000,000 lines. Every
+    order's examples are made from the same ``items`` (``data.Items``), so each split is
+    encoded once for the whole grid."""
 
-    def __init__(self, splits, tokenizer, loader) -> None:
+    def __init__(self, items3: tuple[data.Items, ...], loader: str) -> None:
         super().__init__()
-        self.splits, self.tokenizer, self.loader = splits, tokenizer, loader
+        self.items3, self.loader = items3, loader
 
     def __missing__(self, order: int) -> dict:
         self.clear()
-        made = {name: data.make_examples(lines, self.tokenizer, order - 1, self.loader)
-                for name, lines in zip(SPLITS, self.splits)}
+        made = {name: data.examples_of(items, order - 1, self.loader)
+                for name, items in zip(SPLITS, self.items3)}
         self[order] = made
         return made
-
-
-def _examples(splits, tokenizer, orders, loader):
-    return _Examples(splits, tokenizer, loader)
 
 
 # bytes a counted n-gram may take while a table is built (keys, counts, sort temporaries)
@@ -231,8 +229,9 @@ def _search_and_save(store: runs.RunWriter, num_samples: int, seed: int, splits,
     output.say(f"data: {source}: {sum(map(len, splits)):,} items -> train {len(splits[0]):,} / "
           f"val {len(splits[1]):,} / test {len(splits[2]):,}; vocabulary {V} {tokenizer.unit}s"
           f"{tokenizer.note}; loader {loader}")
-    ratios = [_items_per_char(lines, tokenizer) for lines in splits]
-    examples = _examples(splits, tokenizer, orders, loader)
+    items3 = tuple(data.Items(lines, tokenizer) for lines in splits)  # each encoded once
+    ratios = [items.tokens_per_char for items in items3]
+    examples = _Examples(items3, loader)
     points = grid_search(examples, V, orders, search.smoothings, search.method)
     _say_grid(points, search, output)
     chosen = best(points)
@@ -245,7 +244,7 @@ def _search_and_save(store: runs.RunWriter, num_samples: int, seed: int, splits,
              "test_bpc": bits(test_loss, ratios[2])}
     output.say(f"test loss {format_loss(test_loss, None, ratios[2], perplexity=True)}")
     if search.method == "kneser-ney":
-        every = examples if orders == ORDERS else _examples(splits, tokenizer, ORDERS, loader)
+        every = examples if orders == ORDERS else _Examples(items3, loader)
         additive = best(grid_search(every, V, tuple(o for o in ORDERS if _countable(o, V))))
         add_model = NgramModel(NgramConfig(additive.order, V, "additive", additive.smoothing))
         add_test = nll(add_model.fit(*every[additive.order]["train"]), *every[additive.order]["test"])
@@ -259,8 +258,7 @@ def _search_and_save(store: runs.RunWriter, num_samples: int, seed: int, splits,
     def picture() -> bytes:
         # the items' bigrams, each item's first token after the end token before it: those
         # of the words loader; among the most frequent tokens only, so no V x V matrix
-        counts, itos = frequent_bigrams(data.stream_tokens(splits[0], tokenizer), tokenizer.eot,
-                                        tokenizer.itos)
+        counts, itos = frequent_bigrams(items3[0].tokens, tokenizer.eot, tokenizer.itos)
         return bigram_heatmap_png(counts, itos, of=V)
 
     written = _commit(store, fitted, model, chosen, final, points, picture, output, ratios,
@@ -286,14 +284,10 @@ def evaluate(run: runs.Run, output: Output = SILENT) -> dict[str, dict]:
         return losses
     output.say(f"order {model.config.order} {model.config.method} model, loader {loader}")
     for name, lines in zip(SPLITS, run.lines3):
-        X, Y = data.make_examples(lines, run.tokenizer, model.context, loader)
-        loss, ratio = nll(model, X, Y), _items_per_char(lines, run.tokenizer)
+        items = data.Items(lines, run.tokenizer)  # encoded once: the examples and the ratio
+        loss = nll(model, *data.examples_of(items, model.context, loader))
+        ratio = items.tokens_per_char
         losses[name] = {"loss": loss, "se": None, "bpc": bits(loss, ratio)}
         say_loss(output, name, loss, None, ratio, perplexity=True)
     return losses
 
-
-def _items_per_char(lines: list[str], tokenizer: tokenizers.Tokenizer) -> float:
-    """Tokens per character of a split of items, each with its end (tinylm.text.bits)."""
-    return text.tokens_per_char(len(data.stream_tokens(lines, tokenizer)),
-                                data.item_characters(lines))
