@@ -29,7 +29,7 @@ from tinylm.errors import ConfigError, TinylmError
 from tinylm.io import atomic_write_text, check_out_dir
 from tinylm.models import ModelConfig, build_model
 from tinylm.output import (
-    SILENT, TEXT_PASSAGE, Output, format_loss, progress_bar, sample_and_save, say_loss,
+    SILENT, TEXT_PASSAGE, Output, format_loss, sample_and_save, say_loss,
     write_passage,
 )
 from tinylm.rng import RNG
@@ -81,16 +81,11 @@ def train(out_dir: str | None, num_samples: int, lines3, source: str,
             longest = max(int(items.lengths.max(initial=1)) - 1 for items in items3)
             mconfig = dataclasses.replace(mconfig, block_size=longest + 1)
     _check_memory(mconfig, config, lines3, text_run, longest)
-    tokens, lengths, characters = None, [], []
-    if text_run:
-        with progress_bar(output, "encoding", sum(map(len, lines3)), "byte") as bar:
-            tokens, lengths = text.encode_splits(lines3, tokenizer, bar)
-        characters = [text.count_characters(part) for part in lines3]
+    encoded = text.encode_document(lines3, tokenizer, output) if text_run else None
     rng = RNG(config.seed)
     model = build_model(mconfig, config.backend, rng)
-    trainer = _trainer(model, mconfig, config,
-                       text.split_tokens(tokens, lengths) if text_run else items3, tokenizer, rng,
-                       world, characters)
+    trainer = _trainer(model, mconfig, config, items3 if encoded is None else encoded.parts,
+                       tokenizer, rng, world, () if encoded is None else encoded.characters)
     del items3  # the trainer keeps the examples made of the items, not their tokens
     gate.passed()
     if not world.main:
@@ -100,12 +95,12 @@ def train(out_dir: str | None, num_samples: int, lines3, source: str,
     # everything is checked: from here on the run directory is written
     with distributed.together(world):
         store = runs.RunWriter.create(out, inputs, runs.neural_settings(mconfig, config),
-                                      tokenizer, source, lines3, tokens, lengths, characters)
-        if tokens is not None:  # from here on the splits are read from the run's tokens.npy
-            mapped = text.split_tokens(runs.map_tokens(out), lengths)
+                                      tokenizer, source, lines3, encoded)
+        if encoded is not None:  # from here on the splits are read from the run's tokens.npy
+            mapped = text.split_tokens(runs.map_tokens(out), encoded.lengths)
             trainer.splits = {name: dataclasses.replace(split, tokens=view) for (name, split), view
                               in zip(trainer.splits.items(), mapped)}
-            del tokens
+            del encoded
         trainer.store = store
         try:
             trainer.save()  # step 0: a kill before the first periodic checkpoint resumes from here

@@ -18,7 +18,7 @@ from typing import Callable
 
 from tinylm import data, memory, runs, text, tokenizer as tokenizers
 from tinylm.output import (
-    SILENT, TEXT_PASSAGE, Output, format_loss, format_perplexity, progress_bar, sample_and_save,
+    SILENT, TEXT_PASSAGE, Output, format_loss, format_perplexity, sample_and_save,
     say_loss, write_passage,
 )
 from tinylm.errors import ConfigError
@@ -98,21 +98,16 @@ def train(out_dir: str | None, num_samples: int, splits, source: str,
     memory.check(memory.Estimate({"the n-gram counts": NGRAM_BYTES * n * tables,
                                   "the data": n * (2 if text_run else 8 * max(orders))}),
                  "choose a smaller --order, or a smaller input")
-    tokens, lengths, characters = None, [], []
-    if text_run:
-        with progress_bar(output, "encoding", sum(map(len, splits)), "byte") as bar:
-            tokens, lengths = text.encode_splits(splits, tokenizer, bar)
-        characters = [text.count_characters(part) for part in splits]
+    encoded = text.encode_document(splits, tokenizer, output) if text_run else None
     started = time.perf_counter()
     # the directory is taken now, before the work: an unwritable -o fails at once
     settings = {"kind": "ngram", "model": "ngram", "loader": loader}
-    store = runs.RunWriter.create(out, inputs, settings, tokenizer, source, splits, tokens, lengths,
-                                  characters)
+    store = runs.RunWriter.create(out, inputs, settings, tokenizer, source, splits, encoded)
     try:
-        if text_run:
-            mapped = text.split_tokens(runs.map_tokens(out), lengths)
-            del tokens
-            ratios = [text.tokens_per_char(len(t), c) for t, c in zip(mapped, characters)]
+        if encoded is not None:  # from here on the splits are read from the run's tokens.npy
+            mapped = text.split_tokens(runs.map_tokens(out), encoded.lengths)
+            ratios = encoded.tokens_per_char
+            del encoded
             line = _search_and_save_text(store, num_samples, config.seed, mapped, ratios, source,
                                          tokenizer, search, orders, output)
         else:

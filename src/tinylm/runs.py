@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
-from tinylm import checkpoint, settings, tokenizer as tokenizers
+from tinylm import checkpoint, settings, text, tokenizer as tokenizers
 from tinylm.data import EOT, SPLIT_NAMES
 from tinylm.errors import CheckpointError, ConfigError, TinylmError
 from tinylm.io import (
@@ -213,15 +213,13 @@ class RunWriter:
     def create(cls, out: str | os.PathLike, inputs: Sequence[str | os.PathLike],
                base: dict[str, Any], tokenizer: tokenizers.Tokenizer, source: str | None,
                lines3: Sequence[Sequence[str] | bytes | memoryview],
-               tokens: np.ndarray | None = None, lengths: Sequence[int] = (),
-               characters: Sequence[int] = ()) -> "RunWriter":
+               encoded: text.Encoded | None = None) -> "RunWriter":
         """A new run in ``out``: the lock taken, the splits, the tokenizer and config.json
         written.
 
         A split is a list of lines (each written with its end) or, for a text run, the
-        text's UTF-8 bytes, written as they are; a text run's ``tokens`` (the three splits
-        encoded one after the other, ``lengths`` tokens each, standing for ``characters``
-        characters each) go to tokens.npy, their split points to the settings."""
+        text's UTF-8 bytes, written as they are; a text run's ``encoded`` splits go to
+        tokens.npy, their split points and characters to the settings."""
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         lock = RunLock(out)
@@ -232,10 +230,11 @@ class RunWriter:
                     os.unlink(out / name)
             entry, tokenizer_files = tokenizer.to_run()
             base = {**base, **entry, "input": source}
-            if tokens is not None:
+            if encoded is not None:
+                tokens, lengths = encoded.tokens, encoded.lengths
                 base["tokens"] = {"file": TOKENS, "dtype": str(tokens.dtype),
                                   "bounds": [0, lengths[0], lengths[0] + lengths[1], len(tokens)],
-                                  "characters": [int(c) for c in characters]}
+                                  "characters": [int(c) for c in encoded.characters]}
             # first: it marks the directory as this run's, so that a kill from here on
             # leaves files a new run into it takes over, not ones it must refuse
             write_json(out / CONFIG, {"format": FORMAT, **base})
@@ -248,8 +247,8 @@ class RunWriter:
             for name, data in tokenizer_files.items():
                 atomic_write_bytes(out / name, data)
                 files[name] = checkpoint.sha256(data)
-            if tokens is not None:
-                files[TOKENS] = _write_npy(out / TOKENS, tokens)
+            if encoded is not None:
+                files[TOKENS] = _write_npy(out / TOKENS, encoded.tokens)
             (out / METRICS).write_bytes(b"")
         except BaseException:
             lock.release()

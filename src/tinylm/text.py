@@ -48,7 +48,7 @@ import codecs
 import math
 import os
 from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -57,6 +57,9 @@ from tinylm.data import (
 )
 from tinylm.errors import DataError
 from tinylm.rng import RNG
+
+if TYPE_CHECKING:  # where a run's lines go; it builds on this module
+    from tinylm.output import Output
 
 FORMATS = ("lines", "text")
 # the share of the document that is val and that is test; train is the rest, first
@@ -350,6 +353,37 @@ def encode_splits(texts: Sequence[str | bytes | memoryview], tokenizer: Tokenize
         lengths.append(len(part))
         lo += len(t)
     return room[:sum(lengths)], lengths
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """A document's three parts encoded: what a text run writes (tokens.npy, its split
+    points and characters) and what its records need (each part's tokens per character)."""
+
+    tokens: np.ndarray  # the parts' tokens one after the other
+    lengths: list[int]  # each part's length in tokens
+    characters: list[int]  # each part's characters
+
+    @property
+    def parts(self) -> tuple[np.ndarray, ...]:
+        """Each part's tokens, views of ``tokens``."""
+        return split_tokens(self.tokens, self.lengths)
+
+    @property
+    def tokens_per_char(self) -> list[float]:
+        """Each part's tokens over its characters (``bits``)."""
+        return [tokens_per_char(n, c) for n, c in zip(self.lengths, self.characters)]
+
+
+def encode_document(parts: Sequence[bytes | memoryview], tokenizer: Tokenizer,
+                    output: Output) -> Encoded:
+    """A text run's parts (its UTF-8 bytes) encoded by ``encode_splits`` under a progress bar
+    drawn by ``output``, and their characters counted."""
+    from tinylm.output import progress_bar  # output builds on this module
+
+    with progress_bar(output, "encoding", sum(map(len, parts)), "byte") as bar:
+        tokens, lengths = encode_splits(parts, tokenizer, bar)
+    return Encoded(tokens, lengths, [count_characters(part) for part in parts])
 
 
 def split_tokens(tokens: np.ndarray, lengths: Sequence[int]) -> tuple[np.ndarray, ...]:
