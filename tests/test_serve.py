@@ -178,6 +178,18 @@ def test_serve_refuses_a_busy_port_and_a_missing_run_in_one_line(trained, capsys
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
 
 
+
+def test_serve_refuses_a_text_run_in_one_line(tmp_path, capsys):
+    doc = tmp_path / "doc.txt"
+    doc.write_text("def f(x):\n\treturn x + 1\n\n" * 40, encoding="utf-8")
+    run = tmp_path / "run"
+    assert main(["train", "-i", str(doc), "-o", str(run), "--format", "text", "--model", "mlp",
+                 "--steps", "2", "--eval-every", "1", "-n", "0"]) == 0
+    capsys.readouterr()
+    assert main(["serve", str(run), "--port", "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "a text run (--format text) has none" in err and len(err.splitlines()) == 1
+
 @needs_browser
 @pytest.mark.parametrize("server", ["mlp"], indirect=True)
 def test_the_playground_in_a_browser_samples_and_its_probabilities_sum_to_1(

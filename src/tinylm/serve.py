@@ -172,6 +172,9 @@ class Playground:
     """The app's logic, apart from HTTP: checks a request's values and answers it."""
 
     def __init__(self, run: Any) -> None:
+        if run.lines3 is None:  # its items and their new-or-copied marks have no meaning there
+            raise ConfigError("tinylm serve samples items, and a text run (--format text) has "
+                              "none: sample passages of it with 'tinylm sample RUN_DIR'")
         self.run = run
         self.tokenizer = run.tokenizer
         self.known = set(run.lines3[0])
