@@ -202,6 +202,10 @@ MUTATIONS = [
              "n_batches = max(1, len(split) // batch_size)",
              "stream evaluation makes fewer batches than the protocol's len(tokens) // B"),
     # --- the count models -----------------------------------------------------------------
+    # --- the data path ---------------------------------------------------------------------------
+    Mutation("item-lengths-from-zero", "src/tinylm/data.py",
+             "return np.diff(ends, prepend=-1)", "return np.diff(ends, prepend=0)",
+             "the first item's length in tokens misses one: block sizes and rows come out short"),
     # --- sampling ------------------------------------------------------------------------------
     Mutation("top-k-keeps-one-fewer", "src/tinylm/sample.py",
              "z[z < kth] = -np.inf", "z[z <= kth] = -np.inf",
