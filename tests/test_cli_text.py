@@ -4,6 +4,7 @@ blank lines and indentation; its splits concatenate back to the input."""
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -119,17 +120,21 @@ def test_lines_keep_a_tab_inside_an_item_and_name_format_text_for_other_controls
     assert "line 2 contains the control character U+001B" in err and "--format text" in err
 
 
+@pytest.mark.parametrize("flags, unit", [([], "characters"),
+                                         (["--tokenizer", "bpe", "--vocab-size", "260"], "tokens")])
 def test_a_run_too_large_for_memory_is_one_line_naming_the_longest_item(tmp_path, capsys,
-                                                                         monkeypatch):
+                                                                         monkeypatch, flags, unit):
     from tinylm import memory
 
     monkeypatch.setattr(memory, "available_bytes", lambda: 8 << 30)  # any machine: 8 GiB
     path = tmp_path / "long.txt"
-    path.write_text("\n".join(["anna", "bob"] * 10 + ["x" * 200_000]) + "\n")
+    # every letter, none twice in a row: four BPE merges leave most of it as it is
+    long = "".join(chr(97 + (i * 7) % 26) for i in range(200_000))
+    path.write_text("\n".join(["anna", "bob"] * 10 + [long]) + "\n")
     run = tmp_path / "run"
-    assert main(["train", "-i", str(path), "-o", str(run), "--model", "gru"]) == 2
+    assert main(["train", "-i", str(path), "-o", str(run), "--model", "gru", *flags]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "longest item has 200,000 characters" in err
+    assert err.count("\n") == 1 and re.search(rf"longest item has [\d,]+ {unit}, so", err)
     assert "--format text" in err and not run.exists()
 
 

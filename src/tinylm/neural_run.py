@@ -80,7 +80,7 @@ def train(out_dir: str | None, num_samples: int, lines3, source: str,
         elif mconfig.block_size == 0:  # the fewest positions that hold every item and its end
             longest = max(int(items.lengths.max(initial=1)) - 1 for items in items3)
             mconfig = dataclasses.replace(mconfig, block_size=longest + 1)
-    _check_memory(mconfig, config, lines3, text_run, longest)
+    _check_memory(mconfig, config, lines3, text_run, longest, tokenizer.unit)
     encoded = text.encode_document(lines3, tokenizer, output) if text_run else None
     rng = RNG(config.seed)
     model = build_model(mconfig, config.backend, rng)
@@ -209,7 +209,7 @@ def resume(out_dir: str, num_samples: int, explicit: dict[str, Any],
 
 
 def _check_memory(mconfig: ModelConfig, config: TrainConfig, lines3, text_run: bool,
-                  longest: int | None) -> None:
+                  longest: int | None, unit: str) -> None:
     """Refuse, before anything is allocated, a run that cannot fit in memory (tinylm.memory)."""
     sequence = mconfig.per_position
     T = mconfig.block_size if sequence else 1
@@ -228,7 +228,7 @@ def _check_memory(mconfig: ModelConfig, config: TrainConfig, lines3, text_run: b
     advice = ("give a smaller --batch-size, --block-size, --n-embd, --n-hidden or --n-layers"
               if sequence else "give a smaller --batch-size, --n-embd, --n-hidden or --n-layers")
     if longest is not None and longest >= LONG_ITEM:
-        advice = (f"the longest item has {longest:,} characters, so the block size is "
+        advice = (f"the longest item has {longest:,} {unit}s, so the block size is "
                   f"{longest + 1:,}: give --block-size N (longer items are refused), or "
                   "--format text to read the file as one continuous document")
     memory.check(memory.estimate(mconfig, batch, T, eval_positions, data_bytes), advice)
