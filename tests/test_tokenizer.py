@@ -75,7 +75,8 @@ def test_a_bpe_of_items_never_crosses_an_items_end(split):
     tokenizer = BPETokenizer(bpe.train(joined, 600, split, lines=True),
                              TokenizerSettings("bpe", 600, split))
     assert all(b"\n" not in tokenizer.model.token_bytes(i) for i in range(256, 600))
-    tokens, lengths = data.item_tokens(lines, tokenizer)
+    items = data.Items(lines, tokenizer)
+    tokens, lengths = items.tokens, items.lengths
     alone = np.concatenate([np.r_[tokenizer.encode(line), tokenizer.eot] for line in lines])
     np.testing.assert_array_equal(tokens, alone)
     assert lengths.sum() == len(tokens) and (lengths >= 2).all()

@@ -349,12 +349,6 @@ class Items:
         return text.tokens_per_char(len(self.tokens), item_characters(self.lines))
 
 
-def item_tokens(lines: Sequence[str], tokenizer: Tokenizer) -> tuple[np.ndarray, np.ndarray]:
-    """``stream_tokens``, and each item's length in tokens with its end token, (N,)."""
-    items = Items(lines, tokenizer)
-    return items.tokens, items.lengths
-
-
 def item_characters(lines: Sequence[str]) -> int:
     """The characters of items, each with its line end (what the end token stands for)."""
     return sum(len(line) + 1 for line in lines)
