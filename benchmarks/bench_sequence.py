@@ -402,17 +402,26 @@ def sampling_section(rounds: int, n_tokens: int) -> None:
             model = trained_like(name, backend, 256)
             runs = {c: (lambda c=c: sample_tokens(model, tok, "a", n_tokens, RNG(5), cache=c))
                     for c in (True, False)}
-            same = runs[True]() == runs[False]()          # also the warm-up
-            times = run_rounds(runs, rounds, 1, warm=False)
-            r = per_round(times[False], times[True])
-            print(f"  {name:11s} {backend:12s} cache {n_tokens / median(times[True]):7.0f}"
-                  f"   none {n_tokens / median(times[False]):6.0f}"
-                  f"   cache {median(r):5.1f}x faster {spread(r, 1):18s}"
-                  f"   same tokens: {str(same):5s}   {target(median(r), at_least=5)}")
+            seconds = cache_against_none(name, backend, runs, rounds, n_tokens, with_target=True)
             if name == "transformer":
-                cached[backend] = times[True]
+                cached[backend] = seconds
         if name == "transformer" and torch is not None:
             plain_sampling(rounds, n_tokens, cached)
+
+
+def cache_against_none(name: str, backend: str, runs: dict, rounds: int, n_tokens: int,
+                       with_target: bool = False) -> list[float]:
+    """Time sampling with the cache (``runs[True]``) and without (``runs[False]``) in
+    interleaved rounds and print their line; returns the seconds with the cache."""
+    same = runs[True]() == runs[False]()          # also the warm-up
+    times = run_rounds(runs, rounds, 1, warm=False)
+    r = per_round(times[False], times[True])
+    note = f"   {target(median(r), at_least=5)}" if with_target else ""
+    print(f"  {name:11s} {backend:12s} cache {n_tokens / median(times[True]):7.0f}"
+          f"   none {n_tokens / median(times[False]):6.0f}"
+          f"   cache {median(r):5.1f}x faster {spread(r, 1):18s}"
+          f"   same tokens: {str(same):5s}{note}".rstrip())
+    return times[True]
 
 
 def plain_sampling(rounds: int, n_tokens: int, cached: dict) -> None:
@@ -423,15 +432,10 @@ def plain_sampling(rounds: int, n_tokens: int, cached: dict) -> None:
     model = plain_loop.GPT(s.vocab_size, s.block_size, s.n_embd, s.n_heads, s.n_layers)
     runs = {c: (lambda c=c: plain_loop.generate(model, [0, 1], n_tokens, cached=c))
             for c in (True, False)}
-    same = runs[True]() == runs[False]()
-    times = run_rounds(runs, rounds, 1, warm=False)
-    r = per_round(times[False], times[True])
-    print(f"  {'transformer':11s} {'plain torch':12s} cache {n_tokens / median(times[True]):7.0f}"
-          f"   none {n_tokens / median(times[False]):6.0f}"
-          f"   cache {median(r):5.1f}x faster {spread(r, 1):18s}   same tokens: {same}")
+    plain = cache_against_none("transformer", "plain torch", runs, rounds, n_tokens)
     for backend, t in cached.items():  # timed in other rounds: a ratio of medians
         print(f"    {backend + ' cached / plain cached, tokens/s':45s} "
-              f"{median(times[True]) / median(t):5.2f}x")
+              f"{median(plain) / median(t):5.2f}x")
 
 
 def conditions(requested: list[int]) -> str:
