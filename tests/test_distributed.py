@@ -17,6 +17,7 @@ from safetensors.numpy import load_file
 from tinylm import data, distributed, settings
 from tinylm.batches import split_for
 from tinylm.errors import ConfigError
+from tinylm.layers.base import dropout_mask
 from tinylm.models import ModelConfig, build_model
 from tinylm.rng import RNG
 from tinylm.train import TrainConfig, Trainer
@@ -103,6 +104,9 @@ def trainer_of(values, lines=2000):
     # rows of different lengths: each micro-batch weighs the targets it scores
     ("transformer", dict(n_embd=16, n_heads=2, n_layers=1)),
     ("gru", dict(n_embd=8, n_embd2=16)),
+    # each micro-batch drops the rows of the whole batch's masks that it holds
+    ("transformer", dict(n_embd=16, n_heads=2, n_layers=1, dropout=0.2)),
+    ("gru", dict(n_embd=8, n_embd2=16, dropout=0.3)),
 ])
 def test_micro_batches_add_up_to_the_whole_batch(backend, model, extra):
     values = dict(model=model, backend=backend, seed=5, batch_size=24, steps=40, lr=1e-2,
@@ -116,12 +120,31 @@ def test_micro_batches_add_up_to_the_whole_batch(backend, model, extra):
 @pytest.mark.parametrize("values, message", [
     (dict(model="mlp", backend="numpy", grad_accum=2), "needs a torch backend"),
     (dict(model="bnmlp", backend="torch", grad_accum=2), "BatchNorm1d"),
-    (dict(model="gru", backend="torch", grad_accum=2, dropout=0.1), "dropout"),
     (dict(model="mlp", backend="torch", grad_accum=64, batch_size=32), "larger --batch-size"),
 ])
 def test_a_batch_that_cannot_be_computed_in_parts_is_refused(values, message):
     with pytest.raises(ConfigError, match=message):
         trainer_of({"steps": 5, **values}, lines=300)
+
+
+def test_a_part_of_the_batch_gets_its_rows_of_the_whole_batchs_mask():
+    whole_rng, part_rng = RNG(3), RNG(3)
+    whole = dropout_mask(whole_rng, (10, 4, 6), 0.4)
+    rows = slice(3, 7)
+    part = dropout_mask(part_rng, (4, 4, 6), 0.4, part=(rows, 10))
+    assert np.array_equal(part, whole[rows])
+    assert part_rng.get_state() == whole_rng.get_state()  # the RNG left where the whole leaves it
+    assert 0 < (whole == 0).mean() < 1
+
+
+def test_a_dropout_model_reads_its_part_only_inside_computing_part():
+    values = dict(model="gru", backend="torch", n_embd=8, n_embd2=16, dropout=0.3, steps=1)
+    model = trainer_of(values, lines=300).model
+    dropouts = [layer for layer in model._sublayers() if getattr(layer, "draws_from_rng", False)]
+    assert len(dropouts) == 2
+    with model.computing_part(slice(2, 5), 8):
+        assert all(layer.part == (slice(2, 5), 8) for layer in dropouts)
+    assert all(layer.part is None for layer in dropouts)
 
 
 # --- several processes, through torchrun -------------------------------------------------------
@@ -151,16 +174,24 @@ def tinylm_lines(text: str) -> list[str]:
     return [line for line in text.splitlines() if line.startswith("tinylm:")]
 
 
-def test_two_processes_compute_what_one_process_computes(tmp_path):
+GRU_DROPOUT = ["--model", "gru", "--backend", "torch-module", "--n-embd", "8", "--n-embd2", "16",
+               "--dropout", "0.3", "--batch-size", "32", "--eval-every", "50",
+               "--eval-train-batches", "5", "-n", "0"]
+
+
+@pytest.mark.parametrize("args", [MLP + ["--steps", "200"], GRU_DROPOUT + ["--steps", "100"]],
+                         ids=["mlp", "gru-dropout"])
+def test_two_processes_compute_what_one_process_computes(tmp_path, args):
     one, two = tmp_path / "one", tmp_path / "two"
-    args = ["train", *MLP, "--steps", "200"]
+    args = ["train", *args]
     single = torchrun(1, *args, "-o", str(one))
     assert single.returncode == 0, single.stderr
     double = torchrun(2, *args, "-o", str(two))
     assert double.returncode == 0, double.stderr
     assert worst_difference(read_metrics(one), read_metrics(two)) < 1e-5
     # process 0 alone writes and prints: one run directory, one report
-    assert double.stdout.count("training mlp (torch, 2 processes,") == 1
+    assert double.stdout.count(f"training {args[2]} (") == 1
+    assert "2 processes," in double.stdout
     assert double.stdout.count("done in") == 1
     assert sorted(p.name for p in two.iterdir()) == sorted(p.name for p in one.iterdir())
     assert len(read_metrics(two)) == len(read_metrics(one))

@@ -196,9 +196,6 @@ def _check_parts(config: TrainConfig, model, world: distributed.World, n_train: 
     if model.batch_statistics:
         raise ConfigError(f"{why}: a model with BatchNorm1d normalises by its batch's "
                           "statistics, which a part of the batch does not have")
-    if model.config.dropout > 0:
-        raise ConfigError(f"{why}: --dropout draws its masks for the whole batch in one "
-                          "process; training in parts with dropout is not available yet")
     distributed.parts(config.batch_size or n_train, world, config.grad_accum)
 
 
@@ -374,6 +371,9 @@ class Trainer:
         part's mean loss weighted by its share of the batch's scored targets,
         the gradients added up over the parts and the processes; float16's
         are unscaled before the step, which is skipped if they overflowed.
+        Every part starts from the RNG's state at the step's start and draws
+        the whole batch's dropout masks, keeping its own rows: the parts drop
+        what the whole batch drops, and leave the RNG where it would.
         """
         self.model.train()
         if not (self._in_parts or self.scaler is not None):
@@ -386,8 +386,11 @@ class Trainer:
         scored = (Y != IGNORE).reshape(len(Y), -1).sum(axis=1)  # (B,) targets each row scores
         total = int(scored.sum())
         value = 0.0
+        start = self.rng.get_state()
         for i, rows in enumerate(distributed.parts(len(Y), self.world, self.config.grad_accum)):
-            _, loss = self.model.forward(X[rows], Y[rows])
+            self.rng.set_state(start)
+            with self.model.computing_part(rows, len(Y)):
+                _, loss = self.model.forward(X[rows], Y[rows])
             share = int(scored[rows].sum()) / total
             value += share * loss_value(loss)
             scale = share if self.scaler is None else self.scaler.scale(

@@ -118,19 +118,26 @@ class Sequential(Layer):
         return self
 
 
-def dropout_mask(rng: Any, shape: tuple[int, ...], p: float, dtype: Any = np.float32) -> np.ndarray:
+def dropout_mask(rng: Any, shape: tuple[int, ...], p: float, dtype: Any = np.float32,
+                 part: tuple[slice, int] | None = None) -> np.ndarray:
     """Inverted dropout's multiplier for an array of ``shape``: 0 with probability p, else
     1 / (1 - p), so that the expected value is unchanged and eval needs no rescaling.
 
     One draw of the tinylm RNG per element in C order, an element kept when
     its ``rng.random()`` (k / 2**24) is at least p, compared here as the
     integer k: every backend that asks the same RNG drops the same elements.
+    With ``part`` (rows, n) the array holds rows ``rows`` of a batch of n: the
+    whole batch's mask is drawn and those rows of it returned, so that a batch
+    computed in parts drops what it drops computed whole.
     """
     if rng is None:
         raise ValueError("a Dropout layer in training mode needs the run's RNG "
                          "(model.draw_dropout_from(rng))")
-    k = rng.random_u32_array(int(np.prod(shape))) >> np.uint64(8)   # random() * 2**24
-    keep = (k >= math.ceil(p * 2**24)).reshape(shape)
+    whole = shape if part is None else (part[1], *shape[1:])
+    k = rng.random_u32_array(int(np.prod(whole))) >> np.uint64(8)   # random() * 2**24
+    keep = (k >= math.ceil(p * 2**24)).reshape(whole)
+    if part is not None:
+        keep = keep[part[0]]                                        # (rows, ...)
     scale = np.asarray(1, dtype=dtype) / np.asarray(1 - p, dtype=dtype)
     return np.where(keep, scale, np.zeros((), dtype=dtype))
 
@@ -253,6 +260,21 @@ class LanguageModel:
         for layer in self._sublayers():
             if getattr(layer, "draws_from_rng", False):
                 layer.rng = rng
+
+    @contextlib.contextmanager
+    def computing_part(self, rows: slice, n: int) -> Iterator[None]:
+        """Inside, the forward passes compute rows ``rows`` of a batch of ``n`` (a micro-batch,
+        one process's share): every Dropout layer draws the whole batch's mask and keeps
+        those rows (``dropout_mask``). The caller rewinds the RNG before each part, so
+        that every part reads the same masks."""
+        layers = [layer for layer in self._sublayers() if getattr(layer, "draws_from_rng", False)]
+        for layer in layers:
+            layer.part = (rows, n)
+        try:
+            yield
+        finally:
+            for layer in layers:
+                layer.part = None
 
     def _sublayers(self) -> Iterable[Any]:
         """Every layer of the model's network, depth first."""

@@ -47,7 +47,8 @@ class Dropout(Composite):
     """Dropout's settings (Srivastava et al., "Dropout: A Simple Way to Prevent Neural
     Networks from Overfitting", JMLR 2014): the probability ``p`` and the run's RNG, which
     ``LanguageModel.draw_dropout_from`` hands to every layer that ``draws_from_rng``, so that
-    every backend drops the same elements. The backend writes the forward pass."""
+    every backend drops the same elements. ``part`` is set while a batch is computed in
+    parts (``LanguageModel.computing_part``). The backend writes the forward pass."""
 
     draws_from_rng = True
 
@@ -55,6 +56,7 @@ class Dropout(Composite):
         super().__init__()
         self.p = p
         self.rng: Any = None
+        self.part: tuple[slice, int] | None = None  # (rows, n): these rows of a batch of n
 
 
 class CausalSelfAttention(Composite):

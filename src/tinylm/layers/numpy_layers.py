@@ -394,7 +394,7 @@ class Dropout(composite.Dropout, Layer):
     def forward(self, x: np.ndarray) -> np.ndarray:
         self.mask = None
         if self.training and self.p > 0:
-            self.mask = dropout_mask(self.rng, x.shape, self.p, x.dtype)  # (...,) 0 or 1/(1-p)
+            self.mask = dropout_mask(self.rng, x.shape, self.p, x.dtype, self.part)  # (...,) 0, 1/(1-p)
             x = x * self.mask
         self.out = x
         return x

@@ -169,17 +169,18 @@ class Dropout(composite.Dropout, Layer):
     """Dropout (Srivastava et al., 2014) with its mask from the run's RNG; see numpy_layers."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.out = dropout(x, self.p, self.rng, self.training)
+        self.out = dropout(self, x)
         return self.out
 
 
-def dropout(x: torch.Tensor, p: float, rng: Any, training: bool) -> torch.Tensor:
-    """Dropout's forward, shared with the nn.Module version: x times the tinylm RNG's mask."""
-    if not training or p == 0:
+def dropout(layer: Any, x: torch.Tensor) -> torch.Tensor:
+    """Dropout's forward for ``layer`` (its ``p``, ``rng``, ``part``), shared with the
+    nn.Module version: x times the tinylm RNG's mask."""
+    if not layer.training or layer.p == 0:
         return x
     dtype = np.float64 if x.dtype == torch.float64 else np.float32
-    mask = torch.from_numpy(dropout_mask(rng, tuple(x.shape), p, dtype)).to(x.device)
-    return x * mask
+    mask = dropout_mask(layer.rng, tuple(x.shape), layer.p, dtype, layer.part)
+    return x * torch.from_numpy(mask).to(x.device)
 
 
 class CausalSelfAttention(composite.CausalSelfAttention, Layer):

@@ -105,7 +105,7 @@ class Dropout(composite.Dropout, nn.Module):
     raw-tensor backends drop."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return dropout(x, self.p, self.rng, self.training)
+        return dropout(self, x)
 
 
 class CausalSelfAttention(composite.CausalSelfAttention, nn.Module):
