@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 
 import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
 from tinylm.cli import main
+from tinylm.recipes import RECIPES
 
 SMALL = ["--model", "mlp", "--context", "3", "--n-embd", "4", "--n-hidden", "16", "--steps", "30",
          "--eval-every", "10", "--eval-train-batches", "5", "--batch-size", "32"]
@@ -286,6 +288,17 @@ def test_help_shows_every_default_and_each_models_own(capsys):
     assert main(["sample", "--help"]) == 0
     text = " ".join(capsys.readouterr().out.split())
     assert "(default: 20)" in text and "(default: 42)" in text and "(default: 1)" in text
+
+
+def test_help_is_wrapped_at_spaces_only(capsys, monkeypatch):
+    """On a narrow terminal the help wraps at spaces: no line ends cutting a word at its
+    hyphen, and every recipe's name (mlp-classic, gru-makemore) stays whole."""
+    monkeypatch.setenv("COLUMNS", "50")
+    assert main(["train", "--help"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line for line in lines if re.search(r"\w-$", line)] == []
+    for name in RECIPES:
+        assert any(f"{name}: " in line for line in lines), name
 
 
 def test_recipes_lists_what_each_recipe_sets(capsys):

@@ -7,6 +7,7 @@ The lines a command prints come from tinylm.output, through ``CONSOLE``.
 from __future__ import annotations
 
 import argparse
+import textwrap
 from typing import Any, Callable
 
 from tinylm.output import CONSOLE  # noqa: F401  (what the commands print through)
@@ -20,8 +21,23 @@ class UsageError(Exception):
     """A command line that cannot be parsed: printed as one line, exit code 2."""
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """argparse's help, wrapped at spaces only: a name such as mlp-classic or a flag such
+    as --weight-decay inside a sentence is never cut at its hyphen."""
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False)
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        return textwrap.fill(" ".join(text.split()), width, initial_indent=indent,
+                             subsequent_indent=indent, break_on_hyphens=False)
+
+
 class Parser(argparse.ArgumentParser):
     """argparse prints usage plus a message; tinylm prints the one clear line only."""
+
+    def __init__(self, *args: Any, formatter_class: type = HelpFormatter, **kwargs: Any) -> None:
+        super().__init__(*args, formatter_class=formatter_class, **kwargs)
 
     def error(self, message: str) -> None:  # type: ignore[override]
         raise UsageError(f"{self.prog}: {message}")
