@@ -102,14 +102,14 @@ def test_parameter_counts_of_the_bigram_and_the_mlps():
 
 
 def test_parameter_counts_of_the_sequence_recipes():
-    """README's table: 204,544 for transformer-makemore, 28,315 for gru-makemore, 364,523
+    """README's table: 204,544 for transformer-makemore, 28,315 for gru-makemore, 451,963
     for best (block 16: the longest name + 1)."""
     sizes = {"transformer": dict(n_embd=64, n_heads=4, n_layers=4),
-             "gru-makemore": dict(n_embd=64, n_embd2=64), "best": dict(n_embd=48, n_embd2=320)}
+             "gru-makemore": dict(n_embd=64, n_embd2=64), "best": dict(n_embd=64, n_embd2=352)}
     counts = {name: build_model(ModelConfig("gru" if name != "transformer" else name,
                                             vocab_size=27, block_size=16, **kw),
                                 "numpy", RNG(1)).num_params() for name, kw in sizes.items()}
-    assert counts == {"transformer": 204_544, "gru-makemore": 28_315, "best": 364_523}
+    assert counts == {"transformer": 204_544, "gru-makemore": 28_315, "best": 451_963}
 
 
 def test_matmul_flops_of_one_classic_step():
@@ -432,21 +432,23 @@ def test_transformer_makemore_protocol(tmp_path):
 
 @slow
 def test_best_recipe_protocol(tmp_path):
-    """README and docs/sequence.md `tinylm train --recipe best` (a GRU of 364,523
-    parameters): the full run (12,000 steps, val 1.9196, test 1.9181) takes about 12
-    minutes, so this pins the recipe's protocol on a 2,000-step run: the warmup to 2e-3
-    over the full run's 500 steps (given, since a recipe shortened with --steps scales
-    its warmup), then the cosine, dropout 0.3, the best weights kept (here the last),
-    val 2.0026 and test 2.0022."""
-    out = train_run(tmp_path / "best", "--recipe", "best", "--steps", "2000", "--warmup", "500",
+    """README and docs/sequence.md `tinylm train --recipe best` (a GRU of 451,963
+    parameters): the full run (16,000 steps, val 1.9137, test 1.9066 on one thread)
+    takes about 12 minutes, so this pins the recipe's protocol on a 2,000-step run: the
+    warmup to 2e-3 over the full run's 667 steps (given, since a recipe shortened with
+    --steps scales its warmup), then the cosine, dropout 0.4, weight decay 0.1, the best
+    weights kept (here the last), val 2.0191 and test 2.0129."""
+    out = train_run(tmp_path / "best", "--recipe", "best", "--steps", "2000", "--warmup", "667",
                     "-n", "0")
     lr = lr_by_step(out)
-    assert lr[0] == pytest.approx(4e-6) and lr[499] == lr[500] == pytest.approx(2e-3)
-    assert lr[1250] == pytest.approx(1e-3)  # half-way down the cosine after the warmup
-    config = json.loads((out / "config.json").read_text())["model_config"]
-    assert (config["n_embd2"], config["dropout"]) == (320, 0.3)
+    assert lr[0] == pytest.approx(2e-3 / 667) and lr[666] == lr[667] == pytest.approx(2e-3)
+    assert lr[1333] > 1e-3 > lr[1334]  # half-way down the cosine: 667 + 1333 / 2
+    saved = json.loads((out / "config.json").read_text())
+    config, train_config = saved["model_config"], saved["train_config"]
+    assert (config["n_embd"], config["n_embd2"], config["dropout"]) == (64, 352, 0.4)
+    assert train_config["weight_decay"] == 0.1
     assert [r["step"] for r in evaluations(out)] == [0, 1000, 1999]
-    assert_figures(out, train=1.9617, val=2.0026, test=2.0022)
+    assert_figures(out, train=1.9802, val=2.0191, test=2.0129)
     assert final_record(out)["best_step"] == 1999
 
 
