@@ -29,8 +29,11 @@ class HelpFormatter(argparse.HelpFormatter):
         return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False)
 
     def _fill_text(self, text: str, width: int, indent: str) -> str:
-        return textwrap.fill(" ".join(text.split()), width, initial_indent=indent,
-                             subsequent_indent=indent, break_on_hyphens=False)
+        return "\n".join(indent + line for line in self._split_lines(text, width - len(indent)))
+
+
+class DefaultsHelpFormatter(HelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """The same wrapping, each flag's help ending with its default."""
 
 
 class Parser(argparse.ArgumentParser):

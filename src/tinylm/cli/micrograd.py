@@ -12,7 +12,7 @@ import argparse
 import json
 from pathlib import Path
 
-from tinylm.cli.common import add_command
+from tinylm.cli.common import DefaultsHelpFormatter, add_command
 from tinylm.errors import ConfigError
 from tinylm.io import check_out_dir
 from tinylm.runs import MANIFEST
@@ -43,7 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "AdamW moments. "
         "The defaults are the reference recipe: yinyang data (100 points), MLP(2, [8, 3]), "
         "AdamW, 100 steps, seed 42.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     # Not add_run_dir: its default, out/, is where 'tinylm train' writes its run.
     p.add_argument("-o", "--out-dir", default=DEFAULT_OUT_DIR, metavar="DIR",
