@@ -176,11 +176,11 @@ def tinylm_lines(text: str) -> list[str]:
 
 GRU_DROPOUT = ["--model", "gru", "--backend", "torch-module", "--n-embd", "8", "--n-embd2", "16",
                "--dropout", "0.3", "--batch-size", "32", "--eval-every", "50",
-               "--eval-train-batches", "5", "-n", "0"]
+               "--eval-train-batches", "5", "-n", "0", "--ema", "0.95"]  # evaluating the average
 
 
 @pytest.mark.parametrize("args", [MLP + ["--steps", "200"], GRU_DROPOUT + ["--steps", "100"]],
-                         ids=["mlp", "gru-dropout"])
+                         ids=["mlp", "gru-dropout-ema"])
 def test_two_processes_compute_what_one_process_computes(tmp_path, args):
     one, two = tmp_path / "one", tmp_path / "two"
     args = ["train", *args]
@@ -193,6 +193,7 @@ def test_two_processes_compute_what_one_process_computes(tmp_path, args):
     assert double.stdout.count(f"training {args[2]} (") == 1
     assert "2 processes," in double.stdout
     assert double.stdout.count("done in") == 1
+    assert ("the average of the weights" in double.stdout) == ("--ema" in args)
     assert sorted(p.name for p in two.iterdir()) == sorted(p.name for p in one.iterdir())
     assert len(read_metrics(two)) == len(read_metrics(one))
 

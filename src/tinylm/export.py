@@ -74,7 +74,7 @@ class Exported:
     files: tuple[str, ...]
     model: str
     step: int
-    weights: str  # "best" (the run kept its best weights by val) or "last"
+    weights: str  # "best" (the run kept its best weights by val), "average" (--ema) or "last"
     max_error: float  # the largest |logit difference| against the run's own model
 
 
@@ -158,7 +158,8 @@ def _require(to: str) -> None:
 
 
 def _kept(run: runs.Run) -> str:
-    return "best" if "best" in run.arrays else "last"
+    part = runs.kept_part(run.arrays)
+    return "last" if part == "model" else part
 
 
 def check_ids(vocab_size: int, rows: int, cols: int, seed: int = 1) -> np.ndarray:
@@ -526,8 +527,8 @@ V = TypeVar("V")
 
 
 def module_state_dict(tensors: Mapping[str, V], model: str, part: str = "model") -> dict[str, V]:
-    """The ``part`` of a run's weights file ("model", or "best" where the run kept its best
-    weights) under the names of the torch-module backend's ``nn.Module`` (``run.model.net``).
+    """The ``part`` of a run's weights file ("model", or ``tinylm.runs.kept_part``'s) under
+    the names of the torch-module backend's ``nn.Module`` (``run.model.net``).
 
     ``tensors`` is what ``safetensors.torch.load_file`` reads from ``weights-<step>.safetensors``
     (flat names ``model/blocks.0.attn.qkv.weight``...). A sequence model's network names its

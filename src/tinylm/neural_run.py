@@ -322,7 +322,8 @@ def _run(trainer: Trainer, model, mconfig: ModelConfig, config: TrainConfig,
         output.say(f"done in {result.seconds:.1f} s: kept the weights of step {final['best_step']} "
               f"(val loss {final['best_val_loss']:.4f}{last}): test loss {tested}")
     else:
-        output.say(f"done in {result.seconds:.1f} s: val loss {val:.4f}, test loss {tested}")
+        kept = ", the average of the weights" if config.ema else ""
+        output.say(f"done in {result.seconds:.1f} s{kept}: val loss {val:.4f}, test loss {tested}")
     _finish(model, tokenizer, config, None if config.format == "text" else lines3[0], out,
             num_samples, result.metrics, output)
     return out
@@ -466,7 +467,8 @@ def evaluate(run: runs.Run, output: Output = SILENT) -> dict[str, dict]:
     batch = config.batch_size or len(splits["train"])
     kept = run.manifest["state"].get("best")
     output.say(f"{run.model_config.model} ({config.backend}) at step {run.step}"
-          + (f", kept weights of step {kept['step']}" if kept else "")
+          + (f", kept weights of step {kept['step']}" if kept
+             else ", the average of its weights" if "average" in run.manifest["state"] else "")
           + (", format text" if run.format == "text" else f", loader {config.loader}"))
     with threads.limited(config.threads):
         for name, split in splits.items():

@@ -469,10 +469,17 @@ def read_manifest(out: str | os.PathLike) -> dict:
     return manifest
 
 
+def kept_part(arrays: Mapping[str, Any]) -> str:
+    """Which part of a run's arrays holds the weights it keeps: ``"best"`` (by val, under
+    ``--keep best``), else ``"average"`` (of the weights, under ``--ema``), else ``"model"``
+    (those of its last step)."""
+    return next(part for part in ("best", "average", "model") if part in arrays)
+
+
 def open_run(out: str | os.PathLike, backend: str | None = None, weights: str = "kept") -> Run:
     """The committed run in ``out``, every part verified, its model built (on ``backend``)
-    with the weights it keeps (``weights="kept"``: the best by val if the run kept them)
-    or those of its last step (``"last"``: what its optimizer state belongs to)."""
+    with the weights it keeps (``weights="kept"``: ``kept_part``'s) or those of its last
+    step (``"last"``: what its optimizer state belongs to)."""
     out = Path(out)
     manifest = read_manifest(out)
     try:
@@ -501,7 +508,7 @@ def open_run(out: str | os.PathLike, backend: str | None = None, weights: str = 
                 raise CheckpointError("the model and the vocabulary disagree")
             # the initial draw is overwritten by the saved arrays; any seed will do
             run.model = build_model(run.model_config, backend or run.config.backend, RNG(1))
-            chosen = arrays.get("best", arrays["model"]) if weights == "kept" else arrays["model"]
+            chosen = arrays[kept_part(arrays) if weights == "kept" else "model"]
             run.model.load_state_dict(chosen)
             if hasattr(run.model, "dtype"):  # a torch model evaluates in the run's precision
                 run.model.dtype = run.config.dtype

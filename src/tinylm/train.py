@@ -8,11 +8,14 @@ Step ``s`` of a run of ``steps`` steps is, in this order:
    fresh pass (all of them if None), val loss over the whole val split;
 3. take the next batch, forward, backward, optimizer step.
 
-After the last step the test loss is measured. Every result is a record in
-``metrics``: ``{"step", "loss", "lr"}`` for each update, ``{"step",
-"train_loss", "val_loss"}`` for each evaluation, and a final ``{"step",
-"test_loss", "test_perplexity"}``. Records go to the ``progress`` callback as
-they are made (the CLI prints them) and, with an out-dir, to metrics.jsonl.
+After the last step the test loss is measured. With ``--ema`` every
+evaluation and the test measure the average of the weights over the updates
+(tinylm.averaging), which the run keeps, while the weights go on training.
+Every result is a record in ``metrics``: ``{"step", "loss", "lr"}`` for
+each update, ``{"step", "train_loss", "val_loss"}`` for each evaluation,
+and a final ``{"step", "test_loss", "test_perplexity"}``. Records go to the
+``progress`` callback as they are made (the CLI prints them) and, with an
+out-dir, to metrics.jsonl.
 
 Resuming is bit-identical because a checkpoint holds everything the loop
 reads (tinylm.train_state). Checkpoints are only ever taken between two
@@ -37,6 +40,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from tinylm import devices, distributed, pytorch
+from tinylm.averaging import WeightAverage
 from tinylm.batches import Batches, Split, eval_batches
 from tinylm.data import IGNORE
 from tinylm.errors import CheckpointError, ConfigError, TinylmError
@@ -48,7 +52,7 @@ from tinylm.sample import eval_mode
 from tinylm.signals import Deferred
 from tinylm.text import TextSplit, bits, units
 from tinylm.train_config import TRAIN_EVAL_TARGETS, TrainConfig
-from tinylm.train_state import Best, Checkpoint, TrainState, decode, ordered
+from tinylm.train_state import Average, Best, Checkpoint, TrainState, decode, ordered
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -271,6 +275,8 @@ class Trainer:
         self.optimizer = make_optimizer(model, config.optimizer, lr=config.lr,
                                         weight_decay=config.weight_decay,
                                         betas=(0.9, config.beta2))
+        # with --ema: the average of the weights, which evaluations measure and the run keeps
+        self.average = WeightAverage(model, config.ema) if config.ema else None
         self.splits = splits
         self.rng = rng
         self.store = store
@@ -294,9 +300,11 @@ class Trainer:
             raise TrainingDiverged(f"the weights stopped being finite numbers by step "
                                    f"{self.state.step}: the learning rate ({self.optimizer.lr:g}) "
                                    "is probably too large; the run keeps its last checkpoint")
+        average = None if self.average is None else Average(
+            self.average.updates, {**model, **self.average.state_dict()})
         self.store.commit(*Checkpoint(
             self.state, self.rng.get_state(), model, self.optimizer.state_dict(), self.best,
-            None if self.scaler is None else self.scaler.state_dict()).encode())
+            None if self.scaler is None else self.scaler.state_dict(), average).encode())
         self._saved_at = time.monotonic()
         self._saved_step = self.state.step
 
@@ -317,6 +325,10 @@ class Trainer:
                 self.scaler.load_state_dict(saved.grad_scaler)
             except (KeyError, TypeError, ValueError, RuntimeError):
                 raise CheckpointError("the checkpoint's float16 loss scale is invalid") from None
+        if self.average is not None:
+            if saved.average is None:
+                raise CheckpointError("the checkpoint holds no average of the weights")
+            self.average.load_state_dict(saved.average.weights, saved.average.updates)
         if saved.best is not None:
             shapes = {name: a.shape for name, a in self.model.state_dict().items()}
             if {name: np.shape(a) for name, a in saved.best.weights.items()} != shapes:
@@ -349,6 +361,8 @@ class Trainer:
                 evaluation = self._evaluation(step, eval_bs) if due else None
                 self._updating = True
                 loss = self._step(*batches.next(), step)
+                if self.average is not None:
+                    self.average.update()
                 state.step, state.position = step + 1, batches.position
                 self._updating = False
                 if evaluation is not None and self.store is not None:
@@ -455,13 +469,14 @@ class Trainer:
         """The evaluation before step ``step``'s update (train and val loss), recorded; the
         best weights kept by it under keep "best"."""
         cfg = self.config
-        train_loss, train_se = self._evaluate(step, "train", batch_size,
-                                              train_batches(cfg, self.splits["train"]))
-        val_loss, val_se = self._evaluate(step, "val", batch_size)
+        with self._averaged():
+            train_loss, train_se = self._evaluate(step, "train", batch_size,
+                                                  train_batches(cfg, self.splits["train"]))
+            val_loss, val_se = self._evaluate(step, "val", batch_size)
+            if cfg.keep == "best" and (self.best is None or val_loss < self.best.val_loss):
+                self.best = Best(step, val_loss, self.model.state_dict())
         evaluation = {"step": step, "train_loss": train_loss, "val_loss": val_loss,
                       **train_se, **val_se}
-        if cfg.keep == "best" and (self.best is None or val_loss < self.best.val_loss):
-            self.best = Best(step, val_loss, self.model.state_dict())
         # logged with the update it precedes: a checkpoint never holds an evaluation of a
         # step it has not taken
         self._record(evaluation, log=False)
@@ -492,7 +507,8 @@ class Trainer:
         """The test record, measured once, at the end, on the weights the run keeps."""
         steps = self.config.steps
         if self.best is None:
-            loss, extra = self._evaluate(steps, "test", batch_size)
+            with self._averaged():
+                loss, extra = self._evaluate(steps, "test", batch_size)
             return {"step": steps, "test_loss": loss, "test_perplexity": perplexity(loss), **extra}
         last = self.model.state_dict()
         self.model.load_state_dict(self.best.weights)
@@ -504,6 +520,23 @@ class Trainer:
                 "best_step": self.best.step, "best_val_loss": self.best.val_loss}
 
     def keep_weights(self) -> None:
-        """Load the weights the run keeps into the model (the best by val, with keep "best")."""
+        """Load the weights the run keeps into the model: the best by val with keep "best",
+        else the average with --ema, else the last."""
         if self.best is not None:
             self.model.load_state_dict(self.best.weights)
+        elif self.average is not None:
+            self.model.load_state_dict(self.average.state_dict(), strict=False)
+
+    @contextlib.contextmanager
+    def _averaged(self) -> Iterator[None]:
+        """Inside, under --ema, the model holds the average of its weights (with its own
+        buffers); after, the weights it trains, as they were."""
+        if self.average is None:
+            yield
+            return
+        weights = self.model.state_dict()
+        self.model.load_state_dict(self.average.state_dict(), strict=False)
+        try:
+            yield
+        finally:
+            self.model.load_state_dict(weights)

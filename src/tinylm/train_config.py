@@ -68,6 +68,10 @@ class TrainConfig(settings.Settings):
                           "the schedule begins (0: none)", NONNEG_INT)
     weight_decay: float = setting(0.0, "decoupled weight decay (AdamW) or L2 term (SGD)",
                                   NONNEG_FLOAT)
+    ema: float = setting(0.0, "average the weights over the updates (an exponential moving "
+                         "average with this decay: 0.999 weighs about the last 1,000 most); "
+                         "evaluations, --keep and the run's saved weights use the average, "
+                         "while the weights go on training (0: no average)", FRACTION)
     eval_every: int = setting(500, "evaluate every this many steps and at the last", POSITIVE_INT)
     keep: str = setting("last", "the weights the run keeps for its test loss, its samples and "
                         "'tinylm sample/eval': last (after the final step) or best (those an "

@@ -6,9 +6,12 @@ training loop reads. The store (tinylm.runs) keeps it as three parts:
 * ``state``, JSON in the manifest: ``{"step", "rng_state", "loader_position"}``,
   the RNG state a decimal string (JSON readers without 64-bit integers keep
   it exact), with ``"best": {"step", "val_loss"}`` under ``--keep best`` and
-  ``"grad_scaler"`` (float16's loss scale, which moves as a run goes);
-* ``arrays``: ``{"model", "optimizer"}`` state dicts, and ``"best"``, the
-  weights of the best evaluation, under ``--keep best``;
+  ``"grad_scaler"`` (float16's loss scale, which moves as a run goes), and
+  ``"average": {"updates"}`` under ``--ema``;
+* ``arrays``: ``{"model", "optimizer"}`` state dicts, ``"best"``, the
+  weights of the best evaluation, under ``--keep best``, and ``"average"``,
+  the average of the weights (tinylm.averaging) with the model's buffers,
+  under ``--ema``;
 * the metrics records so far, which the store logs as they are made.
 
 ``Checkpoint.encode`` writes those parts and ``decode`` reads them back,
@@ -46,6 +49,15 @@ class Best:
 
 
 @dataclass
+class Average:
+    """The average of the weights over ``updates`` updates (tinylm.averaging), as a full state
+    dict: the averaged parameters with the model's buffers."""
+
+    updates: int
+    weights: dict[str, np.ndarray]
+
+
+@dataclass
 class TrainState:
     """What changes as a run goes: the next step to run, the loader position, the records."""
 
@@ -64,6 +76,7 @@ class Checkpoint:
     optimizer: dict[str, np.ndarray]
     best: Best | None = None
     grad_scaler: dict | None = None
+    average: Average | None = None
 
     def encode(self) -> tuple[dict[str, Any], dict[str, Any]]:
         """The manifest's ``state`` and the ``arrays`` of this checkpoint."""
@@ -75,6 +88,9 @@ class Checkpoint:
             arrays["best"] = self.best.weights
         if self.grad_scaler is not None:
             state["grad_scaler"] = self.grad_scaler
+        if self.average is not None:
+            state["average"] = {"updates": self.average.updates}
+            arrays["average"] = self.average.weights
         return state, arrays
 
 
@@ -105,5 +121,11 @@ def decode(state: dict, arrays: dict, metrics: list[dict], steps: int) -> Checkp
                         dict(arrays["best"]))
         except (KeyError, TypeError, ValueError):
             raise CheckpointError("the checkpoint's best weights are incomplete") from None
+    average = None
+    if "average" in state:
+        try:
+            average = Average(int(state["average"]["updates"]), dict(arrays["average"]))
+        except (KeyError, TypeError, ValueError):
+            raise CheckpointError("the checkpoint's average of the weights is incomplete") from None
     return Checkpoint(TrainState(step, position, metrics), rng_state, model, optimizer, best,
-                      state.get("grad_scaler"))
+                      state.get("grad_scaler"), average)
