@@ -83,6 +83,8 @@ def test_a_saved_average_loads_back_and_a_misfit_is_refused(backend):
     name = next(iter(state))
     with pytest.raises(CheckpointError, match=f"lacks '{name}'"):
         other.load_state_dict({k: v for k, v in state.items() if k != name}, updates=1)
+    with pytest.raises(CheckpointError, match="holds -1 updates"):
+        other.load_state_dict(state, updates=-1)
     with pytest.raises(CheckpointError, match="has shape"):
         other.load_state_dict({**state, name: np.zeros((9, 9))}, updates=1)
 

@@ -77,6 +77,8 @@ class WeightAverage:
         """Continue from a checkpoint's average of ``updates`` updates (``state`` may hold
         the model's buffers too); a CheckpointError where a parameter is missing or of
         another shape."""
+        if int(updates) < 0:
+            raise CheckpointError(f"the checkpoint's average holds {updates} updates")
         missing = [name for name in self.average if name not in state]
         if missing:
             raise CheckpointError(f"the checkpoint's average of the weights lacks {missing[0]!r}")
