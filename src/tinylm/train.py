@@ -301,7 +301,7 @@ class Trainer:
                                    f"{self.state.step}: the learning rate ({self.optimizer.lr:g}) "
                                    "is probably too large; the run keeps its last checkpoint")
         average = None if self.average is None else Average(
-            self.average.updates, {**model, **self.average.state_dict()})
+            self.average.updates, self._average_state(model))
         self.store.commit(*Checkpoint(
             self.state, self.rng.get_state(), model, self.optimizer.state_dict(), self.best,
             None if self.scaler is None else self.scaler.state_dict(), average).encode())
@@ -469,7 +469,7 @@ class Trainer:
         """The evaluation before step ``step``'s update (train and val loss), recorded; the
         best weights kept by it under keep "best"."""
         cfg = self.config
-        with self._averaged():
+        with self._holding(self._average_state()):
             train_loss, train_se = self._evaluate(step, "train", batch_size,
                                                   train_batches(cfg, self.splits["train"]))
             val_loss, val_se = self._evaluate(step, "val", batch_size)
@@ -506,37 +506,43 @@ class Trainer:
     def _test(self, batch_size: int) -> dict:
         """The test record, measured once, at the end, on the weights the run keeps."""
         steps = self.config.steps
-        if self.best is None:
-            with self._averaged():
-                loss, extra = self._evaluate(steps, "test", batch_size)
-            return {"step": steps, "test_loss": loss, "test_perplexity": perplexity(loss), **extra}
-        last = self.model.state_dict()
-        self.model.load_state_dict(self.best.weights)
-        try:
+        with self._holding(self._kept()):  # the checkpoint must resume from the last step
             loss, extra = self._evaluate(steps, "test", batch_size)
-        finally:
-            self.model.load_state_dict(last)  # the checkpoint must resume from the last step
-        return {"step": steps, "test_loss": loss, "test_perplexity": perplexity(loss), **extra,
-                "best_step": self.best.step, "best_val_loss": self.best.val_loss}
+        record = {"step": steps, "test_loss": loss, "test_perplexity": perplexity(loss), **extra}
+        if self.best is not None:
+            record.update(best_step=self.best.step, best_val_loss=self.best.val_loss)
+        return record
 
     def keep_weights(self) -> None:
-        """Load the weights the run keeps into the model: the best by val with keep "best",
-        else the average with --ema, else the last."""
-        if self.best is not None:
-            self.model.load_state_dict(self.best.weights)
-        elif self.average is not None:
-            self.model.load_state_dict(self.average.state_dict(), strict=False)
+        """Load the weights the run keeps into the model (``_kept``)."""
+        kept = self._kept()
+        if kept is not None:
+            self.model.load_state_dict(kept)
+
+    def _kept(self) -> dict[str, np.ndarray] | None:
+        """The weights the run keeps: the best by val with keep "best", else the average with
+        --ema; None where they are the model's own, the last."""
+        return self.best.weights if self.best is not None else self._average_state()
+
+    def _average_state(self, state: dict[str, np.ndarray] | None = None
+                       ) -> dict[str, np.ndarray] | None:
+        """Under --ema, a full state dict of the average: the averaged parameters with the
+        buffers of ``state`` (default: the model's); None without an average."""
+        if self.average is None:
+            return None
+        return {**(self.model.state_dict() if state is None else state),
+                **self.average.state_dict()}
 
     @contextlib.contextmanager
-    def _averaged(self) -> Iterator[None]:
-        """Inside, under --ema, the model holds the average of its weights (with its own
-        buffers); after, the weights it trains, as they were."""
-        if self.average is None:
+    def _holding(self, weights: dict[str, np.ndarray] | None) -> Iterator[None]:
+        """Inside, the model holds ``weights`` (a full state dict; None: its own); after,
+        the weights it trains, as they were."""
+        if weights is None:
             yield
             return
-        weights = self.model.state_dict()
-        self.model.load_state_dict(self.average.state_dict(), strict=False)
+        last = self.model.state_dict()
+        self.model.load_state_dict(weights)
         try:
             yield
         finally:
-            self.model.load_state_dict(weights)
+            self.model.load_state_dict(last)
