@@ -15,8 +15,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         sub, "export", run,
         help="write a trained run as a Hugging Face checkpoint or an ONNX model",
         description="Read the run in DIR (only read: nothing there changes) and write the "
-        "weights it keeps (the best by val with --keep best, else the last) to OUT. --to hf: a "
-        "transformer run as a GPT-2 checkpoint directory (config.json, model.safetensors, a "
+        "weights it keeps (the best by val with --keep best, else the average with --ema, "
+        "else the last) to OUT. --to hf: a transformer run as a GPT-2 checkpoint directory (config.json, model.safetensors, a "
         "character-level tokenizer.json...) that transformers' AutoModelForCausalLM and "
         "pipeline('text-generation') load. --to onnx: any neural model as one .onnx file "
         "(input idx, int64 token ids; output logits). Before it is put in place, every export "
