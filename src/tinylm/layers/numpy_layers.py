@@ -100,20 +100,12 @@ class Flatten(Layer):
 
 
 @functools.lru_cache(maxsize=64)
-def ones(n: int, dtype: np.dtype) -> np.ndarray:
-    """A read-only vector of n ones: a matrix-vector product with it sums each row, one
-    BLAS call where numpy's sum along a short last axis pays a call per row. Kept, since
-    a sampled token would otherwise allocate a dozen of them."""
-    v = np.ones(n, dtype=dtype)
-    v.flags.writeable = False
-    return v
-
-
-@functools.lru_cache(maxsize=64)
-def means(n: int, dtype: np.dtype) -> np.ndarray:
-    """A read-only vector of n values 1/n: a matrix-vector product with it is each row's
-    mean, the sum and the division in one call (see ``ones``)."""
-    v = np.full(n, 1.0 / n, dtype=dtype)
+def filled(n: int, value: float, dtype: np.dtype) -> np.ndarray:
+    """A read-only vector of n copies of ``value``: a matrix-vector product with it is each
+    row's sum times ``value`` (1: the sums; 1/n: the means), one BLAS call where numpy's
+    reduction along a short last axis pays a call per row. Kept, since a sampled token
+    would otherwise allocate a dozen of them."""
+    v = np.full(n, value, dtype=dtype)
     v.flags.writeable = False
     return v
 
@@ -296,11 +288,12 @@ class LayerNorm(Layer):
     def forward(self, x: np.ndarray) -> np.ndarray:
         C = x.shape[-1]
         x2 = x.reshape(-1, C)                            # (N, C), N = B*T positions
-        # A position's means over its C channels as matrix-vector products: numpy's
-        # reductions along a short last axis pay a call per row. Few calls matter as much
-        # as few passes: a sampled token is one position, where every call costs ~1 us.
-        xc = x2 - (x2 @ means(C, x.dtype))[:, None]      # (N, C) x - mean
-        var = np.square(xc) @ means(C, x.dtype)          # (N,) biased variance
+        # A position's means over its C channels as matrix-vector products (see ``filled``).
+        # Few calls matter as much as few passes: a sampled token is one position, where
+        # every numpy call costs about a microsecond.
+        mean_of = filled(C, 1.0 / C, x.dtype)            # (C,) 1/C
+        xc = x2 - (x2 @ mean_of)[:, None]                # (N, C) x - mean
+        var = np.square(xc) @ mean_of                    # (N,) biased variance
         var += self.eps
         inv_std = np.sqrt(var, out=var)                  # (N,), in place: var is not needed again
         np.divide(1, inv_std, out=inv_std)               # (N,) 1 / sqrt(var + eps)
@@ -452,7 +445,7 @@ class CausalSelfAttention(composite.CausalSelfAttention, Layer):
         # the leading axis it is one pass (about 4x faster here, copy included).
         scores -= scores.transpose(3, 0, 1, 2).copy().max(axis=0)[..., None]  # (B, nh, T, Tk)
         att = np.exp(scores, out=scores)                      # in place: the scores are not needed again
-        att /= (att.reshape(-1, Tk) @ ones(Tk, att.dtype)).reshape(B, nh, T, 1)  # rows sum to 1
+        att /= (att.reshape(-1, Tk) @ filled(Tk, 1.0, att.dtype)).reshape(B, nh, T, 1)  # rows sum to 1
         self.q, self.k, self.v, self.att = q, k, v, att
         # each head's output written into its place among the channels: proj's (B, T, C)
         # input with no transposed copy
@@ -473,7 +466,7 @@ class CausalSelfAttention(composite.CausalSelfAttention, Layer):
         # softmax: d scores = att * (d att - sum(d att * att)); masked entries have att 0.
         # In place: datt is this pass's own array; the row sums a matrix-vector product.
         dscores = datt                                        # (B, nh, T, T)
-        dscores -= ((datt * self.att).reshape(-1, T) @ ones(T, datt.dtype)
+        dscores -= ((datt * self.att).reshape(-1, T) @ filled(T, 1.0, datt.dtype)
                     ).reshape(B, nh, T, 1)                    # d att - sum(d att * att)
         dscores *= self.att
         dscores *= self.scale                                 # (B, nh, T, T)
